@@ -1,0 +1,51 @@
+"""Helpers shared by CLI modules: one-line errors with exit code 2, rich console."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from router.errors import TriageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors that mean "the input is wrong", not "Triage is broken".
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    TriageError,
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+    ValidationError,
+    json.JSONDecodeError,
+)
+
+
+def fail(message: str) -> None:
+    """Print one line and exit 2 (the usage-error code)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def user_errors(fn: F) -> F:
+    """Turn user errors raised inside a command into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            message = str(exc)
+            if isinstance(exc, KeyError) and exc.args:
+                message = str(exc.args[0])
+            fail(message.splitlines()[0] if message else type(exc).__name__)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,35 @@
+"""Entry point of the `triage` CLI: one typer app, sub-commands in sibling modules.
+
+Errors caused by the user's input (:class:`TriageError`, bad files, unknown names) are printed as
+one line on stderr and exit with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from router.cli import ledger_cmd, policy_cmd, probe_cmd, replay_cmd, serve_cmd, sdk_cmd
+
+app = typer.Typer(
+    name="triage",
+    help="Triage: an adaptive reasoning router. Probe a query, pick a strategy, call, record.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(replay_cmd.app, name="replay")
+app.add_typer(probe_cmd.app, name="probe")
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(ledger_cmd.app, name="ledger")
+sdk_cmd.register(app)
+serve_cmd.register(app)
+
+
+def main() -> None:  # pragma: no cover - thin wrapper used by `python -m router.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The one settings object. Values come from the environment (``TRIAGE_*``) or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIAGE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "data",
+        description="Shared replay data (read-only); the checkout's sibling ../shared/data by default.",
+    )
+    cache_dir: Path = Field(
+        default=PROJECT_ROOT / ".triage-cache",
+        description="Generated artifacts: exported encoders, assembled GGUF files, feature caches.",
+    )
+    log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

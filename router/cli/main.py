@@ -10,7 +10,15 @@ import sys
 
 import typer
 
-from router.cli import ledger_cmd, policy_cmd, probe_cmd, replay_cmd, serve_cmd, sdk_cmd
+from router.cli import (
+    ledger_cmd,
+    policy_cmd,
+    probe_cmd,
+    replay_cmd,
+    replay_eval_cmd,  # noqa: F401  (adds `replay evaluate` to replay_cmd.app)
+    sdk_cmd,
+    serve_cmd,
+)
 
 app = typer.Typer(
     name="triage",

@@ -90,7 +90,8 @@ class ReplayData:
             truncated=self.truncated[:, cols],
         )
 
-    def apply_budget(self, candidate: str, max_completion_tokens: int) -> "ReplayData":
+    def apply_budget(self, candidate: str, max_completion_tokens: int, *,
+                     output_input_price_ratio: float = 3.0) -> "ReplayData":
         """Replay a completion-token cap on one candidate (truncation as a length penalty).
 
         A response longer than the cap counts as truncated, scores 0 and is billed for the
@@ -113,8 +114,8 @@ class ReplayData:
         # Split cost into prompt and completion shares by a per-row price ratio when we can't
         # see prices: assume the billed completion part scales linearly with tokens kept.
         kept = np.where(over, max_completion_tokens / np.where(ct > 0, ct, 1.0), 1.0)
-        out.cost[:, j] = np.where(over, out.cost[:, j] * _completion_cost_share(pt, ct) * kept
-                                  + out.cost[:, j] * (1 - _completion_cost_share(pt, ct)), out.cost[:, j])
+        share = _completion_cost_share(pt, ct, output_input_price_ratio)
+        out.cost[:, j] = np.where(over, out.cost[:, j] * (share * kept + (1 - share)), out.cost[:, j])
         out.score[:, j] = np.where(over, 0.0, out.score[:, j])
         out.completion_tokens[:, j] = np.where(over, float(max_completion_tokens), ct)
         rt = out.reasoning_tokens[:, j]
@@ -166,13 +167,15 @@ class ReplayData:
         )
 
 
-def _completion_cost_share(prompt_tokens: np.ndarray, completion_tokens: np.ndarray) -> np.ndarray:
-    """Share of a call's cost due to completion tokens, assuming output costs 4x input per token.
+def _completion_cost_share(prompt_tokens: np.ndarray, completion_tokens: np.ndarray,
+                           output_input_price_ratio: float) -> np.ndarray:
+    """Share of a call's cost due to completion tokens, given output/input price per token.
 
     Used only when a budget truncates a logged response and the per-token prices are unknown;
-    4x is the median output/input price ratio of the shipped price table.
+    The default ratio 3 is the median output/input price ratio of the shipped price table
+    (eval/prices/default_prices.yaml); pass the candidate's real ratio when it is known.
     """
     ct = np.nan_to_num(completion_tokens)
-    weighted = 4.0 * ct
+    weighted = output_input_price_ratio * ct
     total = np.nan_to_num(prompt_tokens) + weighted
     return np.where(total > 0, weighted / np.where(total > 0, total, 1.0), 1.0)

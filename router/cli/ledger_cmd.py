@@ -1,7 +1,166 @@
-"""`triage ledger ...` commands."""
+"""`triage ledger ...`: report, export, feedback, migrate."""
 
 from __future__ import annotations
 
-import typer
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
 
-app = typer.Typer(help="ledger commands.", no_args_is_help=True)
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from router.cli.common import console, fail, user_errors
+
+app = typer.Typer(help="The ledger of routed calls: reports, exports, outcomes, schema.", no_args_is_help=True)
+
+LedgerOpt = Annotated[
+    str | None,
+    typer.Option("--ledger", help="SQLite path or postgresql:// URL. Default: $TRIAGE_LEDGER_URL or "
+                                  "triage-ledger.sqlite."),
+]
+
+
+class GroupBy(str, Enum):
+    tier = "tier"
+    strategy = "strategy"
+    model = "model"
+    day = "day"
+
+
+class ExportFormat(str, Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+class CandidateKey(str, Enum):
+    strategy = "strategy"
+    model = "model"
+
+
+def _open(url: str | None) -> Any:
+    from router.ledger.store import open_ledger
+
+    return open_ledger(url)
+
+
+def _fmt(v: Any, spec: str = ",.3f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def _compact(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    ledger: LedgerOpt = None,
+    by: Annotated[GroupBy, typer.Option("--by", help="Group rows by tier, strategy, model or day.")] = GroupBy.strategy,
+    since: Annotated[str | None, typer.Option("--since", help="Only records since: 7d, 12h, 30m or an ISO date.")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Strategy TEP is measured against.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Requests, accuracy, tokens, accuracy per 1k tokens, cost, cost-of-pass, TEP, escalation, truncation."""
+    from router.ledger.report import ledger_report, parse_since
+
+    since_dt = parse_since(since) if since else None
+    with _open(ledger) as store:
+        report = ledger_report(store, by=by.value, since=since_dt, baseline=baseline)
+        where = store.where
+    if as_json:
+        typer.echo(json.dumps({"ledger": where, **report}, indent=2))
+        return
+    window = f" since {report['since']}" if report["since"] else ""
+    table = Table(title=f"ledger {where}: {report['n']:,} requests{window}, by {report['by']}")
+    for col in ("", "req", "scored", "acc", "tokens p/c/r", "acc/1k tok", "cost $", "$/pass",
+                f"TEP vs {baseline}" if baseline else "TEP", "esc", "trunc"):
+        table.add_column(col, justify="left" if not col else "right")
+    for row in [*report["groups"], {"key": "[bold]all[/]", **report["overall"]}]:
+        tok = row["tokens"]
+        cop = row["cost_of_pass"]
+        if cop is None and row["n_scored"] and row["expected_correct"] == 0 and row["total_cost"] is not None:
+            cop = math.inf
+        table.add_row(
+            str(row["key"]), f"{row['requests']:,}", f"{row['n_scored']:,}", _fmt(row["accuracy"]),
+            "/".join(_compact(tok[k]) for k in ("prompt", "completion", "reasoning")),
+            _fmt(row["accuracy_per_1k_tokens"]), _fmt(row["total_cost"], ",.4f"), _fmt(cop, ",.5f"),
+            _fmt(row["tep"], ",.2f"), _fmt(row["escalation_rate"], ".0%"), _fmt(row["truncation_rate"], ".0%"),
+        )
+    # Piped output has no terminal width to respect; don't squeeze the table into 80 columns.
+    (console if console.is_terminal else Console(width=140)).print(table)
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="jsonl (the replay format) or parquet.")] = ExportFormat.jsonl,
+    ledger: LedgerOpt = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only records since: 7d, 12h or an ISO date.")] = None,
+    candidate: Annotated[CandidateKey, typer.Option("--candidate", help="Name the replay candidate by strategy or model.")] = CandidateKey.strategy,
+) -> None:
+    """Write records that have outcomes as replay data (for `triage replay evaluate` and recalibration)."""
+    from router.ledger.export import export_jsonl, export_parquet
+    from router.ledger.report import parse_since
+
+    since_dt = parse_since(since) if since else None
+    export = export_jsonl if fmt == ExportFormat.jsonl else export_parquet
+    with _open(ledger) as store:
+        try:
+            res = export(store, out, since=since_dt, candidate=candidate.value)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}")
+    console.print(f"wrote {res.written:,} records to {res.path} ({fmt.value}); "
+                  f"{res.skipped_unscored:,} without an outcome were left out")
+
+
+@app.command("feedback")
+@user_errors
+def feedback_cmd(
+    request_id: Annotated[str, typer.Argument(help="The request id (x-triage-request-id).")],
+    score: Annotated[float, typer.Argument(help="Quality in 0..1 (1 = correct).")],
+    source: Annotated[str, typer.Option("--source", help="Who judged: user, judge, exact-match, ...")] = "user",
+    ledger: LedgerOpt = None,
+) -> None:
+    """Attach an outcome to a recorded request (the latest outcome counts in reports)."""
+    from router.ledger.records import OutcomeRecord
+
+    if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+        fail(f"score must be a number in 0..1, got {score}")
+    try:
+        outcome = OutcomeRecord(request_id=request_id, score=score, source=source)
+    except ValidationError as exc:  # a bad source or request id
+        err = exc.errors()[0]
+        fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    with _open(ledger) as store:
+        store.add_outcome(outcome)
+        where = store.where
+    console.print(f"recorded score {score:g} ({source}) for {request_id} in {where}")
+
+
+@app.command("migrate")
+@user_errors
+def migrate_cmd(ledger: LedgerOpt = None) -> None:
+    """Create the ledger or upgrade its schema to this Triage's version."""
+    from router.ledger.store import open_ledger
+
+    with open_ledger(ledger, migrate=False) as store:
+        before, after = store.migrate()
+        where = store.where
+    if before == after:
+        console.print(f"ledger {where}: schema version {after}, up to date")
+    else:
+        console.print(f"ledger {where}: schema version {before} -> {after}")

@@ -1,0 +1,167 @@
+"""A strategy: how one query is answered (model, prompt, temperature, token budget, truncation rule).
+
+Strategies are the unit a policy chooses between. They are pydantic models because they come from
+policy files; every field is validated with a readable message and unknown keys are refused (a typo
+in a policy file must not silently change behaviour).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OnTruncation = Literal["accept", "escalate", "retry"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+
+LOCAL_PREFIX = "local/"
+# R2R-style token-level routing over a local pair: `token-routed/<small>+<large>` (router/providers/token_routed.py).
+TOKEN_ROUTED_PREFIX = "token-routed/"
+QUERY_PLACEHOLDER = "{query}"
+
+# Keys that would put a secret into a policy file. Credentials come from the environment
+# (``api_key_env``) so a policy file can be committed and logged.
+_SECRET_KWARGS = frozenset({"api_key", "aws_secret_access_key", "vertex_credentials", "azure_ad_token"})
+# Keys the strategy sets itself; passing them through ``extra`` would make two sources of truth.
+_OWNED_KWARGS = frozenset({"model", "messages", "temperature", "max_tokens", "reasoning_effort", "stream",
+                           "api_base", "timeout", "stop", "token_routing"})
+
+
+class Price(BaseModel):
+    """A price override in USD per million tokens (hidden reasoning tokens bill as output)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(ge=0.0, description="USD per 1M prompt tokens.")
+    output_per_mtok: float = Field(ge=0.0, description="USD per 1M completion tokens (reasoning included).")
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
+class TokenRouting(BaseModel):
+    """How a ``token-routed/<small>+<large>`` strategy hands tokens to the large model (issue R2R)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["token-router", "entropy-threshold", "speculative-thinking", "small-only", "large-only"] = Field(
+        default="token-router", description="token-router: the ONNX router head (`triage token-router train`); "
+        "entropy-threshold: hand over when the small model's entropy exceeds tau; the rest are baselines.")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="Router head threshold override.")
+    tau: float | None = Field(default=None, gt=0.0, description="Entropy threshold in nats (entropy-threshold).")
+    head: str | None = Field(default=None, description="Router head folder (default: the cache's).")
+
+
+class Strategy(BaseModel):
+    """One way of answering: a model plus the settings it is called with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", description="Filled from the key under `strategies:` in a policy file.")
+    model: str = Field(min_length=1, description="A litellm model string (`openai/gpt-4o`) or `local/<name>`.")
+    system_prompt: str | None = Field(default=None, description="Prepended as a system message.")
+    template: str | None = Field(
+        default=None,
+        description="Rewrites the last user message; `{query}` stands for its text "
+        "(e.g. `{query}\\nThink step by step.`).",
+    )
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="Sampling temperature; unset: the caller's value or the provider's default."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Completion token budget.")
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None, description="Passed as litellm's `reasoning_effort` where the provider supports it."
+    )
+    stop: list[str] | None = None
+    on_truncation: OnTruncation = Field(
+        default="accept",
+        description="When the answer hits max_tokens: keep it, escalate to `escalate_to` "
+        "(default: the next harder tier's strategy), or retry once with `retry_max_tokens`.",
+    )
+    retry_max_tokens: int | None = Field(default=None, ge=1)
+    escalate_to: str | None = Field(default=None, description="Strategy used on escalation.")
+    price: Price | None = Field(default=None, description="Overrides litellm's cost map.")
+    replay_candidate: str | None = Field(
+        default=None,
+        description="Column of replay data (and success label of the probe) this strategy corresponds to; "
+        "default: `model`.",
+    )
+    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible or self-hosted endpoint.")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key (never the key itself)."
+    )
+    timeout_s: float = Field(default=120.0, gt=0.0, description="Per-call timeout; no call waits longer.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Further litellm keyword arguments (top_p, seed...).")
+    token_routing: TokenRouting | None = Field(
+        default=None, description="Options of a `token-routed/<small>+<large>` model (local pairs only).")
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_query(cls, value: str | None) -> str | None:
+        if value is not None and QUERY_PLACEHOLDER not in value:
+            raise ValueError(f"template must contain {QUERY_PLACEHOLDER} where the user's message goes")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _no_secrets_or_owned_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in _SECRET_KWARGS:
+                raise ValueError(f"'{key}' must not be written in a policy file; use api_key_env: NAME_OF_ENV_VAR")
+            if key in _OWNED_KWARGS:
+                raise ValueError(f"'{key}' is a strategy field; set it directly, not under extra")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_needs_a_larger_budget(self) -> "Strategy":
+        if self.on_truncation == "retry":
+            if self.retry_max_tokens is None:
+                raise ValueError("on_truncation: retry needs retry_max_tokens")
+            if self.max_tokens is not None and self.retry_max_tokens <= self.max_tokens:
+                raise ValueError(
+                    f"retry_max_tokens ({self.retry_max_tokens}) must be larger than max_tokens ({self.max_tokens})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _token_routing_needs_a_pair(self) -> "Strategy":
+        if self.is_token_routed:
+            small, sep, large = self.model[len(TOKEN_ROUTED_PREFIX):].partition("+")
+            if not (sep and small and large):
+                raise ValueError(f"a token-routed model is 'token-routed/<small>+<large>', got {self.model!r}")
+        elif self.token_routing is not None:
+            raise ValueError("token_routing applies only to a 'token-routed/<small>+<large>' model")
+        return self
+
+    @property
+    def is_token_routed(self) -> bool:
+        return self.model.startswith(TOKEN_ROUTED_PREFIX)
+
+    @property
+    def is_local(self) -> bool:
+        """Runs on this machine (``local/`` or a ``token-routed/`` pair): no key, no per-token price."""
+        return self.model.startswith(LOCAL_PREFIX) or self.is_token_routed
+
+    @property
+    def local_name(self) -> str | None:
+        return self.model[len(LOCAL_PREFIX):] if self.model.startswith(LOCAL_PREFIX) else None
+
+    @property
+    def candidate(self) -> str:
+        """The replay column / probe success label this strategy stands for."""
+        return self.replay_candidate or self.model
+
+    def apply_to_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages sent to the model: system prompt prepended, template applied to the last user turn.
+
+        The caller's list is not modified.
+        """
+        out = [dict(m) for m in messages]
+        if self.template is not None:
+            for m in reversed(out):
+                if m.get("role") == "user" and isinstance(m.get("content"), str):
+                    m["content"] = self.template.replace(QUERY_PLACEHOLDER, m["content"])
+                    break
+        if self.system_prompt:
+            out.insert(0, {"role": "system", "content": self.system_prompt})
+        return out

@@ -1,0 +1,51 @@
+"""Chat messages in, probe text out.
+
+:func:`probe_text` must read a conversation exactly as the replay format does
+(``eval.replay.schema.ReplayRecord.prompt_text``): the SDK and replay evaluation feed the probe the
+same string, which is what makes their decisions identical. A test holds the two together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from router.errors import TriageError
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, Mapping) and part.get("type") == "text":
+            parts.append(str(part.get("text", "")))
+        elif isinstance(part, str):
+            parts.append(part)
+    return "\n".join(parts)
+
+
+def normalize_messages(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI-style messages as plain dicts; a bare string becomes one user message."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, Sequence) or not messages:
+        raise TriageError("messages must be a non-empty list of {role, content} objects (or a string)")
+    out = []
+    for i, m in enumerate(messages):
+        if hasattr(m, "model_dump"):
+            m = m.model_dump(exclude_none=True)
+        if not isinstance(m, Mapping) or "role" not in m:
+            raise TriageError(f"messages[{i}] must be an object with a 'role'")
+        out.append(dict(m))
+    return out
+
+
+def probe_text(messages: list[dict[str, Any]]) -> str:
+    """The text the probe reads: message texts joined by newlines (empty assistant turns skipped)."""
+    return "\n".join(
+        _content_text(m.get("content")) for m in messages
+        if m.get("role") != "assistant" or _content_text(m.get("content"))
+    )

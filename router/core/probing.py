@@ -1,0 +1,122 @@
+"""Running the policy's probe on a request, with self-probing for local models.
+
+Self-probe (DiffAdapt): when the probe reads a local LM's internals (its ``lm`` feature) and the policy
+serves that same local model, the LM features come from the served model's own prefill (the process
+holds one instance per model, :func:`probes.lm.get_local_lm`), not from a second model. The query is
+prefilled exactly as the probe was trained (one user turn with the probe text), so the SDK, the
+sidecar and replay compute the same features. Text features run inside the probe (onnxruntime only).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+from policies.loader import resolve_probe_path
+from policies.policy import Policy
+from probes.types import ProbeOutput
+from router.errors import ConfigError
+
+
+class ProbeLike(Protocol):
+    version: str
+    labels: list[str]
+    feature_names: list[str]
+
+    def predict(self, texts: list[str], *, precomputed: dict[str, Any] | None = None) -> list[ProbeOutput]: ...
+
+
+def load_policy_probe(policy: Policy, policy_path: str | None) -> ProbeLike:
+    """The probe a policy names: ``default`` (built on first use) or a path."""
+    from probes import runtime  # deferred: loading a probe is work, importing Triage is not
+
+    where = resolve_probe_path(policy, policy_path)
+    try:
+        if where == "default":
+            return runtime.load_probe(runtime.ensure_default_probe())
+        return runtime.load_probe(where)
+    except runtime.ProbeArtifactError as exc:
+        raise ConfigError(f"policy '{policy.name}': probe {where}: {exc}") from None
+
+
+def lm_feature_names(probe: ProbeLike) -> list[str]:
+    """Names of the probe's features that the caller supplies (computed by a local model)."""
+    return list(getattr(probe, "external_features", []))
+
+
+def probe_lm_name(probe: ProbeLike) -> str | None:
+    """The local model whose internals the probe was trained on, from its card (None if unknown)."""
+    card = getattr(probe, "card", None)
+    for spec in getattr(card, "features", []) or []:
+        if getattr(spec, "requires_torch", False):
+            for key in ("model", "model_name", "lm", "name_or_path"):
+                value = (spec.params or {}).get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return None
+
+
+class ProbeRunner:
+    """Owns the probe of one router; loads it on first use (thread-safe)."""
+
+    def __init__(self, policy: Policy, policy_path: str | None = None, probe: ProbeLike | None = None) -> None:
+        self.policy = policy
+        self.policy_path = policy_path
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._self_probe: bool | None = None
+
+    @property
+    def probe(self) -> ProbeLike:
+        if self._probe is None:
+            with self._lock:
+                if self._probe is None:
+                    self._probe = load_policy_probe(self.policy, self.policy_path)
+        return self._probe
+
+    def lm_model(self) -> str | None:
+        """The local model whose prefill supplies the probe's LM features (None: text-only probe).
+
+        It is the model the probe was trained on (its card says which); when the policy serves that
+        same model, :func:`probes.lm.get_local_lm` hands back the very instance that will answer,
+        so the features come from the served model's own prefill (self-probe).
+        """
+        probe = self.probe
+        if not lm_feature_names(probe):
+            return None
+        return probe_lm_name(probe) or (self.policy.local_models() or [None])[0]
+
+    def is_self_probe(self) -> bool:
+        """Whether the probe's LM is one of the models the policy serves (computed once)."""
+        if self._self_probe is None:
+            name = self.lm_model()
+            if name is None:
+                self._self_probe = False
+            else:
+                from probes.lm import resolve_model
+
+                key = resolve_model(name).key
+                self._self_probe = any(resolve_model(m).key == key for m in self.policy.local_models())
+        return self._self_probe
+
+    def precompute(self, texts: list[str]) -> dict[str, Any] | None:
+        """LM features of ``texts`` from the local model's prefill, exactly as the probe was trained:
+        each text chat-formatted as one user turn (:func:`query_messages`), one query at a time."""
+        name = self.lm_model()
+        if name is None:
+            return None
+        import numpy as np
+
+        from probes.features.lm_internals import lm_features_from_prefill, query_messages
+        from probes.lm import get_local_lm
+
+        lm = get_local_lm(name)
+        rows = np.stack([lm_features_from_prefill(lm.prefill(query_messages(t))) for t in texts])
+        return {feature: rows for feature in lm_feature_names(self.probe)}
+
+    def predict(self, text: str) -> ProbeOutput:
+        """The probe's output for one request's text (what the SDK, sidecar and replay all call)."""
+        return self.probe.predict([text], precomputed=self.precompute([text]))[0]
+
+    def predict_many(self, texts: list[str]) -> list[ProbeOutput]:
+        return self.probe.predict(texts, precomputed=self.precompute(texts))

@@ -1,9 +1,113 @@
-"""`triage serve`: the OpenAI-compatible sidecar."""
+"""`triage serve`: the OpenAI-compatible sidecar on uvicorn, with JSON logs."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from router.cli.common import fail, user_errors
+
+
+class JsonLogFormatter(logging.Formatter):
+    """uvicorn's own log lines as JSON, in the same shape as structlog's (event, level, timestamp)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from datetime import datetime, timezone
+
+        from router.ledger.scrub import scrub_text
+
+        doc: dict[str, Any] = {
+            "event": scrub_text(record.getMessage()),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(),
+        }
+        if record.exc_info:
+            doc["exception"] = scrub_text(self.formatException(record.exc_info))
+        return json.dumps(doc)
+
+
+def uvicorn_log_config(level: str, as_json: bool) -> dict[str, Any]:
+    formatter: dict[str, Any] = (
+        {"()": "router.cli.serve_cmd.JsonLogFormatter"} if as_json
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default",
+                                 "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
+def run_server(settings: Any) -> None:
+    """Validate, load, then serve until interrupted (one process, or ``workers`` processes)."""
+    import uvicorn
+
+    from policies.loader import load_policy
+    from router.sidecar.app import RESOLVED_ENV, create_app
+    from router.sidecar.services import Services
+    from router.sidecar.settings import is_loopback
+
+    if not settings.api_keys and not settings.anonymous_allowed:
+        fail(f"no api_keys configured and host {settings.host} is not loopback: every request would be refused; "
+             "configure api_keys or set allow_anonymous: true")
+    log_config = uvicorn_log_config(settings.log_level, settings.log_json)
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": log_config,
+                              "access_log": False, "server_header": False, "timeout_graceful_shutdown": 30}
+    if settings.anonymous_allowed and not is_loopback(settings.host):
+        logging.getLogger("uvicorn.error").warning("serving without API keys on a non-loopback host")
+    if settings.workers == 1:
+        services = Services.open(settings)
+        try:
+            asyncio.run(services.warm_up())
+        except BaseException:
+            services.close()
+            raise
+        uvicorn.Server(uvicorn.Config(create_app(settings, services), **common)).run()
+        return
+    for path in settings.policies:  # fail here, once, rather than in every worker
+        load_policy(path)
+    os.environ[RESOLVED_ENV] = settings.model_dump_json()
+    uvicorn.run("router.sidecar.app:app_from_env", factory=True, workers=settings.workers, **common)
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve` to ``app``."""
+
+    @app.command("serve")
+    @user_errors
+    def serve(
+        policy: list[Path] = typer.Option(None, "--policy", "-p", help="Policy file (repeat for several)."),
+        host: str = typer.Option(None, "--host", help="Interface to listen on (default 127.0.0.1)."),
+        port: int = typer.Option(None, "--port", help="TCP port (default 8080)."),
+        workers: int = typer.Option(None, "--workers", help="Worker processes (default 1)."),
+        config: Path = typer.Option(None, "--config", help="YAML or TOML settings file."),
+        ledger: str = typer.Option(None, "--ledger", help="Ledger: SQLite path or postgresql:// URL."),
+        log_level: str = typer.Option(None, "--log-level", help="debug, info, warning, error."),
+    ) -> None:
+        """Serve the OpenAI-compatible sidecar: POST /v1/chat/completions with model=triage/<policy>.
+
+        Settings come from --config, TRIAGE_SIDECAR_* variables and these flags (flags win).
+        """
+        from router.logging import configure_logging
+        from router.sidecar.settings import load_sidecar_settings
+
+        settings = load_sidecar_settings(
+            config_file=config, policies=list(policy) if policy else None, host=host, port=port,
+            workers=workers, ledger_url=ledger, log_level=log_level,
+        )
+        configure_logging(json=settings.log_json, level=settings.log_level)
+        run_server(settings)

@@ -1,0 +1,162 @@
+"""The one ASGI middleware of the sidecar (plain ASGI: no per-request task or thread).
+
+For every HTTP request it
+
+* assigns the request id and puts ``x-triage-request-id``, ``x-triage-tier`` and
+  ``x-triage-strategy`` on the response, whatever produced it (routes set tier and strategy in
+  ``request.state``; responses without a decision say ``none``);
+* enforces the body size limit (413 before the body is read when Content-Length says so; chunked
+  bodies are counted as they arrive);
+* turns an exception that escaped everything else into a 500 with an OpenAI-style body;
+* writes one access-log line (ids, route, status, milliseconds; never headers or bodies) and
+  counts responses by route and status for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.ledger.scrub import scrub_text
+from router.logging import get_logger
+from router.sidecar.errors import error_body
+
+REQUEST_ID = "x-triage-request-id"
+TIER = "x-triage-tier"
+STRATEGY = "x-triage-strategy"
+NONE = "none"
+
+
+def _json_response(status: int, body: dict[str, Any]) -> tuple[Message, Message]:
+    data = json.dumps(body).encode()
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]}
+    return start, {"type": "http.response.body", "body": data, "more_body": False}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class SidecarMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool = True,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+        self.log = get_logger("triage.sidecar")
+        self.responses = Counter("http_responses", "HTTP responses of the sidecar by route and status.",
+                                 ("route", "status"), namespace="triage", registry=registry) if registry else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status_box = [0]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID.encode(), request_id.encode()))
+                headers.append((TIER.encode(), str(state.get("triage_tier") or NONE).encode("latin-1", "replace")))
+                headers.append((STRATEGY.encode(), str(state.get("triage_strategy") or NONE).encode("latin-1", "replace")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            too_large = self._declared_too_large(scope)
+            if too_large:
+                await self._send_413(send_with_headers)
+            else:
+                if scope.get("method") in ("POST", "PUT", "PATCH") and not self._has_length(scope):
+                    receive = await self._buffered(receive)
+                await self.app(scope, receive, send_with_headers)
+        except _BodyTooLarge:
+            if status_box[0] == 0:
+                await self._send_413(send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not bad input
+            self.log.error("internal_error", request_id=request_id, path=scope.get("path"),
+                           error_type=type(exc).__name__, error=scrub_text(str(exc))[:500])
+            if status_box[0] == 0:
+                start, body = _json_response(500, error_body(
+                    "internal error in the Triage sidecar (see its log)", "server_error", "internal_error"))
+                await send_with_headers(start)
+                await send_with_headers(body)
+        finally:
+            self._observe(scope, state, request_id, status_box[0], t0)
+
+    # -- body limit ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _has_length(scope: Scope) -> bool:
+        return any(k == b"content-length" for k, _ in scope.get("headers", ()))
+
+    def _declared_too_large(self, scope: Scope) -> bool:
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length":
+                try:
+                    return int(v) > self.max_body_bytes
+                except ValueError:
+                    return False
+        return False
+
+    async def _buffered(self, receive: Receive) -> Receive:
+        """Read a body of unknown length up to the limit, then replay it to the app."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                replay_disconnect = message
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                replay_disconnect = None
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            if replay_disconnect is not None:
+                return replay_disconnect
+            return await receive()
+
+        return replay
+
+    async def _send_413(self, send: Send) -> None:
+        start, body = _json_response(413, error_body(
+            f"request body too large (limit {self.max_body_bytes} bytes)", "invalid_request_error",
+            "request_too_large"))
+        await send(start)
+        await send(body)
+
+    # -- logging and metrics ------------------------------------------------------------------------
+
+    def _observe(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, t0: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        if self.responses is not None:
+            self.responses.labels(path, str(status)).inc()
+        if self.access_log:
+            self.log.info("request", request_id=request_id, method=scope.get("method"), route=path,
+                          status=status, ms=round((time.perf_counter() - t0) * 1000.0, 2),
+                          key_id=state.get("key_id"), tier=state.get("triage_tier"),
+                          strategy=state.get("triage_strategy"))

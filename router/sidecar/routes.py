@@ -1,0 +1,184 @@
+"""The sidecar's endpoints. Each request: authenticate -> rate limit -> budget -> resolve the model
+-> probe + decide (worker thread) -> call through the router (which records) -> answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from policies.decide import DecisionError
+from router.errors import TriageError
+from router.ledger import UnknownRequestError
+from router.sidecar.auth import Caller, authorize_model
+from router.sidecar.chat import complete, stream_completion, upstream_kwargs
+from router.sidecar.errors import SidecarError
+from router.sidecar.openai_schema import (
+    ERROR_RESPONSES,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    Health,
+    ModelCard,
+    ModelList,
+    RouteRequest,
+    RouteResponse,
+)
+from router.sidecar.services import Services
+
+api = APIRouter()
+_bearer = HTTPBearer(auto_error=False, description="A key configured by its SHA-256 in the sidecar settings.")
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def caller_of(request: Request,
+                    _: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Caller:
+    """Authenticate (401) and rate-limit (429) the request; the key's id goes to the access log."""
+    services = services_of(request)
+    caller = services.keyring.authenticate(request.headers.get("authorization"))
+    request.state.key_id = caller.key_id
+    services.limiter.check(caller)
+    return caller
+
+
+def _ledger_fields(caller: Caller, endpoint: str, requested: str, stream: bool) -> dict[str, Any]:
+    return {"tenant": caller.tenant, "api_key_id": caller.key_id,
+            "metadata": {"endpoint": endpoint, "requested_model": requested, "stream": stream}}
+
+
+async def _decide(request: Request, services: Services, caller: Caller, model: str | None,
+                  messages: list[dict[str, Any]]) -> tuple[Any, Any]:
+    target = services.resolve(model or "triage")
+    authorize_model(caller, target.name)
+    try:
+        routed = await asyncio.to_thread(target.route, messages)
+    except DecisionError as exc:  # the policy and its probe do not fit: the server's fault, said plainly
+        raise SidecarError(500, f"policy '{target.name}' cannot decide: {str(exc).splitlines()[0]}",
+                           type="server_error", code="policy_error") from None
+    except TriageError as exc:  # the probe cannot read these messages
+        raise SidecarError(422, str(exc).splitlines()[0], code="invalid_messages", param="messages") from None
+    request.state.triage_tier = routed.decision.tier
+    request.state.triage_strategy = routed.decision.strategy
+    return target, routed
+
+
+@api.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"],
+          responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
+                                              "description": "A chat completion, or SSE chunks with stream=true"}})
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           caller: Caller = Depends(caller_of)) -> Response:
+    """OpenAI chat completions; `model` = `triage/<policy>` routes, a concrete model is called as-is."""
+    started = time.perf_counter()
+    services = services_of(request)
+    services.spend.check(caller)
+    kwargs = upstream_kwargs(body, services.settings.upstream_timeout_s)
+    target, routed = await _decide(request, services, caller, body.model, body.messages_as_dicts())
+    request_id = request.state.request_id
+    fields = _ledger_fields(caller, "chat.completions", body.model, body.stream)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def on_done(stream: Any) -> None:
+            services.spend.add(caller, (getattr(stream, "triage", None) or {}).get("cost_usd"))
+
+        return await stream_completion(target, routed, request_id=request_id, ledger_fields=fields,
+                                       started=started, kwargs=kwargs, include_usage=include_usage,
+                                       state=request.state, on_done=on_done)
+    data, info = await complete(target, routed, request_id=request_id, ledger_fields=fields,
+                                started=started, kwargs=kwargs)
+    request.state.triage_strategy = info.get("strategy") or routed.decision.strategy
+    services.spend.add(caller, info.get("cost_usd"))
+    return Response(data, media_type="application/json")
+
+
+@api.post("/v1/route", response_model=RouteResponse, tags=["triage"], responses=ERROR_RESPONSES)
+async def route(body: RouteRequest, request: Request, caller: Caller = Depends(caller_of)) -> RouteResponse:
+    """The decision only (tier, probabilities, strategy, model, budget, expected cost); nothing is called."""
+    services = services_of(request)
+    target, routed = await _decide(request, services, caller, body.model, body.messages_as_dicts())
+    d = routed.decision
+    services.metrics.observe_decision(routed.decision_latency_s, tier=d.tier, strategy=d.strategy)
+    return RouteResponse(request_id=request.state.request_id, policy=d.policy,
+                         decision=d.model_dump(mode="json"))
+
+
+@api.post("/v1/feedback", response_model=FeedbackResponse, tags=["triage"], responses=ERROR_RESPONSES)
+async def feedback(body: FeedbackRequest, request: Request, caller: Caller = Depends(caller_of)) -> FeedbackResponse:
+    """Attach an outcome (score 0..1, source) to a request id from `x-triage-request-id`."""
+    services = services_of(request)
+    unknown = SidecarError(404, f"no ledger record for request id '{body.request_id}'",
+                           code="unknown_request_id", param="request_id")
+    record = await asyncio.to_thread(services.store.get, body.request_id)
+    # A request's record is committed before its response leaves, so an id a client holds is stored.
+    if record is None or (not caller.anonymous and record.tenant != caller.tenant):
+        raise unknown  # another tenant's request: do not reveal that it exists
+    request.state.triage_tier = record.tier
+    request.state.triage_strategy = record.strategy
+    try:
+        await services.writer.afeedback(body.request_id, body.score, source=body.source)
+    except UnknownRequestError:
+        raise unknown from None
+    return FeedbackResponse(request_id=body.request_id)
+
+
+@api.get("/v1/models", response_model=ModelList, tags=["openai"], responses=ERROR_RESPONSES)
+async def models(request: Request, caller: Caller = Depends(caller_of)) -> ModelList:
+    """Policies as `triage/<name>`, then the concrete models that may be called as-is."""
+    services = services_of(request)
+    names = services.policy_models() + services.concrete_models()
+    allowed = []
+    for name in names:
+        try:
+            authorize_model(caller, name)
+        except SidecarError:
+            continue
+        allowed.append(name)
+    return ModelList(data=[ModelCard(id=n, owned_by="triage" if n.startswith("triage/") else "upstream")
+                           for n in allowed])
+
+
+@api.get("/v1/ledger/summary", tags=["triage"], responses=ERROR_RESPONSES)
+async def ledger_summary(request: Request, caller: Caller = Depends(caller_of),
+                         by: Literal["tier", "strategy", "model", "day"] = Query("strategy"),
+                         since: str | None = Query(None, max_length=64, description="e.g. 7d, 12h or an ISO time"),
+                         baseline: str | None = Query(None, max_length=200,
+                                                      description="Strategy TEP compares against")) -> JSONResponse:
+    """Requests, accuracy, tokens, cost, cost-of-pass, TEP, escalation and truncation rates."""
+    from router.ledger.report import ledger_report, parse_since
+
+    services = services_of(request)
+    try:
+        when = parse_since(since) if since else None
+        report = await asyncio.to_thread(ledger_report, services.store, by=by, since=when, baseline=baseline)
+    except (TriageError, ValueError) as exc:
+        raise SidecarError(400, str(exc).splitlines()[0], code="invalid_summary_query") from None
+    return JSONResponse(report)
+
+
+@api.get("/healthz", response_model=Health, tags=["ops"])
+async def healthz() -> Health:
+    """The process is up (liveness)."""
+    return Health(status="ok")
+
+
+@api.get("/readyz", response_model=Health, tags=["ops"], responses={503: {"model": Health}})
+async def readyz(request: Request) -> JSONResponse:
+    """Probes loaded and ledger reachable (readiness); 503 until then."""
+    ok, checks = await asyncio.to_thread(services_of(request).readiness)
+    return JSONResponse(Health(status="ready" if ok else "not_ready", checks=checks).model_dump(),
+                        status_code=200 if ok else 503)
+
+
+@api.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition: requests, tokens, cost, latency by tier/strategy/model; HTTP statuses."""
+    data, content_type = services_of(request).metrics.render()
+    return Response(data, media_type=content_type)

@@ -1,0 +1,220 @@
+"""What one sidecar process holds (``app.state.services``): routers, the ledger, keys and limits.
+
+``Services.open(settings)`` loads every policy (a bad file fails start-up with its field path),
+opens the ledger and starts its batching writer. Routers record through the writer, whose
+``record`` returns only after the commit, so a response never reaches a client before its
+ledger record is durable.
+
+Model names resolve to a :class:`Target`:
+
+* ``triage`` or ``triage/<policy>`` -> the policy's router;
+* a concrete model that a policy's strategy uses, or that matches ``settings.models`` -> a
+  pass-through router: a one-strategy policy calling that model as-is (with the connection
+  settings, api_key_env and price of the policy strategy that uses it). The default policy's
+  probe still reads the request, so the ledger records its tier like any other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from policies.decide import decide
+from policies.policy import Policy
+from policies.strategy import Strategy
+from router.core.router import Routed, Router
+from router.errors import ConfigError
+from router.ledger import LedgerWriter, open_ledger
+from router.ledger.metrics import LedgerMetrics
+from router.ledger.records import LedgerRecord
+from router.logging import get_logger
+from router.sidecar.auth import KeyRing
+from router.sidecar.errors import SidecarError
+from router.sidecar.limits import RateLimiter, SpendTracker
+from router.sidecar.settings import SidecarSettings
+
+POLICY_PREFIX = "triage/"
+PASSTHROUGH = "passthrough"
+MAX_PASSTHROUGH = 256
+_CONNECTION_FIELDS = ("api_base", "api_key_env", "timeout_s", "price", "replay_candidate")
+
+
+class LedgerSink:
+    """The ledger as the router sees it: ``write(record)`` returns once the record is committed."""
+
+    def __init__(self, writer: LedgerWriter) -> None:
+        self.writer = writer
+
+    def write(self, record: LedgerRecord) -> None:
+        self.writer.record(record)
+
+
+@dataclass
+class Target:
+    """Where a request's ``model`` sends it."""
+
+    name: str  # what the caller asked for, normalised (`triage/<policy>` or the concrete model)
+    router: Router
+    policy_router: Router  # whose probe decides the tier (itself, or the default for pass-through)
+    passthrough: bool = False
+
+    def route(self, messages: list[dict[str, Any]]) -> Routed:
+        """Probe + decision (CPU work: run it in a worker thread)."""
+        routed = self.policy_router.route_detailed(messages)
+        if not self.passthrough:
+            return routed
+        decision = decide(self.router.policy, routed.probe_output)
+        return Routed(decision, routed.probe_output, routed.messages, routed.decision_latency_s)
+
+
+@dataclass
+class Services:
+    settings: SidecarSettings
+    routers: dict[str, Router]
+    default_policy: str
+    store: Any
+    writer: LedgerWriter
+    metrics: LedgerMetrics
+    keyring: KeyRing
+    limiter: RateLimiter
+    spend: SpendTracker
+    passthrough: dict[str, Router] = field(default_factory=dict)
+    warm: dict[str, str] = field(default_factory=dict)  # policy -> "loading" | "ready" | error text
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, settings: SidecarSettings, metrics: LedgerMetrics | None = None) -> "Services":
+        if not settings.policies:
+            raise ConfigError("sidecar settings: policies: give at least one policy file (--policy P.yaml)")
+        metrics = metrics if metrics is not None else LedgerMetrics()
+        store = open_ledger(settings.ledger_url)
+        writer = LedgerWriter(store, store_prompts=settings.store_prompts, metrics=metrics).start()
+        sink = LedgerSink(writer)
+        routers: dict[str, Router] = {}
+        try:
+            for path in settings.policies:
+                router = Router.from_file(Path(path), ledger=sink, store_prompts=settings.store_prompts)
+                name = router.policy.name
+                if name in routers:
+                    raise ConfigError(f"two policy files are named '{name}' ({path}); policy names must differ")
+                routers[name] = router
+        except BaseException:
+            writer.close()
+            store.close()
+            raise
+        keyring = KeyRing(settings.api_keys, allow_anonymous=settings.anonymous_allowed)
+        services = cls(settings=settings, routers=routers, default_policy=next(iter(routers)), store=store,
+                       writer=writer, metrics=metrics, keyring=keyring, limiter=RateLimiter(),
+                       spend=SpendTracker(settings.budget_status))
+        services.warm = {name: "loading" for name in routers}
+        return services
+
+    async def warm_up(self) -> None:
+        """Load every policy's probe and providers (worker threads) before serving; seed budgets.
+
+        A probe that cannot load is a configuration error: start-up fails with its message.
+        """
+        log = get_logger("triage.sidecar")
+        for name, router in self.routers.items():
+            try:
+                await asyncio.to_thread(router.warm)
+            except Exception as exc:
+                self.warm[name] = f"{type(exc).__name__}: {exc}"
+                raise ConfigError(f"policy '{name}': cannot load its probe: {str(exc).splitlines()[0]}") from None
+            self.warm[name] = "ready"
+            log.info("policy_ready", policy=name, probe=getattr(router.probe, "version", "?"))
+        if any(k.budget_usd is not None for k in self.settings.api_keys):
+            self.spend.seed(await asyncio.to_thread(self.spend_from_ledger))
+
+    def close(self) -> None:
+        self.writer.close()
+        self.store.close()
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def policy_models(self) -> list[str]:
+        return [POLICY_PREFIX + name for name in self.routers]
+
+    def concrete_models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for router in self.routers.values():
+            for strategy in router.policy.strategies.values():
+                seen[strategy.model] = None
+        for pattern in self.settings.models:
+            if not any(c in pattern for c in "*?["):
+                seen[pattern] = None
+        return list(seen)
+
+    def _strategy_for_model(self, model: str) -> Strategy | None:
+        for router in self.routers.values():
+            for strategy in router.policy.strategies.values():
+                if strategy.model == model:
+                    return strategy
+        return None
+
+    def resolve(self, model: str) -> Target:
+        """The target of a request's ``model``; 404 when the sidecar does not serve it."""
+        if model == "triage" or model.startswith(POLICY_PREFIX):
+            name = model[len(POLICY_PREFIX):] if model.startswith(POLICY_PREFIX) else self.default_policy
+            router = self.routers.get(name)
+            if router is None:
+                raise SidecarError(404, f"unknown policy '{name}'; served: {', '.join(self.policy_models())}",
+                                   code="model_not_found", param="model")
+            return Target(POLICY_PREFIX + name, router, router)
+        router = self.passthrough.get(model)
+        if router is None:
+            source = self._strategy_for_model(model)
+            if source is None and not any(fnmatchcase(model, p) for p in self.settings.models):
+                raise SidecarError(
+                    404, f"unknown model '{model}': use triage/<policy> or a model listed by GET /v1/models",
+                    code="model_not_found", param="model")
+            router = self._passthrough_router(model, source)
+            if len(self.passthrough) >= MAX_PASSTHROUGH:  # globs admit unboundedly many names
+                self.passthrough.pop(next(iter(self.passthrough)))
+            self.passthrough[model] = router
+        return Target(model, router, self.routers[self.default_policy], passthrough=True)
+
+    def _passthrough_router(self, model: str, source: Strategy | None) -> Router:
+        spec: dict[str, Any] = {"model": model}
+        if source is not None:
+            spec.update({f: getattr(source, f) for f in _CONNECTION_FIELDS if getattr(source, f) is not None})
+        policy = Policy.model_validate({
+            "name": PASSTHROUGH, "version": "1", "description": f"{model} called as-is",
+            "strategies": {PASSTHROUGH: spec},
+            "tiers": {"easy": PASSTHROUGH, "normal": PASSTHROUGH, "hard": PASSTHROUGH},
+        })
+        default = self.routers[self.default_policy]
+        return Router(policy, probe=default.probe, ledger=default.ledger, store_prompts=self.settings.store_prompts)
+
+    # -- ledger -------------------------------------------------------------------------------------
+
+    def spend_from_ledger(self) -> dict[str, float]:
+        """USD recorded per api_key_id (for the budgets of keys)."""
+        totals: dict[str, float] = {}
+        for entry in self.store.iter_entries():
+            rec = entry.record
+            if rec.api_key_id and rec.cost_usd:
+                totals[rec.api_key_id] = totals.get(rec.api_key_id, 0.0) + float(rec.cost_usd)
+        return totals
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        ok = True
+        for name, status in self.warm.items():
+            checks[f"policy:{name}"] = status
+            ok = ok and status == "ready"
+        try:
+            self.store.schema_version()
+            checks["ledger"] = "reachable"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["ledger"] = f"unreachable: {type(exc).__name__}"
+            ok = False
+        thread = getattr(self.writer, "_thread", None)
+        if thread is not None and not thread.is_alive():
+            checks["ledger_writer"] = "stopped"
+            ok = False
+        return ok, checks

@@ -18,6 +18,7 @@ from router.cli import (
     replay_eval_cmd,  # noqa: F401  (adds `replay evaluate` to replay_cmd.app)
     sdk_cmd,
     serve_cmd,
+    token_router_cmd,
 )
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(replay_cmd.app, name="replay")
 app.add_typer(probe_cmd.app, name="probe")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(ledger_cmd.app, name="ledger")
+app.add_typer(token_router_cmd.app, name="token-router")
 sdk_cmd.register(app)
 serve_cmd.register(app)
 

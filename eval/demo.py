@@ -1,0 +1,168 @@
+"""`make demo`: import shared datasets, replay them through baselines and routers, write a report.
+
+    python -m eval.demo --out demo-output [--data-dir ../shared/data] [--bootstrap 1000]
+
+The demo is a list of steps run in order over one :class:`DemoContext`. Later work appends
+steps (training a probe, routing real queries through the local model) with :func:`add_step`;
+the ``report`` step stays last and reports every evaluation found in ``ctx.results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from eval.evaluation import EvaluationResult, evaluate
+from eval.evaluation.table import print_frontier
+from eval.replay import ReplayData, write_replay
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """A shared dataset the demo imports, and the routers it evaluates on it."""
+
+    name: str
+    source: str
+    path: str  # relative to the data folder
+    dataset: str | None = None
+    routers: tuple[str, ...] = ()
+
+
+DATASETS: list[DemoDataset] = [
+    DemoDataset("routellm-gsm8k", "routellm", "routellm", "gsm8k",
+                ("threshold:score=prompt_words", "threshold:score=digits", "probe-text")),
+    DemoDataset("routerbench", "routerbench", "routerbench-subset", None, ("threshold:score=prompt_chars",)),
+    DemoDataset("pricing-reversal-gpqa", "pricing-reversal", "pricing-reversal", "gpqa-test",
+                ("threshold:score=prompt_chars",)),
+]
+
+
+@dataclass
+class DemoContext:
+    out: Path
+    data_dir: Path
+    console: Console
+    n_boot: int = 1000
+    seed: int = 0
+    datasets: dict[str, tuple[DemoDataset, ReplayData]] = field(default_factory=dict)
+    results: dict[str, EvaluationResult] = field(default_factory=dict)
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    description: str
+    run: Callable[[DemoContext], None]
+
+
+def step_import(ctx: DemoContext) -> None:
+    """Import each shared dataset into the replay format (also written to OUT/replay/*.jsonl)."""
+    from eval.importers import import_source
+
+    for spec in DATASETS:
+        path = ctx.data_dir / spec.path
+        records = import_source(spec.source, path, dataset=spec.dataset)
+        jsonl = ctx.out / "replay" / f"{spec.name}.jsonl"
+        write_replay(records, jsonl)
+        ctx.artifacts[f"replay:{spec.name}"] = jsonl
+        ctx.datasets[spec.name] = (spec, ReplayData.from_records(records, name=spec.name))
+        ctx.console.print(f"  {spec.name}: {len(records):,} queries from {path} -> {jsonl}")
+
+
+def step_probe(ctx: DemoContext) -> None:
+    """Make sure the default probe exists (`triage probe build-default`; minutes on first use, then cached)."""
+    from probes.runtime import default_probe_path, ensure_default_probe, load_probe
+
+    path = default_probe_path()
+    if not (path / "card.json").is_file():
+        ctx.console.print(f"  building the default probe into {path} (first run only; ~10 min on 2 cores)")
+    probe = load_probe(ensure_default_probe())
+    success = probe.card.metrics.get("calibrated", {}).get("success", {})
+    auroc = ", ".join(f"{label} {m['auroc']['value']:.3f}" for label, m in success.items())
+    ctx.console.print(f"  default probe {probe.card.probe_version} at {path}"
+                      + (f"; cross-fitted AUROC of P(success): {auroc}" if auroc else ""))
+    ctx.artifacts["probe"] = path
+
+
+def step_route(ctx: DemoContext) -> None:
+    """Route real easy and hard queries through the local model with policies/examples/local.yaml."""
+    from router.sdk.demo import demo_step
+
+    demo_step(ctx)
+
+
+def step_evaluate(ctx: DemoContext) -> None:
+    """Evaluate baselines and the dataset's routers; print the frontier table of each."""
+    for name, (spec, data) in ctx.datasets.items():
+        result = evaluate(data, list(spec.routers), n_boot=ctx.n_boot, seed=ctx.seed)
+        ctx.results[name] = result
+        print_frontier(ctx.console, result)
+
+
+def step_report(ctx: DemoContext) -> None:
+    """Write OUT/report.html with the frontier plots of every evaluation."""
+    from eval.report import write_report
+
+    path = write_report(list(ctx.results.values()), ctx.out)
+    ctx.artifacts["report"] = path
+    ctx.console.print(f"  report: {path}")
+
+
+STEPS: list[Step] = [
+    Step("import", "import shared datasets into the replay format", step_import),
+    Step("probe", "the default difficulty probe (built from ../shared/data on first use)", step_probe),
+    Step("evaluate", "replay baselines and routers; frontier tables", step_evaluate),
+    Step("route", "route real queries through the local model (no API key)", step_route),
+    Step("report", "HTML report with cost-accuracy frontiers", step_report),
+]
+
+
+def add_step(step: Step, *, before: str | None = "report") -> None:
+    """Add a step to the demo, by default just before the report."""
+    names = [s.name for s in STEPS]
+    if step.name in names:
+        raise ValueError(f"demo step {step.name!r} already exists")
+    STEPS.insert(names.index(before) if before in names else len(STEPS), step)
+
+
+def run(ctx: DemoContext, steps: list[Step] | None = None) -> DemoContext:
+    for step in steps or STEPS:
+        started = time.perf_counter()
+        ctx.console.rule(f"[bold]{step.name}[/]: {step.description}")
+        step.run(ctx)
+        ctx.console.print(f"  [dim]{step.name} took {time.perf_counter() - started:.1f} s[/]")
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    from router.settings import get_settings
+
+    ap = argparse.ArgumentParser(description="Triage demo: replay evaluation on shared datasets.")
+    ap.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
+    ap.add_argument("--data-dir", type=Path, default=None, help="shared data (default: TRIAGE_DATA_DIR)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    data_dir = args.data_dir or get_settings().data_dir
+    if not Path(data_dir).is_dir():
+        ap.error(f"shared data folder not found: {data_dir} (set TRIAGE_DATA_DIR or --data-dir)")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ctx = DemoContext(out=args.out, data_dir=Path(data_dir), console=console, n_boot=args.bootstrap, seed=args.seed)
+    started = time.perf_counter()
+    run(ctx)
+    console.print(f"[bold green]demo done[/] in {time.perf_counter() - started:.1f} s; "
+                  f"report: {ctx.artifacts.get('report')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -125,7 +125,7 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
         "torch_version": torch.__version__,
     }
     (tmp / ENCODER_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
-    _install(tmp, out, replace=replace)
+    install_folder(tmp, out, replace=replace)
     return out
 
 
@@ -149,7 +149,7 @@ def reference_embeddings(texts: list[str], max_tokens: int = 128) -> "Any":
 
 
 
-def _install(tmp: Path, out: Path, *, replace: bool) -> None:
+def install_folder(tmp: Path, out: Path, *, replace: bool) -> None:
     """Move the finished folder ``tmp`` to ``out``. Without ``replace``, a folder another process
     finished first wins (the two are equivalent) and ours is discarded."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from probes.encoder.export import install_folder
+
 AUX_NAME = "gsm8k-solutions"
 AUX_FILE = "aux.onnx"
 AUX_CARD = "aux.json"
@@ -142,7 +144,7 @@ def train_aux_model(
         "sha256": file_sha256(tmp / AUX_FILE),
     }
     (tmp / AUX_CARD).write_text(json.dumps(card, indent=2))
-    _install(tmp, out, replace=replace)
+    install_folder(tmp, out, replace=replace)
     return out
 
 
@@ -177,23 +179,6 @@ class AuxRegressor:
             self._session = make_session(self.folder / AUX_FILE, intra_op_threads=1)
         (out,) = self._session.run(None, {"features": np.ascontiguousarray(X, dtype=np.float32)})
         return np.asarray(out, dtype=np.float32).reshape(X.shape[0], len(TARGETS))
-
-
-def _install(tmp: Path, out: Path, *, replace: bool) -> None:
-    """Move the finished folder ``tmp`` to ``out``. Without ``replace``, a folder another process
-    finished first wins (the two are equivalent) and ours is discarded."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        shutil.rmtree(out, ignore_errors=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if not out.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # lost a race with a concurrent writer
 
 
 # -- a low-dimensional view of the embedding ---------------------------------------------------
@@ -255,7 +240,7 @@ def fit_question_pca(
         "sha256": file_sha256(tmp / PCA_FILE),
     }
     (tmp / PCA_CARD).write_text(json.dumps(card, indent=2))
-    _install(tmp, out, replace=replace)
+    install_folder(tmp, out, replace=replace)
     return out
 
 

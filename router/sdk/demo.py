@@ -17,12 +17,12 @@ DEMO_QUERIES: tuple[tuple[str, str], ...] = (
     ("easy", "What is 7 + 5?"),
     ("easy", "What is the capital of France?"),
     ("easy", "Name a colour of the rainbow."),
-    ("hard", "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-             "How many clips did Natalia sell altogether in April and May?"),
-    ("hard", "A store sells pencils at 3 for $0.75 and erasers at 2 for $0.90. Maria buys 18 pencils and "
-             "7 erasers and pays with a $20 bill. How much change does she get? Show your reasoning."),
-    ("hard", "Prove that the sum of the first n odd numbers is n squared, then use it to compute "
-             "1 + 3 + 5 + ... + 99."),
+    ("hard", "John buys 3 notebooks at $2.50 each, 2 pens at $1.20 each and a backpack that costs 4 times as "
+             "much as one notebook and one pen together. He has a 15% discount coupon for the whole purchase. "
+             "How much does he pay?"),
+    ("hard", "Find the number of ordered pairs of positive integers (m, n) such that m^2 n = 20^20."),
+    ("hard", "A bag has 4 red, 5 blue and 6 green marbles. Three are drawn without replacement. What is the "
+             "probability that all three are different colours? Give the answer as a fraction in lowest terms."),
 )
 
 

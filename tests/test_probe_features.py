@@ -114,13 +114,20 @@ def test_text_encoder_matches_torch_reference_and_is_batch_independent():
     singles = np.stack([int8.encode([t])[0] for t in texts])
     np.testing.assert_array_equal(emb, singles)  # a text's embedding never depends on its batch
     assert int8.tokenize([texts[2]])[0].shape[1] == 128  # truncation
+    # the shallow variants: the first layers of the same weights, int8
+    for variant, layers in (("int8-l3", 3), ("int8-l2", 2)):
+        shallow = TextEncoder(folder, variant=variant).encode(texts)
+        assert (np.sum(shallow * reference_embeddings(texts, layers=layers), axis=1) > 0.98).all()
+        assert (np.sum(shallow * ref, axis=1) < 0.999).any()  # it is not the full model
 
 
 def test_text_feature_identity_names_the_encoder():
     f = make_feature("text", aux=False)
     ident = f.identity()
-    assert ident["params"] == {"variant": "int8", "max_tokens": 128, "aux": False}
-    assert len(ident["encoder"]["sha256"]["model.int8.onnx"]) == 64
+    assert ident["params"] == {"variant": "int8-l2", "max_tokens": 128, "aux": False}
+    assert len(ident["encoder"]["sha256"]["model.l2.int8.onnx"]) == 64
+    assert make_feature("text", aux=False, variant="int8").identity()["encoder"]["sha256"].keys() == {
+        "model.int8.onnx", "tokenizer.json"}
     assert f.dim == 384 + len(FEATURE_NAMES)
     assert make_feature("text").dim == f.dim + 12
 

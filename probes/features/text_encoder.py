@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.encoder.runtime import ENCODER_CARD, VARIANT_FILES, TextEncoder, ensure_encoder
+from probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, VARIANT_FILES, TextEncoder, ensure_encoder
 from probes.features.base import Feature, register_feature
 from probes.features.difficulty_aux import (
     AUX_CARD,
@@ -35,14 +35,14 @@ from probes.features.lexical import LexicalFeature
 
 @register_feature
 class MiniLMFeature(Feature):
-    """MiniLM-L6-v2 sentence embedding via onnxruntime."""
+    """MiniLM-L6-v2 sentence embedding via onnxruntime (``variant``: ``int8-l2`` default, ``int8-l3``, ``int8``, ``fp32``)."""
 
     name = "minilm"
     version = "1"
 
     def __init__(
         self,
-        variant: str = "int8",
+        variant: str = DEFAULT_VARIANT,
         max_tokens: int = 128,
         intra_op_threads: int = 1,
         encoder_dir: str | None = None,
@@ -114,7 +114,7 @@ class TextFeature(MiniLMFeature):
 
     def __init__(
         self,
-        variant: str = "int8",
+        variant: str = DEFAULT_VARIANT,
         max_tokens: int = 128,
         aux: bool = True,
         pca: int = 0,
@@ -144,14 +144,14 @@ class TextFeature(MiniLMFeature):
     @property
     def pca_model(self) -> QuestionPCA:
         if self._pca_model is None:
-            folder = Path(self.pca_dir) if self.pca_dir else ensure_question_pca()
+            folder = Path(self.pca_dir) if self.pca_dir else ensure_question_pca(variant=self.variant)
             self._pca_model = QuestionPCA(folder, self.pca)
         return self._pca_model
 
     @property
     def aux_model(self) -> AuxRegressor:
         if self._aux_model is None:
-            folder = Path(self.aux_dir) if self.aux_dir else ensure_aux_model()
+            folder = Path(self.aux_dir) if self.aux_dir else ensure_aux_model(variant=self.variant)
             self._aux_model = AuxRegressor(folder)
         return self._aux_model
 

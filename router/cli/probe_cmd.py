@@ -231,12 +231,13 @@ def export_cmd(
     for name, sha in card["files"].items():
         console.print(f"{target / name}  sha256 {sha}")
     if aux:
+        from probes.encoder.runtime import DEFAULT_VARIANT
         from probes.features.difficulty_aux import default_aux_dir, train_aux_model
 
         with _progress() as progress:
             progress.add_task("training GSM8K solution-profile regressors (train split)", total=None)
-            path = train_aux_model(default_aux_dir(), encoder_dir=target)
-        console.print(f"{path}  (aux regressors, from gsm8k/train.jsonl)")
+            path = train_aux_model(default_aux_dir(variant=DEFAULT_VARIANT), encoder_dir=target, variant=DEFAULT_VARIANT)
+        console.print(f"{path}  (aux regressors for the {DEFAULT_VARIANT} encoder, from gsm8k/train.jsonl)")
 
 
 @app.command("verify")

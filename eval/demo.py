@@ -81,7 +81,7 @@ def step_probe(ctx: DemoContext) -> None:
 
     path = default_probe_path()
     if not (path / "card.json").is_file():
-        ctx.console.print(f"  building the default probe into {path} (first run only; ~10 min on 2 cores)")
+        ctx.console.print(f"  building the default probe into {path} (first run only; a few minutes on 2 cores)")
     probe = load_probe(ensure_default_probe())
     success = probe.card.metrics.get("calibrated", {}).get("success", {})
     auroc = ", ".join(f"{label} {m['auroc']['value']:.3f}" for label, m in success.items())

@@ -226,6 +226,11 @@ def test_token_routed_strategy_through_the_sdk_records_tokens_per_model(pair, tm
         assert record.metadata["token_routing"] == {"small_model": split["small_model"], "large_model": split["large_model"],
                                                     "small_tokens": split["small_tokens"],
                                                     "large_tokens": split["large_tokens"]}
+        # streaming (one chunk after decoding) gives the same greedy text
+        stream = router.completion(messages=[{"role": "user", "content": "What is 12 times 7?"}], max_tokens=16,
+                                   stream=True)
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert streamed == response.choices[0].message.content
     finally:
         router.close()
 

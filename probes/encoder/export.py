@@ -82,22 +82,25 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
     ids = torch.ones((2, 16), dtype=torch.int64)
     mask = torch.ones((2, 16), dtype=torch.int64)
     fp32_path = tmp / VARIANT_FILES["fp32"]
-    dynamic_axes = {
-        "input_ids": {0: "batch", 1: "tokens"},
-        "attention_mask": {0: "batch", 1: "tokens"},
-        "embedding": {0: "batch"},
-    }
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapped,
-            (ids, mask),
-            str(fp32_path),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embedding"],
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            dynamo=False,
-        )
+
+    def export(path: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapped,
+                (ids, mask),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "attention_mask": {0: "batch", 1: "tokens"},
+                    "embedding": {0: "batch"},
+                },
+                opset_version=opset,
+                dynamo=False,
+            )
+
+    export(fp32_path)
     files = {"model.onnx": file_sha256(fp32_path)}
     layers: dict[str, int] = {}
     if quantize:
@@ -108,10 +111,7 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
             # The first n layers of the same weights (mean pooling and normalisation unchanged).
             bert.encoder.layer = torch.nn.ModuleList(list(all_layers)[:n_layers])
             shallow = tmp / f"shallow-{n_layers}.onnx"
-            with torch.no_grad():
-                torch.onnx.export(wrapped, (ids, mask), str(shallow), input_names=["input_ids", "attention_mask"],
-                                  output_names=["embedding"], dynamic_axes=dynamic_axes, opset_version=opset,
-                                  dynamo=False)
+            export(shallow)
             _quantize(shallow, tmp / VARIANT_FILES[variant])
             shallow.unlink()
             files[VARIANT_FILES[variant]] = file_sha256(tmp / VARIANT_FILES[variant])

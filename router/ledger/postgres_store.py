@@ -59,16 +59,7 @@ class PostgresLedgerStore(SQLLedgerStore):
     @classmethod
     def open(cls, url: str, *, migrate: bool = True,
              migrations: Sequence[Migration] = MIGRATIONS) -> "PostgresLedgerStore":
-        store = cls(_connect(url), url)
-        try:
-            if migrate:
-                store.migrate(migrations)
-            else:
-                store.check_version(migrations)
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return cls(_connect(url), url)._ready(migrate, migrations)
 
     def _q(self, sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s")

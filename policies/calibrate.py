@@ -94,10 +94,9 @@ def probe_card_path(policy: Policy, policy_path: str | Path | None) -> Path:
 
     where = resolve_probe_path(policy, policy_path)
     if where == "default":
-        from probes import runtime
+        from probes.default import ensure_default_probe
 
-        runtime.ensure_default_probe()
-        return Path(runtime.default_probe_path())
+        return Path(ensure_default_probe())
     return Path(where)
 
 

@@ -66,3 +66,13 @@ def build_default_probe(
     trained.data_fingerprint = fingerprint
     out = Path(out_dir) if out_dir is not None else default_probe_path(cache_dir)
     return export_probe(trained, out, command=command)
+
+
+def ensure_default_probe(cache_dir: Path | str | None = None) -> Path:
+    """The default probe folder, building it first when missing (build time: torch + scikit-learn)."""
+    from probes.runtime import default_probe_path
+
+    path = default_probe_path(cache_dir)
+    if not (path / "card.json").is_file():
+        build_default_probe(out_dir=path, cache_dir=cache_dir)
+    return path

@@ -26,6 +26,7 @@ from probes.calibration import apply_all
 from probes.card import ProbeArtifactError, ProbeCard, read_card
 from probes.encoder.runtime import file_sha256, make_session
 from probes.features.base import Feature, FeatureError, get_feature_class
+from probes.text import valid_unicode
 from probes.types import TIERS, ProbeOutput
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
     "ProbeArtifactError",
     "ProbeInputError",
     "default_probe_path",
-    "ensure_default_probe",
+    "require_default_probe",
     "load_probe",
 ]
 
@@ -160,6 +161,7 @@ class Probe:
             return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, len(TIERS)), np.float32)
         if not all(isinstance(t, str) for t in texts):
             raise ProbeInputError("probe inputs must be strings")
+        texts = [valid_unicode(t) for t in texts]  # lone surrogates would fail tokenizers and caches
         success, tier = self.head_proba(self.feature_matrix(texts, precomputed))
         return apply_all(self.card.calibration, success, tier)
 
@@ -225,11 +227,11 @@ def default_probe_path(cache_dir: Path | str | None = None) -> Path:
     return Path(cache_dir) / "probes" / "default"
 
 
-def ensure_default_probe(cache_dir: Path | str | None = None) -> Path:
-    """The default probe folder, building it first when missing (train time: needs torch + sklearn)."""
+def require_default_probe(cache_dir: Path | str | None = None) -> Path:
+    """The default probe folder. Serving never trains: a missing one is a :class:`ProbeArtifactError`
+    naming the command that builds it (``make demo`` and the test session run it too)."""
     path = default_probe_path(cache_dir)
     if not (path / "card.json").is_file():
-        from probes.default import build_default_probe
-
-        build_default_probe(out_dir=path, cache_dir=cache_dir)
+        raise ProbeArtifactError(f"the default probe is not built ({path} has no card.json): "
+                                 "run `triage probe build-default` first (about 3 minutes on 2 cores)")
     return path

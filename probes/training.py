@@ -73,7 +73,13 @@ def feature_matrix(
     precomputed: Mapping[str, np.ndarray] | None = None,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """The concatenated feature matrix ``(len(texts), sum(dims))`` float32, through the cache."""
+    """The concatenated feature matrix ``(len(texts), sum(dims))`` float32, through the cache.
+
+    Offline (training, evaluation): builds what the features read first when it is missing.
+    """
+    from probes.features.build import build_feature_artifacts
+
+    build_feature_artifacts([f for f in features if not (precomputed and f.name in precomputed)])
     progress = progress or _Silent()
     blocks = []
     for f in features:

@@ -101,7 +101,8 @@ def test_cache_compacts_many_shards(tmp_path):
 
 def test_text_encoder_matches_torch_reference_and_is_batch_independent():
     from probes.encoder.export import reference_embeddings
-    from probes.encoder.runtime import TextEncoder, ensure_encoder
+    from probes.encoder.export import ensure_encoder
+    from probes.encoder.runtime import TextEncoder
 
     texts = ["What is 2+2?", "Natalia sold clips to 48 of her friends in April. How many in May?", "word " * 300]
     ref = reference_embeddings(texts)
@@ -136,7 +137,8 @@ def test_aux_regressor_onnx_matches_sklearn(tmp_path):
     """The GSM8K solution-profile regressors: train on a few train-split rows, compare runtimes."""
     import json
 
-    from probes.features.difficulty_aux import TARGETS, AuxRegressor, solution_profile, train_aux_model
+    from probes.features.difficulty_aux import TARGETS, AuxRegressor, solution_profile
+    from probes.features.difficulty_aux_build import train_aux_model
     from router.settings import get_settings
 
     rows = (get_settings().data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()[:80]

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from probes.runtime import ensure_default_probe, load_probe
+    from probes.default import ensure_default_probe
+    from probes.runtime import load_probe
 
     load_1m = os.getloadavg()[0]
     path = args.probe or ensure_default_probe()

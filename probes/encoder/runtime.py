@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from probes.text import valid_unicode
+
 ENCODER_CARD = "encoder.json"
 DEFAULT_ENCODER_NAME = "minilm-l6-v2"
 VARIANT_FILES = {
@@ -132,7 +134,10 @@ class TextEncoder:
         """Right-padded ``input_ids`` and ``attention_mask`` (int64) for a batch."""
         if self._tokenizer is None:
             self._load()
-        encs = self._tokenizer.encode_batch(texts) if len(texts) > 1 else [self._tokenizer.encode(texts[0])]
+        # encode_batch for one text too: the same ids as encode, but it releases the GIL while it
+        # works (up to 32 KiB of probe text: tens of ms that would stall the sidecar's event loop).
+        texts = [valid_unicode(t) for t in texts]  # the Rust tokenizer raises TypeError on lone surrogates
+        encs = self._tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encs)
         ids = np.zeros((len(encs), width), dtype=np.int64)
         mask = np.zeros((len(encs), width), dtype=np.int64)
@@ -179,17 +184,15 @@ def default_encoder_dir(cache_dir: Path | str | None = None) -> Path:
     return Path(cache_dir) / "encoders" / DEFAULT_ENCODER_NAME
 
 
-def ensure_encoder(cache_dir: Path | str | None = None) -> Path:
-    """The exported encoder folder, exporting it first if it is missing or lacks a variant this
-    version of Triage knows (needs torch, train time)."""
+def require_encoder(cache_dir: Path | str | None = None) -> Path:
+    """The exported encoder folder; serving never exports it (that needs torch): a missing or
+    outdated export is an :class:`EncoderError` naming the command that makes it."""
     path = default_encoder_dir(cache_dir)
     card = path / ENCODER_CARD
     if not card.is_file():
-        from probes.encoder.export import export_encoder
-
-        export_encoder(path, replace=False)
-    elif not set(VARIANT_FILES.values()) <= set(read_encoder_card(path).get("files", {})):
-        from probes.encoder.export import export_encoder
-
-        export_encoder(path, replace=True)  # an export from an older Triage: add the new variants
+        raise EncoderError(f"the MiniLM encoder is not exported at {path}: run `triage probe export` "
+                           "(or `triage probe build-default`) first")
+    if not set(VARIANT_FILES.values()) <= set(read_encoder_card(path).get("files", {})):
+        raise EncoderError(f"the MiniLM encoder at {path} was exported by an older Triage: run "
+                           "`triage probe export` to add the variants this version reads")
     return path

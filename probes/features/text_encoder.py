@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, VARIANT_FILES, TextEncoder, ensure_encoder
+from probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, VARIANT_FILES, TextEncoder, require_encoder
 from probes.features.base import Feature, register_feature
 from probes.features.difficulty_aux import (
     AUX_CARD,
@@ -26,8 +26,8 @@ from probes.features.difficulty_aux import (
     PCA_FILE,
     AuxRegressor,
     QuestionPCA,
-    ensure_aux_model,
-    ensure_question_pca,
+    require_aux_model,
+    require_question_pca,
 )
 from probes.features.difficulty_aux import TARGETS as AUX_TARGETS
 from probes.features.lexical import LexicalFeature
@@ -64,7 +64,7 @@ class MiniLMFeature(Feature):
     @property
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
-            folder = Path(self.encoder_dir) if self.encoder_dir else ensure_encoder()
+            folder = Path(self.encoder_dir) if self.encoder_dir else require_encoder()
             self._encoder = TextEncoder(
                 folder, variant=self.variant, max_tokens=self.max_tokens,
                 intra_op_threads=self.intra_op_threads, workers=self.workers,
@@ -144,14 +144,14 @@ class TextFeature(MiniLMFeature):
     @property
     def pca_model(self) -> QuestionPCA:
         if self._pca_model is None:
-            folder = Path(self.pca_dir) if self.pca_dir else ensure_question_pca(variant=self.variant)
+            folder = Path(self.pca_dir) if self.pca_dir else require_question_pca(variant=self.variant)
             self._pca_model = QuestionPCA(folder, self.pca)
         return self._pca_model
 
     @property
     def aux_model(self) -> AuxRegressor:
         if self._aux_model is None:
-            folder = Path(self.aux_dir) if self.aux_dir else ensure_aux_model(variant=self.variant)
+            folder = Path(self.aux_dir) if self.aux_dir else require_aux_model(variant=self.variant)
             self._aux_model = AuxRegressor(folder)
         return self._aux_model
 

@@ -232,7 +232,8 @@ def export_cmd(
         console.print(f"{target / name}  sha256 {sha}")
     if aux:
         from probes.encoder.runtime import DEFAULT_VARIANT
-        from probes.features.difficulty_aux import default_aux_dir, train_aux_model
+        from probes.features.difficulty_aux import default_aux_dir
+        from probes.features.difficulty_aux_build import train_aux_model
 
         with _progress() as progress:
             progress.add_task("training GSM8K solution-profile regressors (train split)", total=None)

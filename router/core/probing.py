@@ -33,7 +33,7 @@ def load_policy_probe(policy: Policy, policy_path: str | None) -> ProbeLike:
     where = resolve_probe_path(policy, policy_path)
     try:
         if where == "default":
-            return runtime.load_probe(runtime.ensure_default_probe())
+            return runtime.load_probe(runtime.require_default_probe())
         return runtime.load_probe(where)
     except runtime.ProbeArtifactError as exc:
         raise ConfigError(f"policy '{policy.name}': probe {where}: {exc}") from None

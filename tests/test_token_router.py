@@ -231,6 +231,11 @@ def test_token_routed_strategy_through_the_sdk_records_tokens_per_model(pair, tm
                                    stream=True)
         streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
         assert streamed == response.choices[0].message.content
+        # ... and the same per-model split in its ledger record (the streamed path used to drop it)
+        streamed_record = router.ledger.store.get(stream.triage["request_id"])
+        assert streamed_record is not None
+        assert streamed_record.metadata["token_routing"] == record.metadata["token_routing"]
+        assert streamed_record.completion_tokens == record.completion_tokens
     finally:
         router.close()
 

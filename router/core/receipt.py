@@ -19,12 +19,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+import asyncio
+from typing import Any, Protocol
 
 from router.core.calls import Attempt
-
-if TYPE_CHECKING:
-    from router.core.router import Routed
+from router.core.routed import Routed
 
 
 class LedgerLike(Protocol):
@@ -36,7 +35,7 @@ def _sum(values: list[Any]) -> Any:
     return sum(known) if known else None
 
 
-def triage_info(routed: "Routed", attempts: list[Attempt], request_id: str, latency_s: float) -> dict[str, Any]:
+def triage_info(routed: Routed, attempts: list[Attempt], request_id: str, latency_s: float) -> dict[str, Any]:
     answered = [a for a in attempts if a.error is None]
     final = answered[-1] if answered else (attempts[-1] if attempts else None)
     return {
@@ -59,7 +58,7 @@ def triage_info(routed: "Routed", attempts: list[Attempt], request_id: str, late
     }
 
 
-def ledger_record(routed: "Routed", attempts: list[Attempt], *, request_id: str, latency_s: float,
+def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, latency_s: float,
                   ledger_fields: dict[str, Any] | None = None, store_prompts: bool = False,
                   error: BaseException | None = None) -> Any:
     """The :class:`router.ledger.records.LedgerRecord` of one routed request."""
@@ -111,11 +110,20 @@ def ledger_record(routed: "Routed", attempts: list[Attempt], *, request_id: str,
     )
 
 
-def record_call(ledger: Any, routed: "Routed", attempts: list[Attempt], **kwargs: Any) -> Any:
-    """Build the record and hand it to ``ledger``; returns what the ledger returned."""
-    record = ledger_record(routed, attempts, **kwargs)
+def write_record(ledger: Any, record: Any) -> Any:
+    """Hand ``record`` to ``ledger`` (a writer's ``write`` or a store's ``write_records``); returns
+    once the ledger says it is durable."""
     if hasattr(ledger, "write"):
         return ledger.write(record)
     if hasattr(ledger, "write_records"):
         return ledger.write_records([record])
     raise TypeError(f"{type(ledger).__name__} is not a ledger (needs write() or write_records())")
+
+
+async def awrite_record(ledger: Any, record: Any) -> Any:
+    """Async :func:`write_record`: a writer's ``arecord`` is awaited on the event loop (no thread
+    hop); anything else runs in a worker thread."""
+    arecord = getattr(ledger, "arecord", None)
+    if arecord is not None:
+        return await arecord(record)
+    return await asyncio.to_thread(write_record, ledger, record)

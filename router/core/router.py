@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +24,19 @@ from policies.decide import Decision, decide
 from policies.loader import load_policy
 from policies.policy import Policy
 from policies.pricing import import_litellm
-from probes.types import ProbeOutput
-from router.core.calls import (
-    Attempt,
-    Step,
-    build_kwargs,
-    cost_of,
-    finish_reason_of,
-    is_provider_error,
-    usage_of,
-)
+from router.core.drivers import aopen_stream, arun, open_stream, run
+from router.core.execution import Execution
+from router.core.fields import caller_fields
 from router.core.messages import normalize_messages, probe_text
-from router.core.plan import CallPlan
+from router.core.preflight import check_policy_credentials, check_policy_models
 from router.core.probing import ProbeLike, ProbeRunner
-from router.core.receipt import LedgerLike, record_call, triage_info
+from router.core.receipt import LedgerLike, awrite_record, write_record
+from router.core.routed import Routed
 from router.logging import get_logger
 
 log = get_logger("triage.router")
 
-
-@dataclass(frozen=True)
-class Routed:
-    """A decision with what produced it (kept for the ledger)."""
-
-    decision: Decision
-    probe_output: ProbeOutput
-    messages: list[dict[str, Any]]
-    decision_latency_s: float
-    self_probe: bool = False
+__all__ = ["Routed", "Router"]
 
 
 class Router:
@@ -67,6 +51,8 @@ class Router:
     def __init__(self, policy: Policy, *, probe: ProbeLike | None = None,
                  ledger: LedgerLike | str | Path | None = None, policy_path: str | Path | None = None,
                  store_prompts: bool = False) -> None:
+        check_policy_credentials(policy)  # an unset api_key_env fails here, naming the variable
+        check_policy_models(policy)  # a model no provider serves fails here, not on every call
         self.policy = policy
         self.policy_path = str(policy_path) if policy_path is not None else None
         self.store_prompts = store_prompts
@@ -127,91 +113,43 @@ class Router:
             register_token_routed_provider()
         self._providers_ready = True
 
-    def _kwargs(self, step: Step, routed: Routed, caller: dict[str, Any]) -> dict[str, Any]:
-        return build_kwargs(self.policy.strategies[step.strategy], step, routed.messages, caller)
+    def execution(self, routed: Routed, *, request_id: str | None = None,
+                  ledger_fields: dict[str, Any] | None = None, started: float | None = None,
+                  stream: bool = False, caller: dict[str, Any] | None = None) -> Execution:
+        """The books of one decided request (what every request loop drives).
 
-    def _attempt(self, step: Step, response: Any, exc: BaseException | None, latency: float) -> Attempt:
-        strategy = self.policy.strategies[step.strategy]
-        attempt = Attempt(strategy=step.strategy, model=strategy.model, reason=step.reason,
-                          max_tokens=step.max_tokens, latency_s=latency)
-        if exc is not None:
-            attempt.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            return attempt
-        pt, ct, rt = usage_of(getattr(response, "usage", None))
-        attempt.prompt_tokens, attempt.completion_tokens, attempt.reasoning_tokens = pt, ct, rt
-        attempt.finish_reason = finish_reason_of(response)
-        attempt.truncated = attempt.finish_reason == "length"
-        hidden = getattr(response, "_hidden_params", None) or {}
-        attempt.cost_usd = cost_of(strategy, pt, ct, hidden)
-        if "token_routing" in hidden:  # tokens written by each model of a token-routed pair
-            tr = hidden["token_routing"]
-            attempt.extra["token_routing"] = {k: tr[k] for k in ("small_model", "large_model", "small_tokens",
-                                                                 "large_tokens")}
-        return attempt
+        Caller fields are checked here, before anything is called or recorded: only OpenAI
+        chat-completions fields pass (:mod:`router.core.fields`), never credentials or destinations.
+        """
+        return Execution(self.policy, routed, request_id=request_id or uuid.uuid4().hex,
+                         started=time.perf_counter() if started is None else started,
+                         caller=caller_fields(caller or {}),
+                         ledger_fields=ledger_fields, store_prompts=self.store_prompts, stream=stream)
 
     def execute(self, routed: Routed, *, request_id: str | None = None,
                 ledger_fields: dict[str, Any] | None = None, started: float | None = None,
-                **kwargs: Any) -> Any:
-        """Run a decided request (non-streaming): calls, escalations, retries, fallback, record."""
+                stream: bool = False, **kwargs: Any) -> Any:
+        """Run a decided request: calls, escalations, retries, fallback, then the ledger record.
+
+        Returns litellm's ``ModelResponse``, or with ``stream=True`` a :class:`TriageStream`.
+        """
         self._ensure_providers()
-        litellm = import_litellm()
-        request_id = request_id or uuid.uuid4().hex
-        started = time.perf_counter() if started is None else started
-        plan = CallPlan(self.policy, routed.decision, request_id)
-        step: Step | None = plan.first()
-        response = None
-        try:
-            while step is not None:
-                t0 = time.perf_counter()
-                try:
-                    response = litellm.completion(**self._kwargs(step, routed, kwargs))
-                    exc = None
-                except Exception as e:  # noqa: BLE001 - classified just below
-                    if not is_provider_error(e):
-                        raise
-                    response, exc = None, e
-                attempt = self._attempt(step, response, exc, time.perf_counter() - t0)
-                plan.attempts.append(attempt)
-                step = plan.failed(step, attempt, exc) if exc is not None else plan.succeeded(step, attempt, response)
-        except Exception as exc:
-            self._record(routed, plan.attempts, request_id, started, ledger_fields, error=exc)
-            raise
-        info = triage_info(routed, plan.attempts, request_id, time.perf_counter() - started)
-        response._hidden_params["triage"] = info
-        self._record(routed, plan.attempts, request_id, started, ledger_fields)
-        return response
+        ex = self.execution(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
+                            stream=stream, caller=kwargs)
+        if stream:
+            return open_stream(ex, import_litellm(), self._write)
+        return run(ex, import_litellm(), self._write)
 
     async def aexecute(self, routed: Routed, *, request_id: str | None = None,
                        ledger_fields: dict[str, Any] | None = None, started: float | None = None,
-                       **kwargs: Any) -> Any:
-        """Async :meth:`execute`."""
+                       stream: bool = False, **kwargs: Any) -> Any:
+        """Async :meth:`execute` (``stream=True`` gives an :class:`AsyncTriageStream`)."""
         self._ensure_providers()
-        litellm = import_litellm()
-        request_id = request_id or uuid.uuid4().hex
-        started = time.perf_counter() if started is None else started
-        plan = CallPlan(self.policy, routed.decision, request_id)
-        step: Step | None = plan.first()
-        response = None
-        try:
-            while step is not None:
-                t0 = time.perf_counter()
-                try:
-                    response = await litellm.acompletion(**self._kwargs(step, routed, kwargs))
-                    exc = None
-                except Exception as e:  # noqa: BLE001
-                    if not is_provider_error(e):
-                        raise
-                    response, exc = None, e
-                attempt = self._attempt(step, response, exc, time.perf_counter() - t0)
-                plan.attempts.append(attempt)
-                step = plan.failed(step, attempt, exc) if exc is not None else plan.succeeded(step, attempt, response)
-        except Exception as exc:
-            await asyncio.to_thread(self._record, routed, plan.attempts, request_id, started, ledger_fields, exc)
-            raise
-        info = triage_info(routed, plan.attempts, request_id, time.perf_counter() - started)
-        response._hidden_params["triage"] = info
-        await asyncio.to_thread(self._record, routed, plan.attempts, request_id, started, ledger_fields)
-        return response
+        ex = self.execution(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
+                            stream=stream, caller=kwargs)
+        if stream:
+            return await aopen_stream(ex, import_litellm(), self._awrite)
+        return await arun(ex, import_litellm(), self._awrite)
 
     def completion(self, messages: Any = None, *, stream: bool = False, request_id: str | None = None,
                    ledger_fields: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -223,12 +161,8 @@ class Router:
         kwargs.pop("model", None)  # the policy picks the model
         started = time.perf_counter()
         routed = self.route_detailed(messages)
-        if stream:
-            from router.core.streaming import open_stream
-
-            return open_stream(self, routed, request_id=request_id or uuid.uuid4().hex,
-                               ledger_fields=ledger_fields, started=started, caller=kwargs)
-        return self.execute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started, **kwargs)
+        return self.execute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
+                            stream=stream, **kwargs)
 
     async def acompletion(self, messages: Any = None, *, stream: bool = False, request_id: str | None = None,
                           ledger_fields: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -236,13 +170,8 @@ class Router:
         kwargs.pop("model", None)
         started = time.perf_counter()
         routed = await asyncio.to_thread(self.route_detailed, messages)
-        if stream:
-            from router.core.streaming import aopen_stream
-
-            return await aopen_stream(self, routed, request_id=request_id or uuid.uuid4().hex,
-                                      ledger_fields=ledger_fields, started=started, caller=kwargs)
-        return await self.aexecute(routed, request_id=request_id, ledger_fields=ledger_fields,
-                                   started=started, **kwargs)
+        return await self.aexecute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
+                                   stream=stream, **kwargs)
 
     # -- recording --------------------------------------------------------------------------------
 
@@ -267,13 +196,14 @@ class Router:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _record(self, routed: Routed, attempts: list[Attempt], request_id: str, started: float,
-                ledger_fields: dict[str, Any] | None, error: BaseException | None = None) -> None:
-        log.debug("routed", request_id=request_id, policy=self.policy.name, tier=routed.decision.tier,
-                 strategy=attempts[-1].strategy if attempts else routed.decision.strategy,
-                 attempts=len(attempts), error=type(error).__name__ if error else None)
-        if self.ledger is None:
-            return
-        record_call(self.ledger, routed, attempts, request_id=request_id,
-                    latency_s=time.perf_counter() - started, ledger_fields=ledger_fields,
-                    store_prompts=self.store_prompts, error=error)
+    def _write(self, record: Any) -> None:
+        log.debug("routed", request_id=record.request_id, policy=record.policy_name, tier=record.tier,
+                  strategy=record.strategy, attempts=len(record.attempts), error=record.error is not None)
+        if self.ledger is not None:
+            write_record(self.ledger, record)
+
+    async def _awrite(self, record: Any) -> None:
+        log.debug("routed", request_id=record.request_id, policy=record.policy_name, tier=record.tier,
+                  strategy=record.strategy, attempts=len(record.attempts), error=record.error is not None)
+        if self.ledger is not None:
+            await awrite_record(self.ledger, record)

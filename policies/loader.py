@@ -23,6 +23,38 @@ _RULE_TAGS = ("thresholds", "expected_utility", "cascade")
 _LOCATED = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.S)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming the same key twice.
+
+    PyYAML keeps the last value silently, so a policy or settings file with two ``strategies:``
+    (or two ``api_keys:``) blocks would run with half of what its author wrote. Keys brought in by
+    a ``<<`` merge may still be overridden: that is what merges are for.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"duplicate key {key!r}",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p != "[key]"]  # a bad mapping key: the key itself names the place
     # Discriminated unions put the tag into the location (rule.thresholds.thresholds.hard); drop it.
@@ -71,7 +103,7 @@ def read_policy_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"policy file not found: {p}")
     try:
-        obj = yaml.safe_load(p.read_text(encoding="utf-8"))
+        obj = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)

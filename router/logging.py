@@ -15,9 +15,15 @@ _SECRET_KEYS = frozenset({"api_key", "authorization", "password", "secret", "tok
 
 
 def _redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # Imported here: router.ledger imports this module (a module-level import would be circular).
+    from router.ledger.scrub import scrub_value
+
     for k in list(event_dict):
         if k.lower() in _SECRET_KEYS:
             event_dict[k] = "[redacted]"
+        elif isinstance(event_dict[k], str | dict | list | tuple):
+            # Configured secret values and token shapes, wherever a message or error quotes them.
+            event_dict[k] = scrub_value(event_dict[k])
     return event_dict
 
 

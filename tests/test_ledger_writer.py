@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from router.ledger import LedgerClosedError, LedgerRecord, LedgerWriter, UnknownRequestError, open_ledger
+from router.ledger.writer import Durability
 from router.ledger.store import LedgerStore
 from tests.support.ledger import ledger_url, make_record  # noqa: F401
 
@@ -83,13 +84,13 @@ def test_a_rejected_record_fails_alone(tmp_path: Path) -> None:
     store = open_ledger(str(tmp_path / "l.sqlite"))
     gated = GatedStore(store, reject={"req-000003"})
     gated.gate.clear()
-    writer = LedgerWriter(gated).start()  # type: ignore[arg-type]
+    writer = LedgerWriter(gated, spool=None).start()  # type: ignore[arg-type]  # no spool: errors surface
     futs = {i: writer.submit(make_record(i)) for i in range(6)}
     gated.gate.set()  # all six go in one batch, which fails, then one by one
     with pytest.raises(RuntimeError, match="rejected"):
         futs[3].result(10)
     for i in (0, 1, 2, 4, 5):
-        assert futs[i].result(10) is None
+        assert futs[i].result(10) == Durability.COMMITTED
     writer.close()
     assert store.count() == 5 and store.get("req-000003") is None
     assert writer.stats.failed_records == 1
@@ -143,7 +144,7 @@ def test_close_flushes_and_later_records_are_refused(tmp_path: Path) -> None:
 
 def test_store_failure_reaches_the_caller(tmp_path: Path) -> None:
     store = open_ledger(str(tmp_path / "l.sqlite"))
-    writer = LedgerWriter(store).start()
+    writer = LedgerWriter(store, spool=None).start()  # without a spool the error reaches the caller
     store.close()  # the database is gone from under the writer
     with pytest.raises(RuntimeError, match="closed"):
         writer.record(make_record(1), timeout=10)

@@ -28,7 +28,8 @@ ASK = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = SidecarProcess(tmp_path_factory.mktemp("sidecar-clients"), [LOCAL_POLICY])
+    # Scraped without a key, as a Prometheus on the same host would (default: an admin key).
+    proc = SidecarProcess(tmp_path_factory.mktemp("sidecar-clients"), [LOCAL_POLICY], extra={"public_metrics": True})
     yield proc
     proc.stop()
 
@@ -224,7 +225,8 @@ def test_metrics_and_health(server):
     assert 'triage_http_responses_total{route="/v1/chat/completions",status="200"}' in text
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     ready = httpx.get(server.url + "/readyz").json()
-    assert ready["status"] == "ready" and ready["checks"] == {"policy:local": "ready", "ledger": "reachable"}
+    assert ready["status"] == "ready" and ready["checks"] == {
+        "policy:local": "ready", "ledger": "reachable", "ledger_writes": "ok", "ledger_spool": "0 bytes waiting"}
 
 
 def test_client_disconnect_mid_stream_stops_the_model(server):

@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from policies.loader import load_yaml
 from router.errors import ConfigError
 
 DEFAULT_PRICES_PATH = Path(__file__).with_name("default_prices.yaml")
@@ -75,7 +76,7 @@ def _load(p: Path) -> PriceTable:
     if not p.is_file():
         raise ConfigError(f"price file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is valid YAML
+        raw = load_yaml(p.read_text(encoding="utf-8"))  # JSON is valid YAML; duplicate keys refused
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -47,6 +47,21 @@ class FeatureError(ValueError):
     """A feature was asked for by an unknown name, with bad parameters, or returned a bad shape."""
 
 
+#: What any feature reads of a query: its first ``TEXT_HEAD_CHARS`` and last ``TEXT_TAIL_CHARS``
+#: characters (joined by one newline). A longer text costs the same as a 32 KiB one, so a 1 MB prompt
+#: cannot hold the request path; texts up to the sum are read whole, so values do not change there.
+TEXT_HEAD_CHARS = 16_384
+TEXT_TAIL_CHARS = 16_384
+
+
+def cap_text(text: str) -> str:
+    """The part of ``text`` features read (see :data:`TEXT_HEAD_CHARS`); short texts unchanged."""
+    if len(text) <= TEXT_HEAD_CHARS + TEXT_TAIL_CHARS:
+        return text
+    # The newline keeps a number or word cut at either end from merging with the other part.
+    return text[:TEXT_HEAD_CHARS] + "\n" + text[-TEXT_TAIL_CHARS:]
+
+
 class Feature(ABC):
     """Base class of query features. Subclasses set ``name``/``version`` and implement ``transform``."""
 
@@ -94,8 +109,15 @@ class Feature(ABC):
         return cls(**params)
 
     def transform_checked(self, texts: list[str]) -> np.ndarray:
-        """:meth:`transform` plus a shape/dtype/finiteness check with a clear error."""
-        out = np.asarray(self.transform(list(texts)), dtype=np.float32)
+        """:meth:`transform` on the capped texts (:func:`cap_text`) plus a shape/dtype/finiteness check.
+
+        The one entry point of the probe runtime and the feature cache, so every text feature
+        (request path, SDK, replay, training) reads the same bounded text. Torch features are left
+        whole: at request time the local model computes them from its own prefill of the prompt,
+        which its context window bounds (a longer prompt is refused there).
+        """
+        texts = list(texts) if self.requires_torch else [cap_text(t) for t in texts]
+        out = np.asarray(self.transform(texts), dtype=np.float32)
         if out.shape != (len(texts), self.dim):
             raise FeatureError(
                 f"feature {self.name!r} v{self.version} returned shape {out.shape}, "

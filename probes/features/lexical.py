@@ -13,11 +13,17 @@ import numpy as np
 
 from probes.features.base import Feature, register_feature
 
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\$?\d[\d,]*(?:\.\d+)?%?")
-_DECIMAL_OR_FRACTION = re.compile(r"\d+\.\d+|\d+/\d+")
-_SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
+# Every pattern is linear in the text length (``re`` holds the GIL for a whole findall, so one
+# quadratic pattern on a long run froze the server): a run that a pattern scans (digits, word
+# characters, [.!?], leading spaces) is tried only from its start (a look-behind) and consumed
+# possessively (``++``), and leading whitespace never crosses a newline. Each rewrite gives the same
+# counts (and numbers) as the plain pattern it replaced (``tests/test_hostile_regex.py`` checks real
+# prompts), so the feature version and trained heads stay valid.
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\$?\d[\d,]*+(?:\.\d++)?%?")
+_DECIMAL_OR_FRACTION = re.compile(r"(?<!\d)\d++(?:\.\d++|/\d++)")
+_SENTENCE_END = re.compile(r"(?<![.!?])[.!?]++(?:\s|$)")
 _MATH_OPERATORS = re.compile(r"[+\-*/=^<>×÷√∑∫]")
-_LATEX = re.compile(r"\\(?:frac|sqrt|sum|int|cdot|times|le|ge|pi|alpha|beta|theta|mathbb|left|right)\b|\$[^$]+\$")
+_LATEX = re.compile(r"\\(?:frac|sqrt|sum|int|cdot|times|le|ge|pi|alpha|beta|theta|mathbb|left|right)\b|\$[^$]++\$")
 _MATH_WORDS = re.compile(
     r"\b(?:total|each|per|percent|percentage|times|twice|half|thrice|triple|double|ratio|average|"
     r"sum|difference|product|remainder|fraction|rate|profit|discount|interest|how many|how much|"
@@ -27,10 +33,10 @@ _MATH_WORDS = re.compile(
 )
 _CODE_MARKERS = re.compile(
     r"```|\bdef\b|\bclass\b|\breturn\b|\bimport\b|\bfunction\b|\bwrite a (?:python )?function\b|"
-    r"[{};]|\w+\(\)|==|!=|->|=>|\bprint\(",
+    r"[{};]|(?<!\w)\w++\(\)|==|!=|->|=>|\bprint\(",
     re.IGNORECASE,
 )
-_CHOICE_MARKERS = re.compile(r"(?m)^\s*\(?[A-Da-d][).:]\s+|\b[A-D]\)\s")
+_CHOICE_MARKERS = re.compile(r"(?m)^[^\S\n]*+\(?[A-Da-d][).:]\s++|\b[A-D]\)\s")
 _CONDITION_WORDS = re.compile(r"\b(?:if|then|unless|otherwise|after|before|while|until|except|but)\b", re.IGNORECASE)
 _REASONING_WORDS = re.compile(
     r"\b(?:prove|explain|why|derive|compare|analy[sz]e|justify|step by step|evaluate|design|optimi[sz]e)\b",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probes.lm.chat import content_offset, normalise_messages
+from probes.lm.chat import TokenFloor, content_offset, count_tokens, normalise_messages, token_floor
 from probes.lm.decoding import TextEmitter, choose_token, distribution_stats, normalise_stop
 from probes.lm.loading import LoadedModel, load_model
 from probes.lm.specs import (
@@ -75,6 +75,7 @@ class LocalLM:
         self.stats = LMStats()
         self._prefills: OrderedDict[tuple[int, ...], PrefillResult] = OrderedDict()
         self._prefill_cache_size = prefill_cache_size
+        self._token_floor: TokenFloor | None = token_floor(self.tokenizer)  # at load, not per prompt
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -104,6 +105,7 @@ class LocalLM:
         """Prompt token ids and the ``[start, end)`` token span of the last message's content."""
         msgs = normalise_messages(messages)
         text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        self._refuse_sooner(text)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         content = msgs[-1]["content"]
@@ -183,6 +185,22 @@ class LocalLM:
         """Drop remembered prefills (and their KV caches)."""
         with self._lock:
             self._prefills.clear()
+
+    def _refuse_sooner(self, text: str) -> None:
+        """:class:`PromptTooLongError` for a rendered prompt that cannot fit, before the slow full
+        tokenization (see :func:`probes.lm.chat.count_tokens`); prompts that fit pass untouched."""
+        if len(text) < self.context_length:  # short prompts: the exact count alone, no second pass
+            return
+        floor = self._token_floor
+        at_least = floor.min_tokens(text) if floor is not None else 0
+        if at_least >= self.context_length:
+            raise PromptTooLongError(f"prompt has at least {at_least} tokens; local model {self.name!r} "
+                                     f"takes at most {self.context_length - 1}")
+        n = count_tokens(self.tokenizer, text)
+        if n is not None and n >= self.context_length:
+            raise PromptTooLongError(
+                f"prompt has {n} tokens; local model {self.name!r} takes at most {self.context_length - 1}"
+            )
 
     def _check_length(self, ids: Sequence[int]) -> None:
         if len(ids) >= self.context_length:

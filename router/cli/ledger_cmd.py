@@ -1,4 +1,4 @@
-"""`triage ledger ...`: report, export, feedback, migrate."""
+"""`triage ledger ...`: report, export, feedback, migrate, recover."""
 
 from __future__ import annotations
 
@@ -164,3 +164,40 @@ def migrate_cmd(ledger: LedgerOpt = None) -> None:
         console.print(f"ledger {where}: schema version {after}, up to date")
     else:
         console.print(f"ledger {where}: schema version {before} -> {after}")
+
+
+@app.command("recover")
+@user_errors
+def recover_cmd(
+    ledger: LedgerOpt = None,
+    spool: Annotated[Path | None, typer.Option("--spool", help="Spool file to replay. Default: the ledger's "
+                                               "(beside a SQLite file, or in the cache dir).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Replay the spool (records the ledger could not take while it was down) into the ledger.
+
+    Safe to run at any time, also while `triage serve` runs: a record already in the ledger is
+    skipped, and records the ledger refuses are moved to the .rejected.jsonl file beside the spool.
+    """
+    from router.ledger.spool import LedgerSpool, default_spool_path
+
+    with _open(ledger) as store:
+        target = LedgerSpool(spool if spool is not None else default_spool_path(store))
+        try:
+            result = target.replay(store)
+        except Exception as exc:  # the store's own error classes (disk full, server gone)
+            if not store.is_unavailable(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            fail(f"ledger {store.where} is unavailable ({type(exc).__name__}: {first}); the spool was left as it is")
+        where = store.where
+    if as_json:
+        typer.echo(json.dumps({"ledger": where, "spool": str(target.path), **result.as_dict(),
+                               "rejected_file": str(target.rejected_path) if result.rejected or result.corrupt_lines
+                               else None}))
+        return
+    console.print(f"spool {target.path}: {result.read:,} records replayed into {where} "
+                  f"({result.inserted:,} new, {result.already_present:,} already there)")
+    if result.rejected or result.corrupt_lines:
+        console.print(f"{result.rejected:,} records refused by the ledger and {result.corrupt_lines:,} unreadable "
+                      f"lines were set aside in {target.rejected_path}")

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from router.cli.common import fail, user_errors
+from router.errors import ConfigError
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -52,34 +53,81 @@ def uvicorn_log_config(level: str, as_json: bool) -> dict[str, Any]:
     }
 
 
+def http_protocol(settings: Any) -> dict[str, Any]:
+    """uvicorn's ``http`` option: httptools with the head limits of :mod:`router.sidecar.protocol`.
+
+    Without httptools (it comes with ``uvicorn[standard]``) h11 bounds the head's size itself, but
+    answers an oversized head with a plain-text 400 and has no head read timeout.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("httptools") is not None:
+        from router.sidecar.protocol import IMPORT_PATH
+
+        return {"http": IMPORT_PATH}
+    return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
+
+
+def check_settings_models(settings: Any) -> None:
+    """Concrete (non-glob) names in ``models`` must be callable, like the policies' models."""
+    from router.core.preflight import model_problem
+
+    for name in settings.models:
+        if not any(c in name for c in "*?["):
+            problem = model_problem(name, installed=True)
+            if problem is not None:
+                raise ConfigError(f"sidecar settings: models: {problem}")
+
+
 def run_server(settings: Any) -> None:
     """Validate, load, then serve until interrupted (one process, or ``workers`` processes)."""
     import uvicorn
 
     from policies.loader import load_policy
-    from router.sidecar.app import RESOLVED_ENV, create_app
+    from router.core.preflight import (
+        check_policy_credentials,
+        check_policy_models,
+        register_settings_secrets,
+    )
+    from router.sidecar.app import RESOLVED_ENV, configure_protocol, create_app
     from router.sidecar.services import Services
     from router.sidecar.settings import is_loopback
 
     if not settings.api_keys and not settings.anonymous_allowed:
         fail(f"no api_keys configured and host {settings.host} is not loopback: every request would be refused; "
              "configure api_keys or set allow_anonymous: true")
+    register_settings_secrets(settings)  # scrubbed from error bodies, logs and the ledger from now on
     log_config = uvicorn_log_config(settings.log_level, settings.log_json)
     common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": log_config,
-                              "access_log": False, "server_header": False, "timeout_graceful_shutdown": 30}
+                              "access_log": False, "server_header": False,
+                              "timeout_graceful_shutdown": settings.shutdown_grace_s}
     if settings.anonymous_allowed and not is_loopback(settings.host):
         logging.getLogger("uvicorn.error").warning("serving without API keys on a non-loopback host")
+    check_settings_models(settings)
+    common.update(http_protocol(settings))
+    configure_protocol(settings)
     if settings.workers == 1:
         services = Services.open(settings)
+        try:
+            for router in services.routers.values():  # served models must be installed, not just known
+                check_policy_models(router.policy, installed=True)
+        except BaseException:
+            services.close()
+            raise
         try:
             asyncio.run(services.warm_up())
         except BaseException:
             services.close()
             raise
-        uvicorn.Server(uvicorn.Config(create_app(settings, services), **common)).run()
+        try:
+            uvicorn.Server(uvicorn.Config(create_app(settings, services), **common)).run()
+        finally:
+            services.close()  # commits what is queued; the app drained its in-flight responses first
         return
     for path in settings.policies:  # fail here, once, rather than in every worker
-        load_policy(path)
+        policy = load_policy(path)
+        check_policy_credentials(policy)
+        check_policy_models(policy, installed=True)
     os.environ[RESOLVED_ENV] = settings.model_dump_json()
     uvicorn.run("router.sidecar.app:app_from_env", factory=True, workers=settings.workers, **common)
 

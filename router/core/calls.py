@@ -11,13 +11,19 @@ from typing import Any
 
 from policies.pricing import import_litellm, token_price
 from policies.strategy import Strategy
-from router.core.errors import TriageProviderError
+from router.core.errors import TriageProviderError, UpstreamProtocolError
+from router.core.fields import caller_fields
+from router.errors import ConfigError
+from router.ledger.scrub import scrub_text, scrub_value
 
 # Per-call defaults that keep a failing provider from hanging a request: no hidden client retries
 # (the policy's fallback is the retry), a bounded timeout (the strategy's timeout_s).
 _DEFAULTS: dict[str, Any] = {"num_retries": 0, "max_retries": 0}
 # Caller keyword arguments the router owns or interprets itself.
 _ROUTER_KWARGS = frozenset({"model", "messages", "stream", "metadata_triage"})
+# The key sent to a strategy's own api_base when it names no api_key_env: never the provider's
+# default key from the environment (litellm would send OPENAI_API_KEY to a self-hosted server).
+NO_KEY = "triage-no-key"
 
 
 @dataclass
@@ -53,7 +59,8 @@ class Attempt:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Provider error text can quote the key it was sent (receipts, exceptions, the ledger).
+        return scrub_value(asdict(self))
 
 
 def supports_reasoning(model: str) -> bool:
@@ -66,11 +73,14 @@ def supports_reasoning(model: str) -> bool:
 
 def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
                  caller: dict[str, Any]) -> dict[str, Any]:
-    """litellm keyword arguments for ``step``; the caller's extra arguments pass through.
+    """litellm keyword arguments for ``step``; the caller's OpenAI fields pass through.
 
-    The strategy wins on what it sets (temperature, stop, api_base); a caller's ``max_tokens`` can
-    only tighten the budget and a caller's ``timeout`` only shorten the strategy's.
+    Only the fields of :mod:`router.core.fields` are taken from the caller (anything else raises
+    :class:`~router.core.fields.UnsupportedFieldError`), so the key and the destination always come
+    from the strategy. The strategy wins on what it sets (temperature, stop); a caller's
+    ``max_tokens`` can only tighten the budget and a caller's ``timeout`` only shorten the strategy's.
     """
+    caller = caller_fields(caller)
     kwargs: dict[str, Any] = dict(_DEFAULTS)
     kwargs.update(strategy.extra)
     kwargs.update({k: v for k, v in caller.items() if k not in _ROUTER_KWARGS})
@@ -88,10 +98,14 @@ def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
         kwargs["stop"] = list(strategy.stop)
     if strategy.api_base is not None:
         kwargs["api_base"] = strategy.api_base
-    if strategy.api_key_env is not None and "api_key" not in caller:
+    if strategy.api_key_env is not None:
         key = os.environ.get(strategy.api_key_env)
-        if key:
-            kwargs["api_key"] = key
+        if not key:  # unset since start-up: never let litellm pick another provider's key
+            raise ConfigError(f"strategy '{strategy.name}': environment variable {strategy.api_key_env} "
+                              "(api_key_env) is not set")
+        kwargs["api_key"] = key
+    elif strategy.api_base is not None and not strategy.is_local:
+        kwargs["api_key"] = NO_KEY
     timeout = float(strategy.timeout_s)
     if caller.get("timeout") is not None:
         timeout = min(timeout, float(caller["timeout"]))
@@ -180,6 +194,7 @@ def finish_reason_of(response: Any) -> str | None:
 # -- classifying provider failures -----------------------------------------------------------------
 
 _KINDS: tuple[tuple[str, str], ...] = (
+    ("UpstreamProtocolError", "server"),
     ("Timeout", "timeout"),
     ("APITimeoutError", "timeout"),
     ("AuthenticationError", "auth"),
@@ -201,7 +216,25 @@ def is_provider_error(exc: BaseException) -> bool:
     import httpx
     import openai
 
-    return isinstance(exc, openai.OpenAIError | httpx.HTTPError | TimeoutError | ConnectionError)
+    return isinstance(exc, openai.OpenAIError | httpx.HTTPError | TimeoutError | ConnectionError
+                      | UpstreamProtocolError)
+
+
+def _transport_kind(exc: BaseException) -> str | None:
+    """``timeout`` or ``connection`` when a transport error is among the causes of ``exc``."""
+    import httpx
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 16:
+        seen.add(id(cur))
+        names = {c.__name__ for c in type(cur).__mro__}
+        if isinstance(cur, httpx.TimeoutException | TimeoutError) or "APITimeoutError" in names:
+            return "timeout"
+        if isinstance(cur, httpx.NetworkError | ConnectionError) or "APIConnectionError" in names:
+            return "connection"
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def classify(exc: BaseException) -> tuple[str, int | None]:
@@ -214,6 +247,10 @@ def classify(exc: BaseException) -> tuple[str, int | None]:
             break
     if kind == "other" and isinstance(exc, TimeoutError):
         kind = "timeout"
+    if kind in ("server", "other"):
+        # litellm reports a refused or dropped connection as InternalServerError (status 500);
+        # the transport error it wraps says the upstream never answered.
+        kind = _transport_kind(exc) or kind
     status = getattr(exc, "status_code", None)
     if kind == "other" and isinstance(status, int) and status >= 500:
         kind = "server"
@@ -234,12 +271,13 @@ def falls_back(kind: str) -> bool:
 def provider_error(exc: BaseException, strategy: Strategy, attempts: list[Attempt],
                    fallback_note: str = "", request_id: str | None = None) -> TriageProviderError:
     kind, status = classify(exc)
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # The provider's text can quote the key it was sent: scrubbed here, and left out of `summary`.
+    detail = scrub_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
     if len(detail) > 300:
         detail = detail[:300] + "..."
     where = f"strategy '{strategy.name}' (model {strategy.model})"
     status_txt = f" HTTP {status}" if status else ""
-    message = f"provider call failed for {where}: {kind}{status_txt}: {detail}{fallback_note}"
-    return TriageProviderError(message, kind=kind, status_code=status, strategy=strategy.name,
+    summary = f"provider call failed for {where}: {kind}{status_txt}{fallback_note}"
+    return TriageProviderError(f"{summary}: {detail}", kind=kind, status_code=status, strategy=strategy.name,
                                model=strategy.model, attempts=[a.as_dict() for a in attempts],
-                               request_id=request_id)
+                               request_id=request_id, summary=summary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from probes.text import valid_unicode
 from router.errors import TriageError
 
 
@@ -39,8 +40,23 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
             m = m.model_dump(exclude_none=True)
         if not isinstance(m, Mapping) or "role" not in m:
             raise TriageError(f"messages[{i}] must be an object with a 'role'")
-        out.append(dict(m))
+        out.append(_valid_text(dict(m)))
     return out
+
+
+def _valid_text(message: dict[str, Any]) -> dict[str, Any]:
+    """Lone UTF-16 surrogates in the content become U+FFFD: tokenizers, the ledger and providers'
+    JSON encoders all fail on them (the sidecar refuses them with 400 before they get here)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        message["content"] = valid_unicode(content)
+    elif isinstance(content, list):
+        message["content"] = [
+            {**part, "text": valid_unicode(part["text"])}
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str) else part
+            for part in content
+        ]
+    return message
 
 
 def probe_text(messages: list[dict[str, Any]]) -> str:

@@ -13,6 +13,7 @@ Typical use::
 Heavier pieces (report, export, metrics) are imported from their modules on demand.
 """
 
+from router.ledger.guard import Durability
 from router.ledger.migrations import SchemaTooNewError
 from router.ledger.records import Attempt, LedgerRecord, OutcomeRecord, ProbeRecord, prompt_sha256
 from router.ledger.store import (
@@ -20,6 +21,7 @@ from router.ledger.store import (
     LedgerEntry,
     LedgerError,
     LedgerStore,
+    LedgerUnavailableError,
     UnknownRequestError,
     available_stores,
     open_ledger,
@@ -30,11 +32,13 @@ from router.ledger.writer import LedgerClosedError, LedgerWriter
 __all__ = [
     "DEFAULT_LEDGER_URL",
     "Attempt",
+    "Durability",
     "LedgerClosedError",
     "LedgerEntry",
     "LedgerError",
     "LedgerRecord",
     "LedgerStore",
+    "LedgerUnavailableError",
     "LedgerWriter",
     "OutcomeRecord",
     "ProbeRecord",

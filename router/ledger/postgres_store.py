@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from router.ledger.migrations import MIGRATIONS, Migration
 from router.ledger.sql_base import SQLLedgerStore
-from router.ledger.store import LedgerError, redact_url, register_store
+from router.ledger.store import LedgerError, LedgerUnavailableError, redact_url, register_store
 
 T = TypeVar("T")
 _SCHEMA_LOCK_KEY = 0x7472696167  # "triag": an arbitrary constant shared by every Triage process
@@ -41,7 +41,7 @@ def _connect(url: str) -> Any:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LedgerError(f"cannot connect to PostgreSQL ledger {redact_url(url)}: {first}") from None
+        raise LedgerUnavailableError(f"cannot connect to PostgreSQL ledger {redact_url(url)}: {first}") from None
 
 
 @register_store("postgresql", "postgres", "postgresql+psycopg")
@@ -93,6 +93,12 @@ class PostgresLedgerStore(SQLLedgerStore):
             pass
         self._conn = _connect(self._url)
         return fn()
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # OperationalError covers a refused or broken connection, admin shutdown and disk full
+        # (SQLSTATE classes 08, 53, 57); InterfaceError a connection already closed.
+        psycopg = _psycopg()
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or super().is_unavailable(exc)
 
     def check_integrity(self) -> list[str]:
         def go() -> list[str]:

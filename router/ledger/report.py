@@ -35,9 +35,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = as_utc(now) if now is not None else datetime.now(timezone.utc)
     m = _RELATIVE.match(text)
     if m:
-        return now - timedelta(**{_UNITS[m.group(2).lower()]: float(m.group(1))})
+        try:  # a duration reaching before the year 1 overflows timedelta or the subtraction
+            return now - timedelta(**{_UNITS[m.group(2).lower()]: float(m.group(1))})
+        except (OverflowError, ValueError):
+            raise TriageError(f"--since {text!r} reaches back before the year 1; give a shorter duration") from None
     try:
         return as_utc(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is before the year 1 in UTC
+        raise TriageError(f"--since {text!r} is out of range (before the year 1 in UTC)") from None
     except ValueError:
         raise TriageError(
             f"--since {text!r} is neither a duration like 7d / 12h / 30m nor an ISO date like 2025-01-31"
@@ -124,8 +129,15 @@ def build_report(rows: ReportRows, *, by: str = "strategy", baseline: str | None
 
 
 def ledger_report(store: LedgerStore, *, by: str = "strategy", since: datetime | None = None,
-                  baseline: str | None = None) -> dict[str, Any]:
-    """Aggregate ``store`` (records at or after ``since``) grouped ``by`` tier|strategy|model|day."""
+                  baseline: str | None = None, tenant: str | None = None) -> dict[str, Any]:
+    """Aggregate ``store`` (records at or after ``since``) grouped ``by`` tier|strategy|model|day.
+
+    ``tenant`` keeps that tenant's records only (the sidecar scopes each key to its own tenant);
+    the baseline for TEP then comes from the same tenant's records.
+    """
     if by not in GROUP_BY:
         raise TriageError(f"cannot group by {by!r}; choose one of: {', '.join(GROUP_BY)}")
-    return build_report(store.report_rows(since), by=by, baseline=baseline, since=since)
+    report = build_report(store.report_rows(since, tenant=tenant), by=by, baseline=baseline, since=since)
+    if tenant is not None:
+        report["tenant"] = tenant
+    return report

@@ -1,17 +1,24 @@
 """Keep credentials out of the ledger.
 
 Every ledger record passes through :func:`scrub_value` before it is stored: values under keys
-that name a credential are replaced, and strings are searched for token shapes that providers
-issue (``sk-...``, ``Bearer ...``, AWS/GitHub/Slack/Google/Hugging Face keys, passwords in URLs,
-``api_key=...`` pairs). A false positive costs a few characters of an error message; a false
-negative leaks a key into a database that is exported and shared, so the patterns lean wide.
+that name a credential are replaced, and strings are searched for the exact values of the
+secrets this process is configured with (:func:`register_secret`: every ``api_key_env`` value,
+provider keys in the environment, settings secrets) and for token shapes that providers issue
+(``sk-...``, ``Bearer ...``, AWS/GitHub/Slack/Google/Hugging Face keys, passwords in URLs,
+``api_key=...`` pairs). Error bodies and log lines go through the same :func:`scrub_text`.
+A false positive costs a few characters of an error message; a false negative leaks a key into a
+database that is exported and shared, so the patterns lean wide.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import threading
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 REDACTED = "[redacted]"
 
@@ -53,7 +60,89 @@ _PAIR = re.compile(
     """
 )
 # scheme://user:password@host
-_URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.\-]*://[^/\s:@]+:)([^@\s/]+)(@)", re.IGNORECASE)
+# user:password@ right after a "://". Tried only where "://" occurs (a scan for the scheme from
+# every position was quadratic: "a." * 10_000 took a second); each try stops at the next "/".
+_URL_USERINFO = re.compile(r"([^/\s:@]+:)([^@\s/]+)(@)")
+
+
+def _scrub_url_passwords(text: str) -> str:
+    at = text.find("://")
+    if at < 0:
+        return text
+    out: list[str] = []
+    pos = 0
+    while at >= 0:
+        m = _URL_USERINFO.match(text, at + 3)
+        if m is None:
+            at = text.find("://", at + 3)
+            continue
+        out += [text[pos:m.start(2)], REDACTED]
+        pos = m.end(2)
+        at = text.find("://", m.end())
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# -- exact values of configured secrets ----------------------------------------------------------
+# Token patterns only know shapes; a key of any other shape (self-hosted gateways, many providers)
+# would pass them. The values themselves are registered at start-up and replaced wherever they
+# appear. Shorter values are not registered: "EMPTY" or "none" are placeholders, not keys, and
+# scrubbing them would mangle ordinary text.
+MIN_SECRET_LEN = 8
+# Environment variable names whose values are credentials litellm may read on its own
+# (OPENAI_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY...). Not every *_KEY: SORT_KEY=request_id would
+# then scrub ordinary words.
+_ENV_SECRET_SUFFIXES = ("_API_KEY", "_SECRET_KEY", "_ACCESS_KEY", "_PRIVATE_KEY", "_TOKEN", "_SECRET",
+                        "_PASSWORD", "_PASSWD")
+_known: set[str] = set()
+_known_re: re.Pattern[str] | None = None
+_known_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> bool:
+    """Scrub this exact value (and its URL-encoded form) from now on; False when too short to be a key."""
+    global _known_re
+    if not value or len(value.strip()) < MIN_SECRET_LEN:
+        return False
+    forms = {value, value.strip(), quote(value.strip(), safe="")}
+    with _known_lock:
+        if forms <= _known:
+            return True
+        _known.update(forms)
+        # Longest first, so a secret that contains another is replaced whole.
+        ordered = sorted(_known, key=len, reverse=True)
+        _known_re = re.compile("|".join(re.escape(v) for v in ordered))
+    return True
+
+
+def register_env_secrets(names: Iterable[str] | None = None) -> None:
+    """Register the values of environment variables: ``names``, or (None) every variable whose name
+    reads like a credential (``OPENAI_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``...)."""
+    if names is None:
+        names = [n for n in os.environ if n.upper().endswith(_ENV_SECRET_SUFFIXES)]
+    for name in names:
+        register_secret(os.environ.get(name))
+
+
+def register_url_secret(url: str | None) -> None:
+    """Register the password of a URL (``postgresql://user:password@host/db``), if it has one."""
+    if not url or "://" not in url:
+        return
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    register_secret(password)
+
+
+def known_secrets() -> frozenset[str]:
+    with _known_lock:
+        return frozenset(_known)
+
+
+def _scrub_known(text: str) -> str:
+    pattern = _known_re
+    return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
 def is_secret_key(name: str) -> bool:
@@ -63,15 +152,15 @@ def is_secret_key(name: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """Replace anything in ``text`` shaped like a credential with ``[redacted]``."""
+    """Replace configured secret values and anything shaped like a credential with ``[redacted]``."""
     if not text:
         return text
-    out = text
+    out = _scrub_known(text)
     for pat in _TOKEN_PATTERNS:
         out = pat.sub(REDACTED, out)
     out = _AUTH_HEADER.sub(lambda m: f"{m.group(1)} {REDACTED}", out)
     out = _PAIR.sub(lambda m: m.group(1) + REDACTED, out)
-    out = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), out)
+    out = _scrub_url_passwords(out)
     return out
 
 

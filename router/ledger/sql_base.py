@@ -19,12 +19,17 @@ from router.ledger.store import (
     RECORD_COLUMNS,
     LedgerEntry,
     LedgerStore,
+    LedgerUnavailableError,
     ReportRows,
     UnknownRequestError,
     record_row,
 )
 
 _PAGE = 2000
+
+
+class StoreClosedError(LedgerUnavailableError, RuntimeError):
+    """The store was closed; a RuntimeError too, as it always was."""
 
 
 class SQLLedgerStore(LedgerStore):
@@ -74,7 +79,7 @@ class SQLLedgerStore(LedgerStore):
     def _run(self, fn: Any) -> Any:
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"ledger {self._where} is closed")
+                raise StoreClosedError(f"ledger {self._where} is closed")
             return self._retrying(fn)
 
     def _version_locked(self) -> int:
@@ -218,14 +223,16 @@ class SQLLedgerStore(LedgerStore):
                 return
             last = (rows[-1][0], rows[-1][1])
 
-    def report_rows(self, since: datetime | None = None) -> ReportRows:
+    def report_rows(self, since: datetime | None = None, tenant: str | None = None) -> ReportRows:
         t = self.time_unix_sql
+        where = f"{t} >= ?" + (" AND r.tenant = ?" if tenant is not None else "")
         sql = self._q(
             f"SELECT {t}, r.tier, r.strategy, r.model, r.cost_usd, r.prompt_tokens, r.completion_tokens, "
             f"r.reasoning_tokens, r.truncated, r.escalated, lo.score FROM ledger_records r "
-            f"{self._latest_outcome_join()} WHERE {t} >= ? ORDER BY {t}, r.request_id")
+            f"{self._latest_outcome_join()} WHERE {where} ORDER BY {t}, r.request_id")
         lo = -1e18 if since is None else as_utc(since).timestamp()
-        rows = self._run(lambda: self._conn.execute(sql, (lo,)).fetchall())
+        params = (lo,) if tenant is None else (lo, tenant)
+        rows = self._run(lambda: self._conn.execute(sql, params).fetchall())
         return ReportRows.from_tuples(rows)
 
     def count(self) -> int:

@@ -3,11 +3,18 @@
 Several processes may share the file (WAL allows concurrent readers with one writer; writers
 queue on ``BEGIN IMMEDIATE`` with a busy timeout). Group commit in the writer keeps the cost of
 the per-commit fsync spread over many records.
+
+A file deleted or replaced while open is the one failure SQLite does not report: the connection
+keeps writing to the unlinked inode and every commit "succeeds" into a file nobody will read.
+:meth:`SQLiteLedgerStore.check_alive` compares the path's device and inode with the ones opened
+(one ``stat``), and :meth:`SQLiteLedgerStore.rescue_copy` saves what the orphaned inode still holds.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,7 +22,7 @@ from pathlib import Path
 
 from router.ledger.migrations import MIGRATIONS, Migration
 from router.ledger.sql_base import SQLLedgerStore
-from router.ledger.store import LedgerError, register_store
+from router.ledger.store import LedgerError, LedgerGoneError, LedgerUnavailableError, register_store
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -43,6 +50,8 @@ class SQLiteLedgerStore(SQLLedgerStore):
         super().__init__(conn, str(path))
         self.path = path
         self.synchronous = synchronous
+        st = os.stat(path)  # the connection has created the file by now
+        self._identity = (st.st_dev, st.st_ino)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, migrations: Sequence[Migration] = MIGRATIONS,
@@ -88,6 +97,33 @@ class SQLiteLedgerStore(SQLLedgerStore):
 
     def _lock_schema(self) -> None:
         pass  # BEGIN IMMEDIATE already excludes other writers
+
+    def check_alive(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise LedgerGoneError(f"SQLite ledger {self.path} was deleted while open") from None
+        except OSError as exc:
+            raise LedgerUnavailableError(f"SQLite ledger {self.path}: {exc.strerror or exc}") from None
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise LedgerGoneError(f"SQLite ledger {self.path} was replaced by another file while open")
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # OperationalError: disk full, read-only, I/O error, busy past the timeout, cannot open.
+        # A DatabaseError that is not about the data (malformed image) is the file's fault too.
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)):
+            return False
+        return isinstance(exc, sqlite3.DatabaseError) or super().is_unavailable(exc)
+
+    def rescue_copy(self) -> Path:
+        """Copy what the open (possibly unlinked) database holds to a new file beside its path.
+
+        After ``rm ledger.sqlite`` the records committed so far live on only in the inode this
+        connection keeps open; ``VACUUM INTO`` writes them out before the process lets go of it.
+        """
+        target = self.path.with_name(f"{self.path.name}.rescued-{time.strftime('%Y%m%dT%H%M%S')}.sqlite")
+        self._run(lambda: self._conn.execute("VACUUM INTO ?", (str(target),)))
+        return target
 
     def journal_mode(self) -> str:
         return str(self._run(lambda: self._conn.execute("PRAGMA journal_mode").fetchone()[0]))

@@ -34,6 +34,18 @@ class LedgerError(TriageError):
     """A ledger cannot be opened or used as asked (bad URL, unreachable server...)."""
 
 
+class LedgerUnavailableError(LedgerError):
+    """The ledger cannot take writes right now (server down, disk full, file deleted or replaced).
+
+    Unlike a record the store rejects, this is about the store, not the record: the writer spools
+    records while it lasts and the sidecar answers 503 ``ledger_unavailable`` before paying upstream.
+    """
+
+
+class LedgerGoneError(LedgerUnavailableError):
+    """The ledger's file was deleted or replaced under an open store: writes would go nowhere."""
+
+
 class UnknownRequestError(LedgerError):
     """An outcome names a request id the ledger has no record of."""
 
@@ -150,8 +162,8 @@ class LedgerStore(ABC):
         """Records (oldest first) with their latest outcome."""
 
     @abstractmethod
-    def report_rows(self, since: datetime | None = None) -> ReportRows:
-        """The columns reports need, for records at or after ``since``."""
+    def report_rows(self, since: datetime | None = None, tenant: str | None = None) -> ReportRows:
+        """The columns reports need, for records at or after ``since`` (of ``tenant`` only when given)."""
 
     @abstractmethod
     def count(self) -> int:
@@ -172,6 +184,22 @@ class LedgerStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection. Idempotent."""
+
+    # --- health (the writer's spool and the sidecar's readiness use these) ----------------------
+    def check_alive(self) -> None:
+        """Raise :class:`LedgerGoneError` when the storage behind the open store is gone.
+
+        Called before every commit and by every readiness check, so it must be cheap (no query).
+        Stores whose storage cannot vanish under them keep this no-op.
+        """
+
+    def ping(self) -> None:
+        """One cheap round trip; raises what the store raises when it cannot serve."""
+        self.schema_version()
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the store is down (retry later), rather than that a record is bad."""
+        return isinstance(exc, (LedgerUnavailableError, OSError))
 
     def __enter__(self) -> "LedgerStore":
         return self

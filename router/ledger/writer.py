@@ -1,14 +1,22 @@
 """Batching ledger writer with group commit.
 
-Durability rule: a request whose response reached the caller has its record committed. The
-writer keeps it while still batching: :meth:`LedgerWriter.record` (and ``await arecord``) return
-only after the transaction holding that record has committed. Callers answer their client after
-that, so an acknowledged request is always in the store, even if the process is killed.
+Durability rule: a request whose response reached the caller has its record committed (or, with
+the store down, spooled: see below). :meth:`LedgerWriter.record` (and ``await arecord``) return
+only after the transaction holding that record has committed, or the spool holding it has been
+fsync'ed. Callers answer their client after that, so an acknowledged request survives a kill.
 
 Group commit: one background thread owns the store's write path. While it commits one batch,
 records from other requests queue up; the next transaction takes all of them (up to
 ``max_batch``). Under load one fsync (SQLite) or one WAL flush (PostgreSQL) is shared by many
 requests; a lone request still commits at once (no artificial delay unless ``linger_s`` is set).
+
+When the store fails (server down, disk full, file deleted), a record is never turned into an
+error for its caller: the upstream call it describes is already paid for. The writer appends it to
+its :class:`~router.ledger.spool.LedgerSpool` and answers ``Durability.SPOOLED``;
+it marks the store down (:meth:`LedgerWriter.health`), sends later records straight to the spool,
+and every ``retry_s`` tries the store again, replaying the spool once it answers. Only when the
+spool cannot be written either is a record kept in memory (``HELD``) and retried
+(:mod:`router.ledger.guard`).
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from router.errors import TriageError
+from router.ledger.guard import Durability, StoreGuard, reason_of
 from router.ledger.records import LedgerRecord, OutcomeRecord
-from router.ledger.scrub import scrub_text
+from router.ledger.spool import LedgerSpool, default_spool_path
 from router.ledger.store import LedgerStore
 from router.logging import get_logger
 
@@ -35,6 +45,10 @@ class LedgerClosedError(TriageError):
     """A record was submitted to a writer that is closing or closed."""
 
 
+#: ``LedgerWriter(spool=DEFAULT_SPOOL)``: the spool at :func:`~router.ledger.spool.default_spool_path`.
+DEFAULT_SPOOL: Any = object()
+
+
 @dataclass
 class WriterStats:
     records: int = 0
@@ -42,6 +56,9 @@ class WriterStats:
     largest_batch: int = 0
     failed_records: int = 0
     commit_seconds: float = 0.0
+    spooled: int = 0
+    held: int = 0
+    replayed: int = 0
 
 
 class LedgerWriter:
@@ -55,13 +72,23 @@ class LedgerWriter:
     max_pending: records queued beyond which ``record``/``submit`` block (back-pressure).
     store_prompts: keep prompt text in the ledger; off by default, when only its SHA-256 is kept.
     metrics: optional :class:`~router.ledger.metrics.LedgerMetrics` updated after each commit.
+    spool: where records go when the store fails: a :class:`LedgerSpool` or its path; the default
+        is beside a SQLite file (or in the cache dir); ``None`` = no spool, failures reach the caller.
+    retry_s: while the store is down, how often to try it again (and replay the spool).
     """
 
     def __init__(self, store: LedgerStore, *, max_batch: int = 512, linger_s: float = 0.0,
                  max_pending: int = 50_000, store_prompts: bool = False,
-                 metrics: "LedgerMetrics | None" = None) -> None:
+                 metrics: "LedgerMetrics | None" = None, spool: Any = DEFAULT_SPOOL,
+                 retry_s: float = 2.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if spool is DEFAULT_SPOOL:
+            spool = LedgerSpool(default_spool_path(store))
+        elif isinstance(spool, str | Path):
+            spool = LedgerSpool(spool)
+        self.spool: LedgerSpool | None = spool
+        self.retry_s = retry_s
         self.store = store
         self.max_batch = max_batch
         self.linger_s = linger_s
@@ -70,11 +97,13 @@ class LedgerWriter:
         self.metrics = metrics
         self.stats = WriterStats()
         self._cond = threading.Condition()
-        self._pending: list[tuple[LedgerRecord, Future[None]]] = []
-        self._pending_ids: dict[str, Future[None]] = {}
+        self._pending: list[tuple[LedgerRecord, Future[Durability]]] = []
+        self._pending_ids: dict[str, Future[Durability]] = {}
         self._thread: threading.Thread | None = None
         self._closing = False
         self._log = get_logger("triage.ledger")
+        self.guard = StoreGuard(store, self.spool, retry_s=retry_s, max_held=max_pending, stats=self.stats,
+                                metrics=metrics, wake=self._wake)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "LedgerWriter":
@@ -109,8 +138,8 @@ class LedgerWriter:
             record = record.without_prompt_text()
         return record
 
-    def _enqueue(self, record: LedgerRecord, block: bool) -> Future[None] | None:
-        fut: Future[None] = Future()
+    def _enqueue(self, record: LedgerRecord, block: bool) -> "Future[Durability] | None":
+        fut: Future[Durability] = Future()
         with self._cond:
             if self._thread is None and not self._closing:
                 self.start()
@@ -125,28 +154,32 @@ class LedgerWriter:
             self._cond.notify_all()
         return fut
 
-    def submit(self, record: LedgerRecord) -> "Future[None]":
-        """Queue ``record``; the future resolves once it is committed (or fails with the error)."""
+    def submit(self, record: LedgerRecord) -> "Future[Durability]":
+        """Queue ``record``; the future resolves once it is durable (see :meth:`record`)."""
         fut = self._enqueue(self._prepare(record), block=True)
         assert fut is not None
         return fut
 
-    def record(self, record: LedgerRecord, timeout: float | None = None) -> None:
-        """Write ``record`` and return only once it is committed. Raises what the store raised."""
-        self.submit(record).result(timeout)
+    def record(self, record: LedgerRecord, timeout: float | None = None) -> Durability:
+        """Write ``record``; returns once it is committed, or spooled because the store failed.
 
-    def write(self, record: LedgerRecord) -> None:
+        Raises only without a spool (``spool=None``), with what the store raised, or when the
+        writer is closed.
+        """
+        return self.submit(record).result(timeout)
+
+    def write(self, record: LedgerRecord) -> Durability:
         """Alias of :meth:`record` (the SDK's ledger protocol)."""
-        self.record(record)
+        return self.record(record)
 
-    async def arecord(self, record: LedgerRecord) -> None:
+    async def arecord(self, record: LedgerRecord) -> Durability:
         """Async :meth:`record`: awaits the commit without blocking the event loop."""
         rec = self._prepare(record)
         fut = self._enqueue(rec, block=False)
         if fut is None:  # queue full: wait for room off the loop
             fut = await asyncio.to_thread(self._enqueue, rec, True)
             assert fut is not None
-        await _await_future(fut)
+        return await _await_future(fut)
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything submitted so far is committed."""
@@ -180,11 +213,44 @@ class LedgerWriter:
                         time: datetime | None = None) -> OutcomeRecord:
         return await asyncio.to_thread(self.feedback, request_id, score, source=source, time=time)
 
+    # --- health ------------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """(can the store take writes now, why not). Cheap: flags and at most one ``stat``.
+
+        The sidecar asks before every upstream call (503 ``ledger_unavailable`` when not) and in
+        ``/readyz``. False after a commit failed for the store's sake until it answers again,
+        while records are held in memory, and once a SQLite file is found deleted or replaced.
+        """
+        thread = self._thread
+        if self._closing:
+            return False, "ledger writer is closing"
+        if thread is not None and not thread.is_alive():
+            return False, "ledger writer thread stopped"
+        return self.guard.health()
+
+    def healthy(self) -> bool:
+        return self.health()[0]
+
+    def mark_down(self, reason: str) -> None:
+        """Treat the store as down (e.g. a readiness probe failed) until a retry succeeds."""
+        self.guard.mark_down(reason)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
     # --- the writer thread -----------------------------------------------------------------------
-    def _take_batch(self) -> list[tuple[LedgerRecord, Future[None]]] | None:
+    def _take_batch(self) -> list[tuple[LedgerRecord, Future[Durability]]] | None:
+        """The next batch; [] when it is time to retry the store; None when closed and drained."""
         with self._cond:
             while not self._pending and not self._closing:
-                self._cond.wait()
+                if self.guard.needs_recovery():
+                    due = self.guard.retry_in()
+                    if due <= 0:
+                        return []
+                    self._cond.wait(due)
+                else:
+                    self._cond.wait()
             if not self._pending:
                 return None
             if self.linger_s > 0:  # wait a little for company, unless the batch is already full
@@ -200,30 +266,46 @@ class LedgerWriter:
             return batch
 
     def _run(self) -> None:
+        guard = self.guard
         while True:
             batch = self._take_batch()
             if batch is None:
-                return
+                break
             try:
-                self._commit(batch)
+                if batch:
+                    self._commit(batch)
+                if guard.needs_recovery() and guard.retry_in() <= 0:
+                    guard.recover()
             except BaseException as exc:  # noqa: BLE001 - keep the thread alive, fail the waiters
-                for _, fut in batch:
+                self._log.error("ledger_writer_error", error=reason_of(exc))
+                for _, fut in batch or []:
                     if not fut.done():
                         fut.set_exception(exc)
+        if guard.needs_recovery():  # closing: one last try, so a restart has less to replay
+            guard.recover()
+        guard.abandon()
 
-    def _commit(self, batch: list[tuple[LedgerRecord, Future[None]]]) -> None:
+    def _commit(self, batch: list[tuple[LedgerRecord, Future[Durability]]]) -> None:
         records = [r for r, _ in batch]
+        if self.guard.down is not None:  # known down: straight to the spool, the retry loop replays it
+            self._shelve(batch, None)
+            return
         t0 = time.perf_counter()
         try:
+            check = getattr(self.store, "check_alive", None)
+            if check is not None:  # a deleted SQLite file still "commits", into nowhere
+                check()
             self.store.write_records(records)
-        except Exception as exc:  # noqa: BLE001 - reported to each waiting caller
-            if len(batch) == 1:
-                self._finish(batch, exc)
+        except Exception as exc:  # noqa: BLE001 - the store's fault (spool) or a record's (isolate)
+            if self.guard.is_unavailable(exc):
+                self.guard.mark_down(reason_of(exc))
+            elif len(batch) > 1:
+                # Isolate the failure: a record the store rejects must not fail its neighbours.
+                self._log.warning("ledger_batch_failed", records=len(batch), error=type(exc).__name__)
+                for item in batch:
+                    self._commit([item])
                 return
-            # Isolate the failure: a record the store rejects must not fail its neighbours.
-            self._log.warning("ledger_batch_failed", records=len(batch), error=type(exc).__name__)
-            for item in batch:
-                self._commit([item])
+            self._shelve(batch, exc)
             return
         dt = time.perf_counter() - t0
         st = self.stats
@@ -231,26 +313,36 @@ class LedgerWriter:
         st.records += len(batch)
         st.largest_batch = max(st.largest_batch, len(batch))
         st.commit_seconds += dt
-        self._finish(batch, None)
+        self._finish(batch, Durability.COMMITTED)
         if self.metrics is not None:
             try:
                 self.metrics.observe_batch(records, dt)
             except Exception as exc:  # noqa: BLE001 - metrics must never stop the writer
                 self._log.warning("ledger_metrics_failed", error=type(exc).__name__)
 
-    def _finish(self, batch: list[tuple[LedgerRecord, Future[None]]], exc: BaseException | None) -> None:
+    def _shelve(self, batch: list[tuple[LedgerRecord, Future[Durability]]], exc: BaseException | None) -> None:
+        """Records the store did not take: spooled or held; an error only when neither is possible."""
+        try:
+            outcome: Durability | BaseException = self.guard.shelve([r for r, _ in batch], exc)
+        except Exception as err:  # noqa: BLE001 - no spool (or memory full too): the caller hears it
+            self.stats.failed_records += len(batch)
+            self._log.error("ledger_write_failed", records=len(batch), error=reason_of(err))
+            outcome = err
+        self._finish(batch, outcome)
+
+    def _finish(self, batch: list[tuple[LedgerRecord, Future[Durability]]],
+                outcome: "Durability | BaseException") -> None:
         with self._cond:
             for rec, fut in batch:
                 if self._pending_ids.get(rec.request_id) is fut:
                     del self._pending_ids[rec.request_id]
-        if exc is not None:
-            self.stats.failed_records += len(batch)
-            self._log.error("ledger_write_failed", records=len(batch), error=scrub_text(f"{type(exc).__name__}: {exc}"))
         for _, fut in batch:
-            if exc is None:
-                fut.set_result(None)
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
             else:
-                fut.set_exception(exc)
+                fut.set_result(outcome)
 
 
 async def _await_future(fut: "Future[Any]") -> Any:

@@ -7,6 +7,12 @@ run in one process (tests do).
 
 ``app_from_env()`` is the factory uvicorn's worker processes call (``--workers N``): the parent
 puts the validated settings into ``TRIAGE_SIDECAR_RESOLVED`` as JSON.
+
+Shutdown order matters for the ledger: uvicorn waits ``shutdown_grace_s`` for responses, cancels
+the ones still running (long streams), and runs the lifespan's shutdown at once. A cancelled
+stream records its partial answer while it unwinds, so the lifespan first waits for every
+in-flight request (:class:`InFlight`) to finish, and only then closes the writer and the
+worker threads that record.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.ledger.metrics import LedgerMetrics
 from router.logging import get_logger
@@ -28,6 +36,8 @@ from router.sidecar.services import Services
 from router.sidecar.settings import SidecarSettings
 
 RESOLVED_ENV = "TRIAGE_SIDECAR_RESOLVED"
+# After uvicorn's grace period: how long cancelled responses get to write their ledger records.
+RECORD_DRAIN_S = 60.0
 # Worker threads run probes and wait on ledger commits; asyncio's default (cores + 4) would make
 # concurrent requests queue behind each other's commits on a 2-core machine.
 WORKER_THREADS = 64
@@ -38,9 +48,45 @@ the call goes through litellm, and every request is recorded in the ledger. Resp
 `x-triage-request-id`, `x-triage-tier` and `x-triage-strategy`; post outcomes to `/v1/feedback`."""
 
 
+class InFlight:
+    """The tasks of the HTTP requests still running (filled by :class:`InFlightMiddleware`)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait until every running request has finished (recorded); returns how many did not."""
+        me = asyncio.current_task()
+        waiting = {t for t in self.tasks if t is not me and not t.done()}
+        if not waiting:
+            return 0
+        get_logger("triage.sidecar").info("sidecar_draining", requests=len(waiting))
+        _, pending = await asyncio.wait(waiting, timeout=timeout)
+        return len(pending)
+
+
+class InFlightMiddleware:
+    """Outermost ASGI layer: a request counts as in flight until its response has fully ended."""
+
+    def __init__(self, app: ASGIApp, inflight: InFlight) -> None:
+        self.app = app
+        self.inflight = inflight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task() if scope["type"] == "http" else None
+        if task is not None:
+            self.inflight.tasks.add(task)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if task is not None:
+                self.inflight.tasks.discard(task)
+
+
 def create_app(settings: SidecarSettings, services: Services | None = None) -> FastAPI:
     """The sidecar app. ``services`` (already opened) is used instead of opening new ones."""
     metrics = services.metrics if services is not None else LedgerMetrics()
+    inflight = InFlight()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,20 +102,37 @@ def create_app(settings: SidecarSettings, services: Services | None = None) -> F
         try:
             yield
         finally:
+            # Cancelled streams record their partial answers as they unwind: let them, with the
+            # writer and the worker threads still open.
+            left = await inflight.drain(RECORD_DRAIN_S)
+            if left:
+                log.error("sidecar_drain_timeout", requests=left, waited_s=RECORD_DRAIN_S)
             if services is None:  # services handed in are closed by whoever opened them
                 await asyncio.to_thread(opened.close)
             executor.shutdown(wait=False)
             log.info("sidecar_stopped")
 
-    app = FastAPI(title="Triage sidecar", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # The API document and its viewers are served by routes.py, behind a key unless `public_docs`.
+    app = FastAPI(title="Triage sidecar", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.settings = settings
     if services is not None:  # usable in-process without running the lifespan (ASGI test clients)
         app.state.services = services
     install_error_handlers(app)
     app.include_router(api)
     app.add_middleware(SidecarMiddleware, max_body_bytes=settings.max_body_bytes,
-                       access_log=settings.access_log, registry=metrics.registry)
+                       access_log=settings.access_log, registry=metrics.registry,
+                       body_timeout_s=settings.request_read_timeout_s)
+    app.add_middleware(InFlightMiddleware, inflight=inflight)  # added last: the outermost layer
+    app.state.inflight = inflight
     return app
+
+
+def configure_protocol(settings: SidecarSettings) -> None:
+    """Head limits (size, read time) of :class:`router.sidecar.protocol.GuardedHttpToolsProtocol`."""
+    from router.sidecar.protocol import configure
+
+    configure(max_header_bytes=settings.max_header_bytes, header_timeout_s=settings.request_read_timeout_s)
 
 
 def app_from_env() -> FastAPI:
@@ -81,4 +144,5 @@ def app_from_env() -> FastAPI:
         raise RuntimeError(f"{RESOLVED_ENV} is not set; start the server with `triage serve`")
     settings = SidecarSettings.model_validate_json(raw)
     configure_logging(json=settings.log_json, level=settings.log_level)
+    configure_protocol(settings)  # this worker's connections get the head limits too
     return create_app(settings)

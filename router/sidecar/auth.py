@@ -40,6 +40,10 @@ class Caller:
     def limit_key(self) -> str:
         return self.key_id or "anonymous"
 
+    @property
+    def admin(self) -> bool:
+        return self.spec is not None and self.spec.admin
+
 
 ANONYMOUS = Caller(key_id=None, tenant=None)
 
@@ -86,3 +90,35 @@ def authorize_model(caller: Caller, model: str) -> None:
     if not any(fnmatchcase(model, pattern) for pattern in spec.models):
         raise SidecarError(403, f"this API key may not use model '{model}'", type="permission_error",
                            code="model_not_allowed", param="model")
+
+
+def sees_every_tenant(caller: Caller, keyring: KeyRing) -> bool:
+    """An admin key, or an anonymous caller of a server that has no keys (nothing to tell apart)."""
+    return caller.admin or (caller.anonymous and len(keyring) == 0)
+
+
+def require_every_tenant(caller: Caller, keyring: KeyRing, what: str) -> None:
+    """401/403 unless the caller may read data that covers every tenant (``what`` names it)."""
+    if sees_every_tenant(caller, keyring):
+        return
+    if caller.anonymous:  # keys are configured, and anonymous calls are allowed: still not this
+        raise SidecarError(401, f"{what} needs an API key", type="authentication_error",
+                           code="missing_api_key", headers=_CHALLENGE)
+    raise SidecarError(403, f"{what} needs an admin key (`admin: true` in api_keys)", type="permission_error",
+                       code="admin_required")
+
+
+def ledger_scope(caller: Caller, keyring: KeyRing, tenant: str | None) -> str | None:
+    """The tenant a ledger read covers (None: every tenant).
+
+    A key reads its own tenant; asking for another one is 403. An admin key (or the anonymous
+    caller of a server without keys) reads every tenant, or the one ``tenant`` names.
+    """
+    if sees_every_tenant(caller, keyring):
+        return tenant
+    if caller.anonymous:
+        require_every_tenant(caller, keyring, "reading the ledger")
+    if tenant is not None and tenant != caller.tenant:
+        raise SidecarError(403, "this API key may only read its own tenant's ledger", type="permission_error",
+                           code="tenant_not_allowed", param="tenant")
+    return caller.tenant

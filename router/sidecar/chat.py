@@ -18,36 +18,22 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from router.core.errors import TriageProviderError
-from router.core.streaming import aopen_stream
+from router.core.fields import UnsupportedFieldError, caller_fields
 from router.sidecar.errors import SidecarError, error_body, upstream_error
 from router.sidecar.openai_schema import ChatCompletionRequest
 
-# Caller fields that would let a request redirect the upstream call, swap credentials, fake the
-# answer or change litellm's own behaviour. They are refused (400), never forwarded.
-_REFUSED = frozenset({
-    "api_key", "api_base", "base_url", "api_version", "custom_llm_provider", "deployment_id",
-    "organization", "headers", "extra_headers", "timeout", "num_retries", "max_retries", "client",
-    "callbacks", "success_callback", "failure_callback", "logger_fn", "model_list", "caching",
-    "cache", "input_cost_per_token", "output_cost_per_token", "region_name", "project", "location",
-    "metadata_triage", "request_id", "ledger_fields", "started",
-})
-_REFUSED_PREFIXES = ("litellm_", "mock_", "aws_", "vertex_", "azure_", "api_", "proxy_")
-# OpenAI's stored-completions fields: they would store tenants' data under the sidecar's upstream
-# account (and litellm reads `metadata` for its own bookkeeping). Dropped.
-_DROPPED = frozenset({"store", "metadata"})
-
 
 def upstream_kwargs(body: ChatCompletionRequest, timeout_s: float) -> dict[str, Any]:
-    """The caller's fields to pass to the upstream call, or 400 naming a refused one."""
-    kwargs = body.passthrough()
-    for key in list(kwargs):
-        low = key.lower()
-        if low in _REFUSED or low.startswith(_REFUSED_PREFIXES):
-            raise SidecarError(400, f"field '{key}' is not accepted by the Triage sidecar "
-                               "(upstream connections and credentials are configured in the policy)",
-                               code="unsupported_field", param=key)
-        if low in _DROPPED:
-            del kwargs[key]
+    """The caller's fields to pass to the upstream call, or 400 naming one that is not accepted.
+
+    Only OpenAI chat-completions fields (:mod:`router.core.fields`, shared with the SDK) get through;
+    ``store``/``metadata`` are dropped. Checked before routing, so a refused request calls nothing
+    and records nothing.
+    """
+    try:
+        kwargs = caller_fields(body.passthrough(), internal=())
+    except UnsupportedFieldError as exc:
+        raise SidecarError(400, str(exc), code="unsupported_field", param=exc.field) from None
     kwargs["timeout"] = timeout_s  # the router takes the smaller of this and the strategy's
     return kwargs
 
@@ -92,15 +78,20 @@ class SSEResponse(StreamingResponse):
     """
 
     media_type = "text/event-stream"
+    # Awaited after the body iterator is closed: an iterator that never started (the client left
+    # before the first chunk was asked for) has run no ``finally`` of its own.
+    on_close: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             closer = getattr(self.body_iterator, "aclose", None)
-            if closer is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if closer is not None:
                     await closer()
+                if self.on_close is not None:
+                    await self.on_close()
 
 
 async def _sse_events(stream: Any, include_usage: bool,
@@ -115,7 +106,8 @@ async def _sse_events(stream: Any, include_usage: bool,
     except TriageProviderError as exc:
         # Text already reached the client, so no fallback can take over: say what happened in-band.
         completed = True
-        err = upstream_error(exc.kind, str(exc), exc.status_code)
+        on_done(stream)
+        err = upstream_error(exc)
         yield b"data: " + json.dumps(error_body(err.message, err.type, err.code)).encode() + b"\n\n"
     finally:
         if not completed:
@@ -124,22 +116,39 @@ async def _sse_events(stream: Any, include_usage: bool,
             ledger_fields.setdefault("metadata", {})["client_disconnected"] = True
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
+        on_done(stream)  # closed: the receipt holds what the (partial) answer cost
 
 
 async def stream_completion(target: Any, routed: Any, *, request_id: str, ledger_fields: dict[str, Any],
                             started: float, kwargs: dict[str, Any], include_usage: bool,
                             state: Any, on_done: Any) -> Response:
     """Open the upstream stream (fallback happens before the first chunk), then answer with SSE."""
+    if include_usage:  # the router passes the usage-only final chunk on only when asked for
+        kwargs = {**kwargs, "stream_options": {"include_usage": True}}
     try:
-        stream = await aopen_stream(target.router, routed, request_id=request_id, ledger_fields=ledger_fields,
-                                    started=started, caller=kwargs)
+        stream = await target.router.aexecute(routed, request_id=request_id, ledger_fields=ledger_fields,
+                                              started=started, stream=True, **kwargs)
     except TriageProviderError as exc:
-        raise upstream_error(exc.kind, str(exc), exc.status_code) from None
-    step = getattr(getattr(stream, "_state", None), "step", None)
-    if step is not None:
-        state.triage_strategy = step.strategy
-    events = _sse_events(stream, include_usage, ledger_fields, on_done)
-    return SSEResponse(events, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        raise upstream_error(exc) from exc  # kept: its attempts say what was spent
+    state.triage_strategy = stream.strategy
+    settled = False
+
+    def done(ended: Any) -> None:  # once, whichever end of the stream comes first
+        nonlocal settled
+        if not settled:
+            settled = True
+            on_done(ended)
+
+    async def on_close() -> None:
+        if not settled:  # the events never ran: close (and so record) the stream here
+            ledger_fields.setdefault("metadata", {})["client_disconnected"] = True
+            await stream.aclose()
+            done(stream)
+
+    response = SSEResponse(_sse_events(stream, include_usage, ledger_fields, done),
+                           headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    response.on_close = on_close
+    return response
 
 
 async def complete(target: Any, routed: Any, *, request_id: str, ledger_fields: dict[str, Any],
@@ -149,6 +158,6 @@ async def complete(target: Any, routed: Any, *, request_id: str, ledger_fields: 
         response = await target.router.aexecute(routed, request_id=request_id, ledger_fields=ledger_fields,
                                                 started=started, **kwargs)
     except TriageProviderError as exc:
-        raise upstream_error(exc.kind, str(exc), exc.status_code) from None
+        raise upstream_error(exc) from exc  # kept: its attempts say what was spent
     info = dict((getattr(response, "_hidden_params", None) or {}).get("triage") or {})
     return completion_body(response), info

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router.core.errors import TriageProviderError
 from router.ledger.scrub import scrub_text
 from router.logging import get_logger
 
@@ -28,6 +29,8 @@ _UPSTREAM: dict[str, tuple[int, str, str]] = {
     "bad_request": (400, "invalid_request_error", "upstream_rejected_request"),
     "context_window": (400, "invalid_request_error", "context_length_exceeded"),
 }
+# Failures caused by the request itself: the upstream's (scrubbed) reason is kept for the client.
+_CLIENT_KINDS = frozenset({"bad_request", "context_window"})
 
 
 class SidecarError(Exception):
@@ -54,12 +57,20 @@ def error_response(exc: SidecarError) -> JSONResponse:
                         headers=exc.headers)
 
 
-def upstream_error(kind: str, message: str, status_code: int | None = None) -> SidecarError:
-    """The answer for a provider failure the policy could not absorb (no fallback, or it failed too)."""
-    status, type_, code = _UPSTREAM.get(kind, (502, "upstream_error", "upstream_error"))
-    text = scrub_text(message)
+def upstream_error(exc: TriageProviderError) -> SidecarError:
+    """The answer for a provider failure the policy could not absorb (no fallback, or it failed too).
+
+    The upstream's own text stays out of the body (a provider may quote the key it was sent, or
+    its internals): the client gets what failed, the status and the request id to look it up in
+    the ledger. Only a request the upstream rejected as malformed (400) keeps the upstream's reason,
+    scrubbed, since the client needs it to fix the request.
+    """
+    status, type_, code = _UPSTREAM.get(exc.kind, (502, "upstream_error", "upstream_error"))
+    text = scrub_text(str(exc) if exc.kind in _CLIENT_KINDS else exc.summary)
     if len(text) > 600:
         text = text[:600] + "..."
+    if exc.request_id:
+        text += f" (request id {exc.request_id})"
     return SidecarError(status, text, type=type_, code=code)
 
 
@@ -86,6 +97,23 @@ def validation_error(exc: RequestValidationError) -> SidecarError:
                         code="invalid_value", param=where or None)
 
 
+# FastAPI's answer when ``json.loads`` fails with something other than a JSONDecodeError.
+_UNPARSABLE = "There was an error parsing the body"
+
+
+def unparsable_body(cause: BaseException | None) -> SidecarError:
+    """400 ``invalid_json`` for a body ``json.loads`` could not read (the cause says why)."""
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"it is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
+    elif isinstance(cause, RecursionError):
+        why = "it is nested too deeply"
+    elif isinstance(cause, ValueError) and "digits" in str(cause):
+        why = "it holds an integer with too many digits"
+    else:
+        why = "it cannot be parsed"
+    return SidecarError(400, f"the request body is not valid JSON ({why})", code="invalid_json")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     log = get_logger("triage.sidecar")
 
@@ -104,6 +132,8 @@ def install_error_handlers(app: FastAPI) -> None:
             err = SidecarError(404, "no such endpoint (see GET /openapi.json)", code="unknown_url")
         elif status == 405:
             err = SidecarError(405, "method not allowed on this endpoint", code="method_not_allowed")
+        elif status == 400 and exc.detail == _UNPARSABLE:
+            err = unparsable_body(exc.__cause__)
         else:
             err = SidecarError(status, str(exc.detail), code=None)
         err.headers = dict(exc.headers or {})

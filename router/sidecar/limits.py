@@ -1,16 +1,22 @@
 """Per-key request rate limits (token buckets) and spend budgets.
 
 Both live in the process: with several replicas, each enforces its own bucket (configure
-``rate_per_s`` per replica), while spend is seeded from the shared ledger at start-up and
-refreshed from it periodically, so replicas converge on the ledger's total (see docs/sidecar.md).
-The event loop is single-threaded, so neither needs a lock.
+``rate_per_s`` per replica), while spend is seeded from the shared ledger at start-up and then
+counted in-process (see docs/sidecar.md). Buckets are only touched from the event loop; spend
+takes a lock because reservations are made, settled and released from wherever a request ends.
+
+Budgets reserve before they spend: a request holds an upper bound of its cost
+(:mod:`router.sidecar.budget`) from admission until it settles with the actual cost, so concurrent
+requests cannot all pass a check that only looks at what has already been spent.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from router.sidecar.auth import Caller
 from router.sidecar.errors import SidecarError
@@ -65,34 +71,127 @@ class RateLimiter:
             )
 
 
+@dataclass(eq=False)
+class Reservation:
+    """USD held for one admitted request until it settles. Settling twice does nothing, so every
+    path that ends a request (answer, error, client gone, cancellation) may settle it."""
+
+    tracker: SpendTracker
+    key_id: str | None
+    amount: float
+    done: bool = False
+
+    def settle(self, cost_usd: float | None) -> None:
+        """Release the hold and count what the request actually cost (None, NaN or <= 0: nothing)."""
+        self.tracker._settle(self, cost_usd)
+
+    def release(self) -> None:
+        self.settle(None)
+
+
+def _valid_cost(cost_usd: float | None) -> float:
+    if cost_usd is None or not isinstance(cost_usd, int | float) or not math.isfinite(cost_usd) or cost_usd <= 0:
+        return 0.0
+    return float(cost_usd)
+
+
 class SpendTracker:
-    """USD spent per key id, checked against the key's ``budget_usd`` before each request."""
+    """USD spent and reserved per key id, against the key's ``budget_usd``.
+
+    A request is admitted when the key's budget is not used up and either its reservation fits
+    (``spent + reserved + reservation <= budget``) or nothing else of the key is in flight. With
+    reservations that bound each request's cost from above, the key's recorded spend therefore
+    never exceeds its budget by more than the actual cost of one request: the last one, admitted
+    alone when the rest of the budget was smaller than its bound.
+    """
 
     def __init__(self, status: int = 403) -> None:
         self.status = status
         self._spent: dict[str, float] = {}
+        self._open: dict[str, list[Reservation]] = {}
+        self._lock = threading.Lock()
 
     def spent(self, key_id: str) -> float:
-        return self._spent.get(key_id, 0.0)
+        with self._lock:
+            return self._spent.get(key_id, 0.0)
+
+    def reserved(self, key_id: str) -> float:
+        with self._lock:
+            return sum(r.amount for r in self._open.get(key_id, ()))
+
+    def in_flight(self, key_id: str) -> int:
+        with self._lock:
+            return len(self._open.get(key_id, ()))
 
     def seed(self, totals: dict[str, float]) -> None:
-        """Replace in-process figures by the ledger's totals (start-up and periodic refresh)."""
-        for key_id, total in totals.items():
-            self._spent[key_id] = max(float(total), 0.0)
+        """Replace in-process figures by the ledger's totals (start-up, before serving)."""
+        with self._lock:
+            for key_id, total in totals.items():
+                self._spent[key_id] = max(float(total), 0.0)
 
     def add(self, caller: Caller, cost_usd: float | None) -> None:
-        if caller.key_id is None or not cost_usd or not math.isfinite(cost_usd) or cost_usd <= 0:
+        """Count spend that had no reservation."""
+        cost = _valid_cost(cost_usd)
+        if caller.key_id is None or cost == 0.0:
             return
-        self._spent[caller.key_id] = self._spent.get(caller.key_id, 0.0) + float(cost_usd)
+        with self._lock:
+            self._spent[caller.key_id] = self._spent.get(caller.key_id, 0.0) + cost
+
+    def _refuse(self, message: str) -> SidecarError:
+        if self.status == 429:
+            return SidecarError(429, message, type="insufficient_quota", code="insufficient_quota")
+        return SidecarError(403, message, type="permission_error", code="budget_exceeded")
+
+    def _used_up(self, spec_id: str, spent: float, budget: float) -> SidecarError:
+        return self._refuse(f"spend budget of key '{spec_id}' is used up (spent {spent:.6f} of {budget:.6f} USD)")
 
     def check(self, caller: Caller) -> None:
+        """Refuse a key whose budget is used up (cheap: before the probe runs; reserving re-checks)."""
         spec = caller.spec
         if spec is None or spec.budget_usd is None:
             return
-        spent = self._spent.get(spec.id, 0.0)
+        spent = self.spent(spec.id)
         if spent >= spec.budget_usd:  # a budget of 0 blocks the key outright
-            message = (f"spend budget of key '{spec.id}' is used up "
-                       f"(spent {spent:.6f} of {spec.budget_usd:.6f} USD)")
-            if self.status == 429:
-                raise SidecarError(429, message, type="insufficient_quota", code="insufficient_quota")
-            raise SidecarError(403, message, type="permission_error", code="budget_exceeded")
+            raise self._used_up(spec.id, spent, spec.budget_usd)
+
+    def reserve(self, caller: Caller, bound_usd: float) -> Reservation:
+        """Admit one request holding ``bound_usd`` (an upper bound of its cost; inf when unbounded),
+        or raise the budget error. Check and hold happen under one lock, so concurrent requests
+        see each other's holds."""
+        spec = caller.spec
+        amount = float(bound_usd) if bound_usd is not None and not math.isnan(bound_usd) else math.inf
+        amount = max(amount, 0.0)
+        if spec is None or spec.budget_usd is None:
+            return Reservation(self, caller.key_id, 0.0)  # not limited: settling only counts the spend
+        budget = spec.budget_usd
+        with self._lock:
+            spent = self._spent.get(spec.id, 0.0)
+            if spent >= budget:
+                raise self._used_up(spec.id, spent, budget)
+            held = self._open.setdefault(spec.id, [])
+            reserved = sum(r.amount for r in held)
+            if held and spent + reserved + amount > budget:
+                raise self._refuse(
+                    f"spend budget of key '{spec.id}' is held by {len(held)} request(s) in flight "
+                    f"(spent {spent:.6f}, reserved {reserved:.6f} of {budget:.6f} USD; this request may cost "
+                    f"up to {amount:.6f}); retry when they finish")
+            reservation = Reservation(self, spec.id, amount)
+            held.append(reservation)
+            return reservation
+
+    def _settle(self, reservation: Reservation, cost_usd: float | None) -> None:
+        cost = _valid_cost(cost_usd)
+        with self._lock:
+            if reservation.done:
+                return
+            reservation.done = True
+            key_id = reservation.key_id
+            if key_id is None:
+                return
+            held = self._open.get(key_id)
+            if held is not None and reservation in held:
+                held.remove(reservation)
+                if not held:
+                    del self._open[key_id]
+            if cost > 0.0:
+                self._spent[key_id] = self._spent.get(key_id, 0.0) + cost

@@ -6,7 +6,9 @@ For every HTTP request it
   ``x-triage-strategy`` on the response, whatever produced it (routes set tier and strategy in
   ``request.state``; responses without a decision say ``none``);
 * enforces the body size limit (413 before the body is read when Content-Length says so; chunked
-  bodies are counted as they arrive);
+  bodies are counted as they arrive) and the body read time (408 when a body has not fully arrived
+  ``body_timeout_s`` after the headers: a client that sends half a body cannot hold a connection);
+  both answers close the connection, since the rest of the body is never read;
 * turns an exception that escaped everything else into a 500 with an OpenAI-style body;
 * writes one access-log line (ids, route, status, milliseconds; never headers or bodies) and
   counts responses by route and status for ``/metrics``.
@@ -14,6 +16,7 @@ For every HTTP request it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -32,10 +35,12 @@ STRATEGY = "x-triage-strategy"
 NONE = "none"
 
 
-def _json_response(status: int, body: dict[str, Any]) -> tuple[Message, Message]:
+def _json_response(status: int, body: dict[str, Any], close: bool = False) -> tuple[Message, Message]:
     data = json.dumps(body).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]}
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if close:  # uvicorn closes the connection after this response instead of reading on
+        headers.append((b"connection", b"close"))
+    start = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": data, "more_body": False}
 
 
@@ -43,11 +48,16 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BodyTimeout(Exception):
+    pass
+
+
 class SidecarMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool = True,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.access_log = access_log
         self.log = get_logger("triage.sidecar")
         self.responses = Counter("http_responses", "HTTP responses of the sidecar by route and status.",
@@ -78,12 +88,21 @@ class SidecarMiddleware:
             if too_large:
                 await self._send_413(send_with_headers)
             else:
-                if scope.get("method") in ("POST", "PUT", "PATCH") and not self._has_length(scope):
+                if scope.get("method") in ("POST", "PUT", "PATCH"):
+                    # The whole body is read here, against the size limit and the deadline, before any
+                    # route sees it (FastAPI would read it all anyway).
                     receive = await self._buffered(receive)
                 await self.app(scope, receive, send_with_headers)
         except _BodyTooLarge:
             if status_box[0] == 0:
                 await self._send_413(send_with_headers)
+        except _BodyTimeout:
+            if status_box[0] == 0:
+                start, body = _json_response(408, error_body(
+                    f"the request body did not arrive within {self.body_timeout_s:g} s", "invalid_request_error",
+                    "request_timeout"), close=True)
+                await send_with_headers(start)
+                await send_with_headers(body)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not bad input
             self.log.error("internal_error", request_id=request_id, path=scope.get("path"),
                            error_type=type(exc).__name__, error=scrub_text(str(exc))[:500])
@@ -97,10 +116,6 @@ class SidecarMiddleware:
 
     # -- body limit ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _has_length(scope: Scope) -> bool:
-        return any(k == b"content-length" for k, _ in scope.get("headers", ()))
-
     def _declared_too_large(self, scope: Scope) -> bool:
         for k, v in scope.get("headers", ()):
             if k == b"content-length":
@@ -111,11 +126,16 @@ class SidecarMiddleware:
         return False
 
     async def _buffered(self, receive: Receive) -> Receive:
-        """Read a body of unknown length up to the limit, then replay it to the app."""
+        """Read the body up to the size limit and the deadline, then replay it to the app."""
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimeout from None
             if message["type"] != "http.request":
                 replay_disconnect = message
                 break
@@ -144,7 +164,7 @@ class SidecarMiddleware:
     async def _send_413(self, send: Send) -> None:
         start, body = _json_response(413, error_body(
             f"request body too large (limit {self.max_body_bytes} bytes)", "invalid_request_error",
-            "request_too_large"))
+            "request_too_large"), close=True)
         await send(start)
         await send(body)
 

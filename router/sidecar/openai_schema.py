@@ -2,19 +2,77 @@
 
 Request models validate what the sidecar interprets (model, messages, stream, budgets, sampling
 ranges) and keep everything else (tools, tool_choice, response_format, seed, logprobs, user...) as
-extra fields that are passed to the upstream call unchanged.
+extra fields; only those on the allowlist of :mod:`router.core.fields` reach the upstream call
+(anything else is a 400 ``unsupported_field``).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 # Caller fields the sidecar interprets itself and never forwards as-is.
 INTERPRETED = frozenset({"model", "messages", "stream", "stream_options", "n", "max_completion_tokens"})
+
+# Limits on what a JSON body may hold beyond what json.loads accepts. Python's parser takes lone UTF-16
+# surrogates ("\\ud800"), NaN/Infinity, integers of any size up to 4300 digits and nesting up to its
+# recursion limit; each of these later breaks a tokenizer, the ledger or the upstream's JSON encoder,
+# so the body is refused at the door (400 invalid_json) instead.
+MAX_JSON_DEPTH = 64
+MAX_JSON_INT = 2**63 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Content-part types litellm accepts in a user message (litellm.types.llms.openai.ValidUserMessageContentTypes);
+# anything else fails inside litellm and would reach the client as an upstream error.
+USER_PART_TYPES = frozenset({"text", "image_url", "input_audio", "audio_url", "document", "guarded_text",
+                             "grounding_source", "query", "video_url", "file"})
+
+
+def _json_problem(value: Any, path: str, depth: int) -> str | None:
+    """The first thing in a parsed JSON body that is not portable JSON text, or None."""
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        if m is None:
+            return None
+        return f"{path or 'body'} holds a lone UTF-16 surrogate (\\u{ord(m.group()):04x}), which is not Unicode text"
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if -MAX_JSON_INT - 1 <= value <= MAX_JSON_INT else f"{path or 'body'} holds an integer over 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or 'body'} holds NaN or Infinity, which JSON does not have"
+    if depth >= MAX_JSON_DEPTH:
+        return f"the body is nested deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return f"{path or 'body'} has a key with a lone UTF-16 surrogate, which is not Unicode text"
+        problem = _json_problem(item, f"{path}.{key}" if path else str(key), depth + 1)
+        if problem is not None:
+            return problem
+    return None
+
+
+class _JsonBody(BaseModel):
+    """A request body: refuses what json.loads lets through but is not portable JSON text (400)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _portable_json(cls, data: Any) -> Any:
+        problem = _json_problem(data, "", 0)
+        if problem is not None:
+            raise PydanticCustomError("json_invalid", "{error}", {"error": problem})
+        return data
 
 
 class ChatMessage(BaseModel):
@@ -26,12 +84,30 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
     name: str | None = Field(default=None, max_length=256)
 
+    @field_validator("content")
+    @classmethod
+    def _parts_have_a_type(cls, value: Any) -> Any:
+        # A part without a usable type fails inside litellm or the local model (it used to reach the
+        # client as a 502); it is the caller's mistake, so it is refused here with the part's place.
+        for i, part in enumerate(value if isinstance(value, list) else ()):
+            kind = part.get("type")
+            if not isinstance(kind, str) or not kind:
+                raise ValueError(f"content part {i} needs a 'type' (e.g. 'text')")
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"content part {i} of type 'text' needs a 'text' string")
+        return value
+
     @model_validator(mode="after")
     def _content_where_required(self) -> "ChatMessage":
         if self.role in ("system", "developer", "user") and self.content is None:
             raise ValueError(f"a '{self.role}' message needs content")
         if self.role == "assistant" and self.content is None and not (self.model_extra or {}).get("tool_calls"):
             raise ValueError("an 'assistant' message needs content or tool_calls")
+        if self.role == "user" and isinstance(self.content, list):
+            for i, part in enumerate(self.content):
+                if part["type"] not in USER_PART_TYPES:
+                    raise ValueError(f"content part {i}: a user message cannot hold parts of type {part['type']!r} "
+                                     f"(use one of {', '.join(sorted(USER_PART_TYPES))})")
         return self
 
 
@@ -41,7 +117,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_JsonBody):
     """``POST /v1/chat/completions``. ``model``: ``triage/<policy>`` (routed) or a concrete model."""
 
     model_config = ConfigDict(
@@ -78,7 +154,7 @@ class ChatCompletionRequest(BaseModel):
         return {k: v for k, v in out.items() if v is not None}
 
 
-class RouteRequest(BaseModel):
+class RouteRequest(_JsonBody):
     """``POST /v1/route``: the decision for these messages, without calling a model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -96,7 +172,7 @@ class RouteResponse(BaseModel):
     decision: dict[str, Any] = Field(description="Tier, probabilities, strategy, model, budget, expected cost...")
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(_JsonBody):
     """``POST /v1/feedback``: attach an outcome (score in 0..1) to a completed request."""
 
     model_config = ConfigDict(extra="forbid")
@@ -178,13 +254,15 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
-        (400, "Malformed request (invalid JSON, not an object)"),
+        (400, "Malformed request (not HTTP, invalid JSON text, not an object)"),
         (401, "Missing or unknown API key"),
         (403, "Key not allowed this model, or its spend budget is used up"),
         (404, "Unknown model, policy or request id"),
+        (408, "Headers or body not received within request_read_timeout_s"),
         (413, "Request body over the size limit"),
         (422, "Valid JSON of the wrong shape (wrong types, empty messages...)"),
         (429, "Rate limit of the key (see Retry-After)"),
+        (431, "Request headers over max_header_bytes"),
         (502, "Upstream failed and the policy had no working fallback"),
         (504, "Upstream timed out and the policy had no working fallback"),
     )

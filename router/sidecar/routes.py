@@ -1,5 +1,6 @@
 """The sidecar's endpoints. Each request: authenticate -> rate limit -> budget -> resolve the model
--> probe + decide (worker thread) -> call through the router (which records) -> answer."""
+-> probe + decide (worker thread) -> reserve the request's cost bound against the key's budget ->
+call through the router (which records) -> settle the reservation with the actual cost -> answer."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Security
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from policies.decide import DecisionError
 from router.errors import TriageError
 from router.ledger import UnknownRequestError
-from router.sidecar.auth import Caller, authorize_model
+from router.sidecar.auth import (
+    Caller,
+    authorize_model,
+    ledger_scope,
+    require_every_tenant,
+)
+from router.sidecar.budget import (
+    cost_before_failure,
+    prompt_tokens_bound,
+    request_cost_bound,
+)
 from router.sidecar.chat import complete, stream_completion, upstream_kwargs
 from router.sidecar.errors import SidecarError
 from router.sidecar.openai_schema import (
@@ -81,21 +93,36 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     services.spend.check(caller)
     kwargs = upstream_kwargs(body, services.settings.upstream_timeout_s)
     target, routed = await _decide(request, services, caller, body.model, body.messages_as_dicts())
+    # Last check before money is spent: a call the ledger cannot record is not made (503 + Retry-After).
+    # A store that fails after this point is covered by the writer's spool (docs/sidecar.md).
+    unavailable = services.ledger_unavailable()
+    if unavailable is not None:
+        raise unavailable
+    # Held from here until the call ends (a stream: until it ends or its client goes), so
+    # concurrent requests of one key see each other's worst case (docs/sidecar.md, "Budgets").
+    bound = request_cost_bound(target.router.policy, routed.decision,
+                               prompt_tokens=prompt_tokens_bound(await request.body()),
+                               caller_max_tokens=kwargs.get("max_tokens"))
     request_id = request.state.request_id
     fields = _ledger_fields(caller, "chat.completions", body.model, body.stream)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    reservation = services.spend.reserve(caller, bound)
+    try:
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-        def on_done(stream: Any) -> None:
-            services.spend.add(caller, (getattr(stream, "triage", None) or {}).get("cost_usd"))
+            def on_done(stream: Any) -> None:
+                reservation.settle((getattr(stream, "triage", None) or {}).get("cost_usd"))
 
-        return await stream_completion(target, routed, request_id=request_id, ledger_fields=fields,
-                                       started=started, kwargs=kwargs, include_usage=include_usage,
-                                       state=request.state, on_done=on_done)
-    data, info = await complete(target, routed, request_id=request_id, ledger_fields=fields,
-                                started=started, kwargs=kwargs)
+            return await stream_completion(target, routed, request_id=request_id, ledger_fields=fields,
+                                           started=started, kwargs=kwargs, include_usage=include_usage,
+                                           state=request.state, on_done=on_done)
+        data, info = await complete(target, routed, request_id=request_id, ledger_fields=fields,
+                                    started=started, kwargs=kwargs)
+    except BaseException as exc:  # failed or cancelled: what its attempts cost is in the ledger too
+        reservation.settle(cost_before_failure(exc))
+        raise
     request.state.triage_strategy = info.get("strategy") or routed.decision.strategy
-    services.spend.add(caller, info.get("cost_usd"))
+    reservation.settle(info.get("cost_usd"))
     return Response(data, media_type="application/json")
 
 
@@ -116,6 +143,9 @@ async def feedback(body: FeedbackRequest, request: Request, caller: Caller = Dep
     services = services_of(request)
     unknown = SidecarError(404, f"no ledger record for request id '{body.request_id}'",
                            code="unknown_request_id", param="request_id")
+    unavailable = services.ledger_unavailable()  # its record may be in the spool, waiting for the store
+    if unavailable is not None:
+        raise unavailable
     record = await asyncio.to_thread(services.store.get, body.request_id)
     # A request's record is committed before its response leaves, so an id a client holds is stored.
     if record is None or (not caller.anonymous and record.tenant != caller.tenant):
@@ -150,14 +180,19 @@ async def ledger_summary(request: Request, caller: Caller = Depends(caller_of),
                          by: Literal["tier", "strategy", "model", "day"] = Query("strategy"),
                          since: str | None = Query(None, max_length=64, description="e.g. 7d, 12h or an ISO time"),
                          baseline: str | None = Query(None, max_length=200,
-                                                      description="Strategy TEP compares against")) -> JSONResponse:
-    """Requests, accuracy, tokens, cost, cost-of-pass, TEP, escalation and truncation rates."""
+                                                      description="Strategy TEP compares against"),
+                         tenant: str | None = Query(None, max_length=200,
+                                                    description="Admin keys: one tenant only")) -> JSONResponse:
+    """Requests, accuracy, tokens, cost, cost-of-pass, TEP, escalation and truncation rates of the
+    caller's tenant (an admin key: every tenant, or the one `tenant` names)."""
     from router.ledger.report import ledger_report, parse_since
 
     services = services_of(request)
+    scope = ledger_scope(caller, services.keyring, tenant)
     try:
         when = parse_since(since) if since else None
-        report = await asyncio.to_thread(ledger_report, services.store, by=by, since=when, baseline=baseline)
+        report = await asyncio.to_thread(ledger_report, services.store, by=by, since=when, baseline=baseline,
+                                         tenant=scope)
     except (TriageError, ValueError) as exc:
         raise SidecarError(400, str(exc).splitlines()[0], code="invalid_summary_query") from None
     return JSONResponse(report)
@@ -177,8 +212,41 @@ async def readyz(request: Request) -> JSONResponse:
                         status_code=200 if ok else 503)
 
 
+async def _authenticated(request: Request) -> Caller:
+    """``caller_of`` for endpoints that are public or not depending on the settings."""
+    return await caller_of(request, None)
+
+
 @api.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition: requests, tokens, cost, latency by tier/strategy/model; HTTP statuses."""
-    data, content_type = services_of(request).metrics.render()
+    """Prometheus exposition: requests, tokens, cost, latency by tier/strategy/model; HTTP statuses.
+    Covers every tenant, so it needs an admin key unless `public_metrics` is set."""
+    services = services_of(request)
+    if not services.settings.public_metrics:
+        require_every_tenant(await _authenticated(request), services.keyring, "/metrics")
+    data, content_type = services.metrics.render()
     return Response(data, media_type=content_type)
+
+
+# The API document and its viewers: any key unless `public_docs` is set (FastAPI's own routes for
+# them are switched off in app.py). A browser cannot send the Bearer header, so with keys
+# configured, /docs and /redoc need `public_docs: true` to be browsed.
+@api.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> JSONResponse:
+    if not services_of(request).settings.public_docs:
+        await _authenticated(request)
+    return JSONResponse(request.app.openapi())
+
+
+@api.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    if not services_of(request).settings.public_docs:
+        await _authenticated(request)
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - docs")
+
+
+@api.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    if not services_of(request).settings.public_docs:
+        await _authenticated(request)
+    return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - ReDoc")

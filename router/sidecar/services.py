@@ -29,7 +29,7 @@ from router.core.router import Routed, Router
 from router.errors import ConfigError
 from router.ledger import LedgerWriter, open_ledger
 from router.ledger.metrics import LedgerMetrics
-from router.ledger.records import LedgerRecord
+from router.ledger.writer import DEFAULT_SPOOL
 from router.logging import get_logger
 from router.sidecar.auth import KeyRing
 from router.sidecar.errors import SidecarError
@@ -39,17 +39,8 @@ from router.sidecar.settings import SidecarSettings
 POLICY_PREFIX = "triage/"
 PASSTHROUGH = "passthrough"
 MAX_PASSTHROUGH = 256
+LEDGER_RETRY_AFTER_S = 5  # a down ledger is retried every 2 s by the writer; 5 s lets it catch up
 _CONNECTION_FIELDS = ("api_base", "api_key_env", "timeout_s", "price", "replay_candidate")
-
-
-class LedgerSink:
-    """The ledger as the router sees it: ``write(record)`` returns once the record is committed."""
-
-    def __init__(self, writer: LedgerWriter) -> None:
-        self.writer = writer
-
-    def write(self, record: LedgerRecord) -> None:
-        self.writer.record(record)
 
 
 @dataclass
@@ -92,12 +83,12 @@ class Services:
             raise ConfigError("sidecar settings: policies: give at least one policy file (--policy P.yaml)")
         metrics = metrics if metrics is not None else LedgerMetrics()
         store = open_ledger(settings.ledger_url)
-        writer = LedgerWriter(store, store_prompts=settings.store_prompts, metrics=metrics).start()
-        sink = LedgerSink(writer)
+        spool: Any = settings.ledger_spool if settings.ledger_spool is not None else DEFAULT_SPOOL
+        writer = LedgerWriter(store, store_prompts=settings.store_prompts, metrics=metrics, spool=spool).start()
         routers: dict[str, Router] = {}
         try:
             for path in settings.policies:
-                router = Router.from_file(Path(path), ledger=sink, store_prompts=settings.store_prompts)
+                router = Router.from_file(Path(path), ledger=writer, store_prompts=settings.store_prompts)
                 name = router.policy.name
                 if name in routers:
                     raise ConfigError(f"two policy files are named '{name}' ({path}); policy names must differ")
@@ -172,7 +163,11 @@ class Services:
                 raise SidecarError(
                     404, f"unknown model '{model}': use triage/<policy> or a model listed by GET /v1/models",
                     code="model_not_found", param="model")
-            router = self._passthrough_router(model, source)
+            try:
+                router = self._passthrough_router(model, source)
+            except (ConfigError, ValueError) as exc:  # a glob admitted a name no provider serves
+                raise SidecarError(404, f"unknown model '{model}': {str(exc).splitlines()[0]}",
+                                   code="model_not_found", param="model") from None
             if len(self.passthrough) >= MAX_PASSTHROUGH:  # globs admit unboundedly many names
                 self.passthrough.pop(next(iter(self.passthrough)))
             self.passthrough[model] = router
@@ -212,9 +207,22 @@ class Services:
             checks["ledger"] = "reachable"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["ledger"] = f"unreachable: {type(exc).__name__}"
+            self.writer.mark_down(f"readiness probe failed: {type(exc).__name__}")
             ok = False
-        thread = getattr(self.writer, "_thread", None)
-        if thread is not None and not thread.is_alive():
-            checks["ledger_writer"] = "stopped"
-            ok = False
+        # Reachable is not enough: the last commit may have failed (disk full), or the SQLite
+        # file may be gone, which still answers reads from the orphaned inode.
+        writable, why = self.writer.health()
+        checks["ledger_writes"] = "ok" if writable else f"failing: {why}"
+        ok = ok and writable
+        if self.writer.spool is not None:
+            checks["ledger_spool"] = f"{self.writer.spool.size_bytes()} bytes waiting"
         return ok, checks
+
+    def ledger_unavailable(self) -> SidecarError | None:
+        """The 503 to answer before paying an upstream call the ledger could not record; None if fine."""
+        writable, why = self.writer.health()
+        if writable:
+            return None
+        return SidecarError(503, f"the ledger cannot record requests right now ({why}); nothing was called "
+                            "upstream, retry later", type="server_error", code="ledger_unavailable",
+                            headers={"Retry-After": str(LEDGER_RETRY_AFTER_S)})

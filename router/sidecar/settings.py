@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from policies.loader import load_yaml
 from router.errors import ConfigError
 
 ENV_PREFIX = "TRIAGE_SIDECAR_"
@@ -42,6 +43,10 @@ class ApiKeySpec(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0.0, description="Spend allowed to this key (ledger cost).")
     models: list[str] | None = Field(
         default=None, description="Models this key may use (`triage/<policy>`, concrete names, globs); default all."
+    )
+    admin: bool = Field(
+        default=False, description="Operator key: sees every tenant in /v1/ledger/summary (`tenant=` filters) "
+        "and reads /metrics when it is not public.",
     )
 
     @field_validator("sha256", mode="before")
@@ -76,14 +81,36 @@ class SidecarSettings(BaseSettings):
     )
     ledger_url: str | None = Field(default=None, description="SQLite path or postgresql:// URL; default: the ledger's.")
     store_prompts: bool = Field(default=False, description="Keep prompt text in the ledger (a hash is always kept).")
+    ledger_spool: Path | None = Field(
+        default=None, description="Spool file for records the ledger cannot take (store down, disk full); "
+        "default: beside a SQLite ledger, or in the cache dir. Put it on another disk than the ledger's.",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0.0, description="On shutdown, how long in-flight responses may finish before "
+        "they are cancelled (cancelled streams are still recorded before the ledger closes).",
+    )
     api_keys: list[ApiKeySpec] = Field(default_factory=list)
     allow_anonymous: bool | None = Field(
         default=None, description="Accept requests without a key. Default: only when no keys are configured "
         "and the server listens on loopback.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
+    max_header_bytes: int = Field(default=32768, ge=1024, le=1_048_576,
+                                  description="Request line + headers larger than this get 431.")
+    request_read_timeout_s: float = Field(
+        default=30.0, gt=0.0, le=3600.0, description="Headers must arrive within this long of a request's first "
+        "byte, and the body within this long after the headers; else 408 and the connection is closed.",
+    )
     upstream_timeout_s: float = Field(default=60.0, gt=0.0, description="Cap on any upstream call's timeout.")
     budget_status: Literal[403, 429] = Field(default=403, description="Status when a key's budget is spent.")
+    public_metrics: bool = Field(
+        default=False, description="Serve /metrics without a key. Default: an admin key is needed "
+        "(the counters cover every tenant), unless the server accepts anonymous callers.",
+    )
+    public_docs: bool = Field(
+        default=False, description="Serve /docs, /redoc and /openapi.json without a key. Default: any "
+        "configured key, unless the server accepts anonymous callers.",
+    )
     log_json: bool = True
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     access_log: bool = Field(default=True, description="One JSON line per request (never keys or bodies).")
@@ -143,9 +170,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             data: Any = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)  # refuses duplicate keys (TOML does so itself)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        first = (f"line {mark.line + 1}: {problem}" if mark is not None and problem
+                 else str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise ConfigError(f"{path}: invalid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'} ({first})") from None
     if data is None:
         return {}

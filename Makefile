@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements/all.lock requirements/models.lock
 install: $(STAMP)
 
 demo: install
-	$(PY) -m eval.demo --out $(DEMO_DIR)
+	$(PY) -m triage.eval.demo --out $(DEMO_DIR)
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite itself.
 test: install

@@ -1,6 +1,6 @@
 """`make demo`: import shared datasets, replay them through baselines and routers, write a report.
 
-    python -m eval.demo --out demo-output [--data-dir ../shared/data] [--bootstrap 1000]
+    python -m triage.eval.demo --out demo-output [--data-dir ../shared/data] [--bootstrap 1000]
 
 The demo is a list of steps run in order over one :class:`DemoContext`. Later work appends
 steps (training a probe, routing real queries through the local model) with :func:`add_step`;
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from eval.evaluation import EvaluationResult, evaluate
-from eval.evaluation.table import print_frontier
-from eval.replay import ReplayData, write_replay
+from triage.eval.evaluation import EvaluationResult, evaluate
+from triage.eval.evaluation.table import print_frontier
+from triage.replay import ReplayData, write_replay
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Step:
 
 def step_import(ctx: DemoContext) -> None:
     """Import each shared dataset into the replay format (also written to OUT/replay/*.jsonl)."""
-    from eval.importers import import_source
+    from triage.eval.importers import import_source
 
     for spec in DATASETS:
         path = ctx.data_dir / spec.path
@@ -77,8 +77,8 @@ def step_import(ctx: DemoContext) -> None:
 
 def step_probe(ctx: DemoContext) -> None:
     """Make sure the default probe exists (`triage probe build-default`; minutes on first use, then cached)."""
-    from probes.default import ensure_default_probe
-    from probes.runtime import default_probe_path, load_probe
+    from triage.eval.default_probe import ensure_default_probe
+    from triage.probes.runtime import default_probe_path, load_probe
 
     path = default_probe_path()
     if not (path / "card.json").is_file():
@@ -93,7 +93,7 @@ def step_probe(ctx: DemoContext) -> None:
 
 def step_route(ctx: DemoContext) -> None:
     """Route real easy and hard queries through the local model with policies/examples/local.yaml."""
-    from router.sdk.demo import demo_step
+    from triage.router.sdk.demo import demo_step
 
     demo_step(ctx)
 
@@ -108,7 +108,7 @@ def step_evaluate(ctx: DemoContext) -> None:
 
 def step_report(ctx: DemoContext) -> None:
     """Write OUT/report.html with the frontier plots of every evaluation."""
-    from eval.report import write_report
+    from triage.eval.report import write_report
 
     path = write_report(list(ctx.results.values()), ctx.out)
     ctx.artifacts["report"] = path
@@ -142,7 +142,7 @@ def run(ctx: DemoContext, steps: list[Step] | None = None) -> DemoContext:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from router.settings import get_settings
+    from triage.settings import get_settings
 
     ap = argparse.ArgumentParser(description="Triage demo: replay evaluation on shared datasets.")
     ap.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")

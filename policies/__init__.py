@@ -1,9 +1,9 @@
 """Policies: strategies, tiers and the decision rule that maps a probe output to a strategy."""
 
-from policies.decide import CascadePlan, Decision, DecisionError, decide
-from policies.loader import DEFAULT_POLICY, load_policy, policy_from_dict
-from policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
-from policies.strategy import Price, Strategy
+from triage.policies.decide import CascadePlan, Decision, DecisionError, decide
+from triage.policies.loader import DEFAULT_POLICY, load_policy, policy_from_dict
+from triage.policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
+from triage.policies.strategy import Price, Strategy
 
 __all__ = [
     "DEFAULT_POLICY",

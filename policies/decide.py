@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
-from probes.types import TIERS, ProbeOutput
-from router.errors import TriageError
+from triage.policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
+from triage.probes.types import TIERS, ProbeOutput
+from triage.errors import TriageError
 
 
 class DecisionError(TriageError):

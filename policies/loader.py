@@ -14,8 +14,8 @@ import re
 import yaml
 from pydantic import ValidationError
 
-from policies.policy import Policy
-from router.errors import ConfigError
+from triage.policies.policy import Policy
+from triage.errors import ConfigError
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 DEFAULT_POLICY = EXAMPLES_DIR / "local.yaml"

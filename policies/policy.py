@@ -1,6 +1,6 @@
 """A policy: the probe to read, strategies, tiers and the rule that turns a probe output into a choice.
 
-One policy file drives the SDK, the sidecar and replay evaluation alike; :func:`policies.decide.decide`
+One policy file drives the SDK, the sidecar and replay evaluation alike; :func:`triage.policies.decide.decide`
 is the only code that interprets it. Decision rules:
 
 ``thresholds``
@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from policies.pricing import token_price
-from policies.strategy import ReasoningEffort, Strategy
-from probes.types import TIERS
+from triage.policies.pricing import token_price
+from triage.policies.strategy import ReasoningEffort, Strategy
+from triage.probes.types import TIERS
 
 Tier = Literal["easy", "normal", "hard"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 
-from policies.strategy import Strategy
+from triage.policies.strategy import Strategy
 
 
 def import_litellm() -> ModuleType:

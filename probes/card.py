@@ -3,7 +3,7 @@
 ``card.json`` lists the features (name, version, params, dim), the head file, the label set, the
 label rule, calibration parameters (plain numbers), metrics with bootstrap intervals, the training
 data fingerprint, the exact command that produced it, and the sha256 of every other file in the
-folder. The card is the contract: :func:`probes.runtime.load_probe` refuses a folder that does not
+folder. The card is the contract: :func:`triage.probes.runtime.load_probe` refuses a folder that does not
 match it.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from probes.types import TIERS
+from triage.probes.types import TIERS
 
 CARD_FILE = "card.json"
 CARD_SCHEMA_VERSION = 1

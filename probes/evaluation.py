@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.types import TIERS
+from triage.probes.types import TIERS
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:

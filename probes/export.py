@@ -22,11 +22,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from probes.card import CARD_FILE, FeatureSpec, HeadSpec, ProbeCard, write_card
-from probes.encoder.runtime import file_sha256
-from probes.evaluation import reliability_plot
-from probes.heads.base import ONNX_OPSET
-from probes.training import TrainedProbe
+from triage.probes.card import CARD_FILE, FeatureSpec, HeadSpec, ProbeCard, write_card
+from triage.probes.encoder.runtime import file_sha256
+from triage.probes.evaluation import reliability_plot
+from triage.probes.heads.base import ONNX_OPSET
+from triage.probes.training import TrainedProbe
 
 HEAD_FILE = "head.onnx"
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
-from probes.types import TIERS
+from triage.replay.matrix import ReplayData
+from triage.probes.types import TIERS
 
 
 @dataclass(frozen=True)

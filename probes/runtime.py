@@ -1,6 +1,6 @@
 """Load an exported probe and run it: onnxruntime + tokenizers + numpy only (the request path).
 
-    from probes.runtime import load_probe, ProbeArtifactError
+    from triage.probes.runtime import load_probe, ProbeArtifactError
     probe = load_probe(path_to_dir_or_card)
     probe.predict(["How many ...?"])            # -> list[ProbeOutput]
     probe.predict(texts, precomputed={"lm": H}) # features the caller already has (self-probe)
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from probes.calibration import apply_all
-from probes.card import ProbeArtifactError, ProbeCard, read_card
-from probes.encoder.runtime import file_sha256, make_session
-from probes.features.base import Feature, FeatureError, get_feature_class
-from probes.text import valid_unicode
-from probes.types import TIERS, ProbeOutput
+from triage.probes.calibration import apply_all
+from triage.probes.card import ProbeArtifactError, ProbeCard, read_card
+from triage.probes.encoder.runtime import file_sha256, make_session
+from triage.probes.features.base import Feature, FeatureError, get_feature_class
+from triage.probes.text import valid_unicode
+from triage.probes.types import TIERS, ProbeOutput
 
 __all__ = [
     "Probe",
@@ -221,7 +221,7 @@ def load_probe(path: Path | str, *, intra_op_threads: int | None = None, workers
 def default_probe_path(cache_dir: Path | str | None = None) -> Path:
     """Where ``triage probe build-default`` writes the default probe: ``<cache_dir>/probes/default``."""
     if cache_dir is None:
-        from probes.features.cache import default_cache_dir
+        from triage.probes.features.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "probes" / "default"

@@ -1,7 +1,7 @@
 """Train a probe on replay data: features (cached) -> labels -> cross-fitted head -> calibration.
 
-1. Features of every query text, through the on-disk cache (:mod:`probes.features.cache`).
-2. Labels by the rule of :mod:`probes.labels` (per-candidate success, easy/normal/hard tier).
+1. Features of every query text, through the on-disk cache (:mod:`triage.probes.features.cache`).
+2. Labels by the rule of :mod:`triage.probes.labels` (per-candidate success, easy/normal/hard tier).
 3. ``folds``-fold cross-fitting (stratified by tier): out-of-fold head predictions for every row.
 4. Calibration fitted on those out-of-fold predictions; the head is then refitted on all rows.
 5. Metrics on *cross-fitted calibrated* predictions: fold k is calibrated by a calibrator fitted on
@@ -18,13 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
-from probes import calibration as cal
-from probes.evaluation import probe_metrics
-from probes.features.base import Feature, make_feature
-from probes.features.cache import FeatureCache
-from probes.heads.base import Head, make_head
-from probes.labels import LabelRule, ProbeLabels, make_labels
+from triage.replay.matrix import ReplayData
+from triage.specs import parse_spec
+from triage.probes import calibration as cal
+from triage.probes.evaluation import probe_metrics
+from triage.probes.features.base import Feature, make_feature
+from triage.probes.features.cache import FeatureCache
+from triage.probes.heads.base import Head, make_head
+from triage.probes.labels import LabelRule, ProbeLabels, make_labels
 
 
 class Progress(Protocol):
@@ -44,19 +45,11 @@ class _Silent:
 
 def parse_features(spec: str | Sequence[str]) -> list[Feature]:
     """``"text,lm"`` or ``["text", "lexical"]`` -> feature instances; ``name:key=value`` sets params."""
-    from eval.routers.base import _parse_value  # the same key=value grammar as router specs
-
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     features = []
     for item in filter(None, items):
-        name, _, args = item.partition(":")
-        params: dict[str, Any] = {}
-        for pair in filter(None, args.split(";")):
-            k, sep, v = pair.partition("=")
-            if not sep:
-                raise ValueError(f"feature option {pair!r} in {item!r} is not key=value")
-            params[k.strip()] = _parse_value(v.strip())
-        features.append(make_feature(name.strip(), **params))
+        name, params = parse_spec(item, separator=";", what="feature option")
+        features.append(make_feature(name, **params))
     if not features:
         raise ValueError("no features given")
     names = [f.name for f in features]
@@ -77,7 +70,7 @@ def feature_matrix(
 
     Offline (training, evaluation): builds what the features read first when it is missing.
     """
-    from probes.features.build import build_feature_artifacts
+    from triage.probes.features.build import build_feature_artifacts
 
     build_feature_artifacts([f for f in features if not (precomputed and f.name in precomputed)])
     progress = progress or _Silent()

@@ -20,6 +20,6 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def built_default_probe():
-    from probes.default import ensure_default_probe
+    from triage.eval.default_probe import ensure_default_probe
 
     return ensure_default_probe()

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eval.evaluation import evaluate, make_protocol, run_router
-from eval.importers import import_source
-from eval.replay import Outcome, ReplayData, ReplayRecord, write_replay
-from eval.routers import ReplayRouter, RouterSweep, make_router
-from eval.routers.probabilistic import ProbabilisticRouter
-from eval.routers.threshold import ThresholdRouter
-from router.cli.main import app
-from router.settings import get_settings
+from triage.eval.evaluation import evaluate, make_protocol, run_router
+from triage.eval.importers import import_source
+from triage.replay import Outcome, ReplayData, ReplayRecord, write_replay
+from triage.eval.routers import ReplayRouter, RouterSweep, make_router
+from triage.eval.routers.probabilistic import ProbabilisticRouter
+from triage.eval.routers.threshold import ThresholdRouter
+from triage.router.cli.main import app
+from triage.settings import get_settings
 
 DATA = get_settings().data_dir
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from router.core import Router
-from router.ledger import open_ledger
+from triage.router.core import Router
+from triage.router.ledger import open_ledger
 from tests.support.sidecar import CLIENT_KEY, LOCAL_POLICY, SidecarProcess, record_of
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_async_stream_and_non_stream_give_the_same_receipt_and_record(local_rout
 
 
 def test_litellm_style_function_gives_the_same_record_streamed_or_not(local_router: Router) -> None:
-    from router.sdk.completion import triage_completion
+    from triage.router.sdk.completion import triage_completion
 
     plain = triage_completion(messages=ASK, router=local_router, max_tokens=12)
     stream = triage_completion(messages=ASK, router=local_router, max_tokens=12, stream=True)
@@ -117,7 +117,7 @@ def _run_quietly(loop: asyncio.AbstractEventLoop, coro: Any) -> None:
 @pytest.fixture(scope="module")
 def stub_upstream() -> str:
     """The benchmark's stub upstream, served from a thread (its CLI `serve` wants the main thread)."""
-    from eval.bench import stub_upstream as stub
+    from triage.eval.bench import stub_upstream as stub
 
     cfg = stub.StubConfig()
     ready = threading.Event()

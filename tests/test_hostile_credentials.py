@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from router.core import Router
-from router.core.fields import CHAT_FIELDS, UnsupportedFieldError
-from router.errors import ConfigError
+from triage.router.core import Router
+from triage.router.core.fields import CHAT_FIELDS, UnsupportedFieldError
+from triage.errors import ConfigError
 from tests.support.hostile import count_secrets
 from tests.support.sidecar import (
     CLIENT_KEY,
@@ -273,7 +273,7 @@ def test_unset_api_key_env_fails_the_sidecar_start(tmp_path, hostile, workers):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_SIDECAR_")}
     env.pop("TRIAGE_TEST_NEVER_SET_KEY", None)
     env["OPENAI_API_KEY"] = DEFAULT_SECRET  # what litellm would have used instead
-    done = subprocess.run([sys.executable, "-m", "router.cli.main", "serve", "--policy", str(path),
+    done = subprocess.run([sys.executable, "-m", "triage.router.cli.main", "serve", "--policy", str(path),
                            "--port", str(free_port()), "--workers", str(workers),
                            "--ledger", str(tmp_path / "l.sqlite")],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -353,9 +353,9 @@ def test_the_allowlist_is_the_documented_one():
 def test_log_processor_scrubs_configured_secret_values(hostile, monkeypatch):
     """The structlog processor every Triage log line passes through replaces configured values in
     any field (an error text quoting the key), not only fields named like credentials."""
-    from policies.loader import policy_from_dict
-    from router.core.preflight import check_policy_credentials
-    from router.logging import _redact_secrets
+    from triage.policies.loader import policy_from_dict
+    from triage.router.core.preflight import check_policy_credentials
+    from triage.logging import _redact_secrets
 
     monkeypatch.setenv(KEY_ENV, UPSTREAM_SECRET)
     check_policy_credentials(policy_from_dict({

@@ -277,7 +277,7 @@ def test_docs_list_every_error_code_of_these_cases():
 def serve(folder: Path, config: dict | str, *, policy: Path | None = None) -> subprocess.CompletedProcess[str]:
     cfg = folder / "sidecar.yaml"
     cfg.write_text(config if isinstance(config, str) else json.dumps(config))
-    args = [sys.executable, "-m", "router.cli.main", "serve", "--config", str(cfg), "--port", str(free_port())]
+    args = [sys.executable, "-m", "triage.router.cli.main", "serve", "--config", str(cfg), "--port", str(free_port())]
     return subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**_env(), "HF_HUB_OFFLINE": "1"})
 
@@ -315,9 +315,9 @@ def test_serve_refuses_duplicate_keys_in_its_settings(tmp_path):
 
 
 def test_router_construction_refuses_unknown_models():
-    from policies.loader import policy_from_dict
-    from router.core.router import Router
-    from router.errors import TriageError
+    from triage.policies.loader import policy_from_dict
+    from triage.router.core.router import Router
+    from triage.errors import TriageError
 
     for model, says in (("nosuchprovider/x", "no provider serves"), ("local/does-not-exist", "unknown local model")):
         policy = policy_from_dict({"name": "bad", "strategies": {"p": {"model": model}},
@@ -327,9 +327,9 @@ def test_router_construction_refuses_unknown_models():
 
 
 def test_policy_and_price_files_refuse_duplicate_keys(tmp_path):
-    from eval.prices.prices import load_prices
-    from policies.loader import load_policy
-    from router.errors import ConfigError
+    from triage.eval.prices.prices import load_prices
+    from triage.policies.loader import load_policy
+    from triage.errors import ConfigError
 
     text = LOCAL_POLICY.read_text()
     dup = tmp_path / "dup.yaml"
@@ -356,8 +356,8 @@ def test_policy_and_price_files_refuse_duplicate_keys(tmp_path):
 def test_parse_since_bounds():
     from datetime import UTC, datetime, timedelta
 
-    from router.errors import TriageError
-    from router.ledger.report import parse_since
+    from triage.errors import TriageError
+    from triage.router.ledger.report import parse_since
 
     now = datetime(2026, 1, 31, tzinfo=UTC)
     assert parse_since("7d", now) == now - timedelta(days=7)
@@ -368,8 +368,8 @@ def test_parse_since_bounds():
 
 
 def test_a_refused_connection_classifies_as_connection():
-    from policies.pricing import import_litellm
-    from router.core.calls import classify
+    from triage.policies.pricing import import_litellm
+    from triage.router.core.calls import classify
 
     litellm = import_litellm()
     with pytest.raises(Exception) as info:
@@ -379,8 +379,8 @@ def test_a_refused_connection_classifies_as_connection():
 
 
 def test_the_sdk_routes_text_with_lone_surrogates():
-    from router.core.messages import normalize_messages
-    from router.core.router import Router
+    from triage.router.core.messages import normalize_messages
+    from triage.router.core.router import Router
 
     msgs = [{"role": "user", "content": "hi \ud800 there"}, {"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]
     clean = normalize_messages(msgs)

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from router.ledger import open_ledger
-from router.ledger.spool import LedgerSpool
+from triage.router.ledger import open_ledger
+from triage.router.ledger.spool import LedgerSpool
 from tests.support.hostile import HostileReport
 from tests.support.sidecar import CLIENT_KEY, SidecarProcess
 

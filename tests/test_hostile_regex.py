@@ -6,7 +6,7 @@ quadratically: ``"a" * 40_000`` took ~10 s inside ``re``, holding the GIL).
   uncapped; through the capped feature path and the default probe, 1 MB runs do too.
 * The feature values did not change: the original patterns and the linear ones give identical
   lexical vectors on ~400 real prompts from the shared data (the default probe's heads read them).
-* The probe-text cap (``probes.features.base.cap_text``) leaves texts up to 32 KiB alone and is what
+* The probe-text cap (``triage.probes.features.base.cap_text``) leaves texts up to 32 KiB alone and is what
   every text feature reads.
 * The local model refuses a prompt that cannot fit before the full tokenization; its floor and
   count never overshoot the exact token count.
@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes.features import lexical
-from probes.features.base import TEXT_HEAD_CHARS, TEXT_TAIL_CHARS, cap_text
-from probes.features.lexical import FEATURE_NAMES, LexicalFeature, lexical_vector
+from triage.probes.features import lexical
+from triage.probes.features.base import TEXT_HEAD_CHARS, TEXT_TAIL_CHARS, cap_text
+from triage.probes.features.lexical import FEATURE_NAMES, LexicalFeature, lexical_vector
 
 FUZZ_CHARS = 100_003  # "100k+": a length the old patterns needed minutes for
 BIG_CHARS = 1_000_000
@@ -104,8 +104,8 @@ def test_lexical_fuzz_long_runs_are_fast(units):
 
 @pytest.fixture(scope="module")
 def default_probe():
-    from probes.default import ensure_default_probe
-    from probes.runtime import load_probe
+    from triage.eval.default_probe import ensure_default_probe
+    from triage.probes.runtime import load_probe
 
     probe = load_probe(ensure_default_probe())
     probe.predict(["warm up"])
@@ -129,8 +129,8 @@ def test_one_megabyte_through_the_feature_path_and_the_default_probe(name, defau
 
 
 def _real_prompts() -> list[str]:
-    from eval.importers import import_source
-    from router.settings import get_settings
+    from triage.eval.importers import import_source
+    from triage.settings import get_settings
 
     data = get_settings().data_dir
     texts: list[str] = []
@@ -191,14 +191,14 @@ def test_cap_keeps_short_texts_and_bounds_long_ones():
 
 @pytest.fixture(scope="module")
 def smollm():
-    from probes.lm.runtime import get_local_lm
+    from triage.probes.lm.runtime import get_local_lm
 
     return get_local_lm("smollm2-135m")
 
 
 @pytest.mark.slow
 def test_local_model_token_floor_and_count_never_overshoot(smollm):
-    from probes.lm.chat import count_tokens, token_floor
+    from triage.probes.lm.chat import count_tokens, token_floor
 
     floor = token_floor(smollm.tokenizer)
     assert floor is not None and floor.max_bytes >= 16  # SmolLM2 is byte-level BPE
@@ -214,7 +214,7 @@ def test_local_model_token_floor_and_count_never_overshoot(smollm):
 @pytest.mark.slow
 @pytest.mark.parametrize("content", [run_of("a", BIG_CHARS), run_of("a b ", 300_000)], ids=["1mb-token", "300kb-words"])
 def test_local_model_refuses_a_prompt_that_cannot_fit_at_once(smollm, content):
-    from probes.lm.specs import PromptTooLongError
+    from triage.probes.lm.specs import PromptTooLongError
 
     t0 = time.perf_counter()
     with pytest.raises(PromptTooLongError, match="tokens; local model"):
@@ -308,7 +308,7 @@ def test_secret_scrubbing_is_linear_on_a_megabyte(unit: str) -> None:
     for a scheme from every position took ~1 s per 20 KB of "a." (40 minutes for 1 MB)."""
     import time
 
-    from router.ledger.scrub import scrub_text
+    from triage.scrub import scrub_text
 
     text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
     t0 = time.perf_counter()

@@ -107,7 +107,7 @@ def public_server(stub, tmp_path_factory):
 
 
 def ledger_records(server: SidecarProcess) -> list[Any]:
-    from router.ledger import open_ledger
+    from triage.router.ledger import open_ledger
 
     with open_ledger(str(server.ledger)) as store:
         return [e.record for e in store.iter_entries()]
@@ -257,7 +257,7 @@ def test_ops_endpoints_public_when_configured(public_server, hostile):
 
 
 def _policy(**over: Any) -> Any:
-    from policies.policy import Policy
+    from triage.policies.policy import Policy
 
     doc = {"name": "p", "version": "1", "strategies": {
         "cheap": {"model": "openai/cheap", "max_tokens": 10, "price": {"input_per_mtok": 1e6, "output_per_mtok": 2e6},
@@ -270,9 +270,9 @@ def _policy(**over: Any) -> Any:
 
 
 def test_bound_covers_every_call_the_plan_can_make():
-    from policies.decide import decide
-    from probes.types import ProbeOutput
-    from router.sidecar.budget import request_cost_bound
+    from triage.policies.decide import decide
+    from triage.probes.types import ProbeOutput
+    from triage.router.sidecar.budget import request_cost_bound
 
     easy = ProbeOutput({"easy": 1.0, "normal": 0.0, "hard": 0.0})
     # Prices are 1 and 2 USD per token. cheap: 5 prompt + 10 out x 2 = 25, truncated -> escalates to big:
@@ -293,7 +293,7 @@ def test_bound_covers_every_call_the_plan_can_make():
 
 
 def test_prompt_bound_is_at_least_the_body_and_counts_images():
-    from router.sidecar.budget import IMAGE_ALLOWANCE_TOKENS, prompt_tokens_bound
+    from triage.router.sidecar.budget import IMAGE_ALLOWANCE_TOKENS, prompt_tokens_bound
 
     body = chat_body()
     assert prompt_tokens_bound(body) >= len(body)
@@ -303,10 +303,10 @@ def test_prompt_bound_is_at_least_the_body_and_counts_images():
 
 
 def test_admission_reserves_settles_and_releases():
-    from router.sidecar.auth import Caller
-    from router.sidecar.errors import SidecarError
-    from router.sidecar.limits import SpendTracker
-    from router.sidecar.settings import ApiKeySpec
+    from triage.router.sidecar.auth import Caller
+    from triage.router.sidecar.errors import SidecarError
+    from triage.router.sidecar.limits import SpendTracker
+    from triage.router.sidecar.settings import ApiKeySpec
 
     spend = SpendTracker()
     k = Caller("k", "k", ApiKeySpec(id="k", sha256=sha("k"), budget_usd=1.0))

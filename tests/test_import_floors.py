@@ -1,10 +1,9 @@
 """The floor plan, checked: data flows request -> probe -> policy -> executor -> ledger, and imports
-only go down the floors  probes < policies < router < eval < CLI (``router.cli``), with no circles.
+only go down the floors  probes < policies < router < eval < CLI (``triage.router.cli``), with no circles.
 
 Every ``import`` counts, module level or inside a function (a deferred import is still a
-dependency). ``KNOWN_UPWARD`` lists the upward edges that predate this check; they are to be moved
-below (a bottom package of shared pieces is the plan), so the list may only shrink: a new upward
-edge or any circle fails, and so does an entry that no longer exists (delete it).
+dependency). The package root ``triage`` (the public API, re-exporting ``Router`` and friends) and
+``python -m triage`` sit on top of everything.
 """
 
 from __future__ import annotations
@@ -14,42 +13,24 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("probes", "policies", "router", "eval")
+FOLDERS = {"triage": "triage", "probes": "triage.probes", "policies": "triage.policies",
+           "router": "triage.router", "eval": "triage.eval"}
+FLOORS = {"triage.probes": 1, "triage.policies": 2, "triage.router": 3, "triage.eval": 4}
 
-KNOWN_UPWARD = {
-    ("policies.calibrate", "eval.replay.matrix"),
-    ("policies.calibrate", "router.core.messages"),
-    ("policies.calibrate", "router.core.probing"),
-    ("policies.calibrate", "router.errors"),
-    ("policies.decide", "router.errors"),
-    ("policies.loader", "router.errors"),
-    ("probes.default", "eval.importers"),
-    ("probes.default", "eval.replay"),
-    ("probes.default", "router.settings"),
-    ("probes.features.cache", "router.settings"),
-    ("probes.features.difficulty_aux_build", "router.settings"),
-    ("probes.labels", "eval.replay.matrix"),
-    ("probes.lm.runtime", "router.settings"),
-    ("probes.lm.specs", "router.settings"),
-    ("probes.token_router.head", "router.settings"),
-    ("probes.token_router.labels", "router.settings"),
-    ("probes.training", "eval.replay.matrix"),
-    ("probes.training", "eval.routers.base"),
-    ("router.__main__", "router.cli.main"),
-    ("router.ledger.export", "eval.replay.io"),
-    ("router.ledger.export", "eval.replay.schema"),
-    ("router.ledger.report", "eval.metrics.summary"),
-}
 
 
 def floor(module: str) -> int:
-    if module == "router.cli" or module.startswith("router.cli."):
+    if module in ("triage", "triage.__main__"):
+        return 6
+    if module == "triage.router.cli" or module.startswith("triage.router.cli."):
         return 5
-    return {"probes": 1, "policies": 2, "router": 3, "eval": 4}[module.split(".")[0]]
+    top = ".".join(module.split(".")[:2])
+    return FLOORS.get(top, 0)  # anything else under triage. is the shared bottom floor
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    folder = path.relative_to(REPO).parts[0]
+    parts = [FOLDERS[folder], *path.relative_to(REPO / folder).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -58,19 +39,22 @@ def module_name(path: Path) -> str:
 def import_edges() -> dict[str, set[str]]:
     """module -> the project modules it imports (absolute imports; the code uses no relative ones)."""
     edges: dict[str, set[str]] = defaultdict(set)
-    for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
+    for folder in FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
             source = module_name(path)
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 targets: list[str] = []
                 if isinstance(node, ast.Import):
                     targets = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     targets = [node.module]
-                    assert node.level == 0
                 elif isinstance(node, ast.ImportFrom):
                     raise AssertionError(f"{source}: relative import; use absolute imports")
-                edges[source].update(t for t in targets if t.split(".")[0] in PACKAGES)
+                for t in targets:
+                    if t.split(".")[0] in ("router", "probes", "policies", "eval"):
+                        raise AssertionError(f"{source} imports {t!r}: everything is imported as triage.*")
+                    if t == "triage" or t.startswith("triage."):
+                        edges[source].add(t)
     return edges
 
 
@@ -127,19 +111,14 @@ def test_no_import_circles() -> None:
     assert circles(import_edges()) == []
 
 
-def test_no_new_upward_imports() -> None:
-    new = sorted(upward(import_edges()) - KNOWN_UPWARD)
-    assert new == [], "imports that go up a floor (move the shared piece below instead):\n" + "\n".join(
-        f"  {m} -> {t}" for m, t in new)
-
-
-def test_the_known_upward_list_only_shrinks() -> None:
-    gone = sorted(KNOWN_UPWARD - upward(import_edges()))
-    assert gone == [], "fixed upward imports: delete them from KNOWN_UPWARD:\n" + "\n".join(
-        f"  {m} -> {t}" for m, t in gone)
+def test_no_upward_imports() -> None:
+    up = sorted(upward(import_edges()))
+    assert up == [], "imports that go up a floor (move the shared piece below instead):\n" + "\n".join(
+        f"  {m} -> {t}" for m, t in up)
 
 
 def test_the_checker_sees_an_upward_edge_and_a_circle() -> None:
-    edges = {"probes.a": {"router.b"}, "router.b": {"router.c"}, "router.c": {"router.b"}}
-    assert upward(edges) == {("probes.a", "router.b")}
-    assert circles(edges) == [["router.b", "router.c"]]
+    edges = {"triage.probes.a": {"triage.router.b"}, "triage.router.b": {"triage.router.c"},
+             "triage.router.c": {"triage.router.b"}, "triage.errors": {"triage.probes.a"}}
+    assert upward(edges) == {("triage.probes.a", "triage.router.b"), ("triage.errors", "triage.probes.a")}
+    assert circles(edges) == [["triage.router.b", "triage.router.c"]]

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from eval.importers import available_importers, import_source
-from eval.importers.tokens import get_counter
-from eval.prices import load_prices
-from eval.replay import ReplayData, ReplayRecord, read_replay
-from router.cli.main import app
-from router.errors import ConfigError
-from router.settings import get_settings
+from triage.eval.importers import available_importers, import_source
+from triage.eval.importers.tokens import get_counter
+from triage.eval.prices import load_prices
+from triage.replay import ReplayData, ReplayRecord, read_replay
+from triage.router.cli.main import app
+from triage.errors import ConfigError
+from triage.settings import get_settings
 
 DATA = get_settings().data_dir
 GPT4 = "gpt-4-1106-preview"

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from router.ledger import open_ledger
+from triage.router.ledger import open_ledger
 from tests.support.ledger import ledger_url  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval.replay import ReplayData, read_replay
-from router.ledger import LedgerWriter, OutcomeRecord, open_ledger
-from router.ledger.export import export_jsonl, export_parquet, read_parquet_replay
+from triage.replay import ReplayData, read_replay
+from triage.router.ledger import LedgerWriter, OutcomeRecord, open_ledger
+from triage.router.ledger.export import export_jsonl, export_parquet, read_parquet_replay
 from tests.support.ledger import make_record
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]

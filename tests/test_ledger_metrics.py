@@ -7,8 +7,8 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.ledger import LedgerWriter, open_ledger
-from router.ledger.metrics import LedgerMetrics
+from triage.router.ledger import LedgerWriter, open_ledger
+from triage.router.ledger.metrics import LedgerMetrics
 from tests.support.ledger import make_record
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from probes.types import ProbeOutput
-from router.ledger import LedgerWriter, open_ledger
-from router.ledger.records import Attempt, LedgerRecord, OutcomeRecord, ProbeRecord, prompt_sha256
-from router.ledger.scrub import is_secret_key, scrub_text
+from triage.probes.types import ProbeOutput
+from triage.router.ledger import LedgerWriter, open_ledger
+from triage.router.ledger.records import Attempt, LedgerRecord, OutcomeRecord, ProbeRecord, prompt_sha256
+from triage.scrub import is_secret_key, scrub_text
 
 SECRETS = [
     "sk-proj-Abc123def456GHI789jkl012",

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eval.metrics.summary import summarize_outcomes, tep
-from eval.replay import ReplayData, read_replay
-from router.cli.main import app
-from router.ledger import LedgerWriter, OutcomeRecord, open_ledger
-from router.ledger.export import export_jsonl
-from router.ledger.records import Attempt, LedgerRecord
-from router.ledger.report import ledger_report, parse_since
-from router.errors import TriageError
+from triage.replay.summary import summarize_outcomes, tep
+from triage.replay import ReplayData, read_replay
+from triage.router.cli.main import app
+from triage.router.ledger import LedgerWriter, OutcomeRecord, open_ledger
+from triage.router.ledger.export import export_jsonl
+from triage.router.ledger.records import Attempt, LedgerRecord
+from triage.router.ledger.report import ledger_report, parse_since
+from triage.errors import TriageError
 from tests.support.ledger import T0, ledger_url, make_record  # noqa: F401
 
 runner = CliRunner()

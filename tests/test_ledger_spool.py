@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from router.ledger import LedgerRecord, LedgerWriter, open_ledger
-from router.ledger.spool import LedgerSpool, default_spool_path
-from router.ledger.store import LedgerStore, LedgerUnavailableError
-from router.ledger.writer import Durability
+from triage.router.ledger import LedgerRecord, LedgerWriter, open_ledger
+from triage.router.ledger.spool import LedgerSpool, default_spool_path
+from triage.router.ledger.store import LedgerStore, LedgerUnavailableError
+from triage.router.ledger.writer import Durability
 from tests.support.ledger import make_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_a_refused_record_is_set_aside_not_lost(tmp_path: Path) -> None:
 
 def test_concurrent_appends_from_processes_all_land(tmp_path: Path) -> None:
     path = tmp_path / "l.spool.jsonl"
-    code = ("import sys; from router.ledger.spool import LedgerSpool; from tests.support.ledger import make_record\n"
+    code = ("import sys; from triage.router.ledger.spool import LedgerSpool; from tests.support.ledger import make_record\n"
             "k = int(sys.argv[2]); s = LedgerSpool(sys.argv[1])\n"
             "for i in range(100): s.append([make_record(k * 1000 + i)])\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(k)], cwd=REPO) for k in range(3)]
@@ -250,7 +250,7 @@ def test_triage_ledger_recover(tmp_path: Path) -> None:
     spool = tmp_path / "elsewhere.jsonl"
     LedgerSpool(spool).append([make_record(i) for i in range(3)])
     open_ledger(str(ledger)).close()
-    cmd = [sys.executable, "-m", "router.cli.main", "ledger", "recover", "--ledger", str(ledger),
+    cmd = [sys.executable, "-m", "triage.router.cli.main", "ledger", "recover", "--ledger", str(ledger),
            "--spool", str(spool), "--json"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-import router.ledger.sql_base as sql_base
-from router.ledger import (
+import triage.router.ledger.sql_base as sql_base
+from triage.router.ledger import (
     LedgerError,
     OutcomeRecord,
     SchemaTooNewError,
     UnknownRequestError,
     open_ledger,
 )
-from router.ledger.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version
-from router.ledger.sqlite_store import SQLiteLedgerStore, sqlite_path
+from triage.router.ledger.migrations import MIGRATIONS, VERSION_TABLE, Migration, latest_version
+from triage.router.ledger.sqlite_store import SQLiteLedgerStore, sqlite_path
 from tests.support.ledger import T0, ledger_url, make_record  # noqa: F401
 
 

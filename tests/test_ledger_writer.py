@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from router.ledger import LedgerClosedError, LedgerRecord, LedgerWriter, UnknownRequestError, open_ledger
-from router.ledger.writer import Durability
-from router.ledger.store import LedgerStore
+from triage.router.ledger import LedgerClosedError, LedgerRecord, LedgerWriter, UnknownRequestError, open_ledger
+from triage.router.ledger.writer import Durability
+from triage.router.ledger.store import LedgerStore
 from tests.support.ledger import ledger_url, make_record  # noqa: F401
 
 

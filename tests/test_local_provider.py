@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from probes.features import make_feature
-from probes.features.lm_internals import lm_features_from_prefill, query_messages
-from probes.features.output_uncertainty import (
+from triage.probes.features import make_feature
+from triage.probes.features.lm_internals import lm_features_from_prefill, query_messages
+from triage.probes.features.output_uncertainty import (
     UNCERTAINTY_STAT_NAMES,
     TokenUncertainty,
     tokens_from_local,
@@ -18,7 +18,7 @@ from probes.features.output_uncertainty import (
     uncertainty_from_response,
     uncertainty_stats,
 )
-from router.providers import register_local_provider
+from triage.router.providers import register_local_provider
 
 register_local_provider()
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def lm():
-    from probes.lm import get_local_lm
+    from triage.probes.lm import get_local_lm
 
     return get_local_lm("smollm2-135m")
 

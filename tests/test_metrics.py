@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eval.evaluation import apply_budgets, parse_budget
-from eval.metrics import (
+from triage.eval.evaluation import apply_budgets, parse_budget
+from triage.eval.metrics import (
     Bootstrap,
     aiq,
     apgr,
@@ -23,7 +23,7 @@ from eval.metrics import (
     tep,
     tep_array,
 )
-from eval.replay.matrix import ReplayData
+from triage.replay.matrix import ReplayData
 
 
 def _data(score, cost=None, prompt=None, completion=None, reasoning=None) -> ReplayData:

@@ -1,6 +1,6 @@
 """`triage policy calibrate` on real replay data (RouteLLM GSM8K from the shared data).
 
-Probe outputs are real cross-fitted outputs: the probe trainer (probes.training) fits a lexical-feature
+Probe outputs are real cross-fitted outputs: the probe trainer (triage.probes.training) fits a lexical-feature
 head 5-fold and each query gets the output of the fold that did not see it.
 """
 
@@ -14,14 +14,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eval.importers import import_source
-from eval.replay import ReplayData, write_replay
-from policies.decide import decide
-from policies.loader import EXAMPLES_DIR, load_policy
-from probes.training import TrainConfig, train_probe
-from probes.types import TIERS
-from router.cli.main import app
-from router.settings import get_settings
+from triage.eval.importers import import_source
+from triage.replay import ReplayData, write_replay
+from triage.policies.decide import decide
+from triage.policies.loader import EXAMPLES_DIR, load_policy
+from triage.probes.training import TrainConfig, train_probe
+from triage.probes.types import TIERS
+from triage.router.cli.main import app
+from triage.settings import get_settings
 
 runner = CliRunner()
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
@@ -44,7 +44,7 @@ def replay(tmp_path_factory):
         }
     out_path = folder / "oof.jsonl"
     out_path.write_text("".join(json.dumps(o) + "\n" for o in outputs.values()))
-    from probes.export import export_probe
+    from triage.probes.export import export_probe
 
     export_probe(trained, folder / "probe-lexical", plot=False)
     return data, data_path, out_path, outputs, folder
@@ -61,7 +61,7 @@ def policy_copy(tmp_path: Path, folder: Path, **changes) -> Path:
 
 def replayed(policy_path: Path, data: ReplayData, outputs: dict) -> tuple[float, float]:
     """Accuracy and mean cost of the written policy, recomputed with decide() on every query."""
-    from probes.types import ProbeOutput
+    from triage.probes.types import ProbeOutput
 
     p = load_policy(policy_path)
     col = {n: data.candidates.index(s.candidate) for n, s in p.strategies.items()}
@@ -191,7 +191,7 @@ def test_tier_shares_for_a_one_model_policy(tmp_path, replay):
     for tier, want in zip(("easy", "normal", "hard"), (0.5, 0.3, 0.2)):
         assert abs(f["tier_shares"][tier] - want) < 0.03, f["tier_shares"]
     # the SDK, reading the rewritten file, sorts the same queries into the same shares
-    from router.core import Router
+    from triage.router.core import Router
 
     router = Router.from_file(path)
     tiers = [router.route(r.messages()).tier for r in data.records[:300]]

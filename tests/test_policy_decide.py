@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.decide import (
+from triage.policies.decide import (
     CascadePlan,
     Decision,
     DecisionError,
@@ -23,8 +23,8 @@ from policies.decide import (
     token_uncertainty,
     truncation_action,
 )
-from policies.loader import EXAMPLES_DIR, load_policy, policy_from_dict
-from probes.types import ProbeOutput
+from triage.policies.loader import EXAMPLES_DIR, load_policy, policy_from_dict
+from triage.probes.types import ProbeOutput
 
 
 def out(easy: float, normal: float, hard: float, **success: float) -> ProbeOutput:

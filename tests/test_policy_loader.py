@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from policies.loader import EXAMPLES_DIR, load_policy, save_policy_updates
-from router.cli.main import app
-from router.errors import ConfigError
+from triage.policies.loader import EXAMPLES_DIR, load_policy, save_policy_updates
+from triage.router.cli.main import app
+from triage.errors import ConfigError
 
 runner = CliRunner()
 LOCAL = EXAMPLES_DIR / "local.yaml"

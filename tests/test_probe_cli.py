@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from router.cli.main import app
+from triage.router.cli.main import app
 
 runner = CliRunner()
 
@@ -39,7 +39,7 @@ def test_mlp_head_trains_and_exports(probe_slice_file, tmp_path):
     res = runner.invoke(app, ["probe", "train", "--data", str(probe_slice_file), "--features", "lexical",
                               "--out", str(out), "--folds", "3", "--head", "mlp"])
     assert res.exit_code == 0, res.output
-    from probes.runtime import load_probe
+    from triage.probes.runtime import load_probe
 
     probe = load_probe(out)
     assert probe.card.head.kind == "mlp"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probes.features import Feature, FeatureCache, FeatureError, cached_transform, make_feature, register_feature
-from probes.features.lexical import FEATURE_NAMES, LexicalFeature
+from triage.probes.features import Feature, FeatureCache, FeatureError, cached_transform, make_feature, register_feature
+from triage.probes.features.lexical import FEATURE_NAMES, LexicalFeature
 
 
 class CountingFeature(Feature):
@@ -100,9 +100,9 @@ def test_cache_compacts_many_shards(tmp_path):
 
 
 def test_text_encoder_matches_torch_reference_and_is_batch_independent():
-    from probes.encoder.export import reference_embeddings
-    from probes.encoder.export import ensure_encoder
-    from probes.encoder.runtime import TextEncoder
+    from triage.probes.encoder.export import reference_embeddings
+    from triage.probes.encoder.export import ensure_encoder
+    from triage.probes.encoder.runtime import TextEncoder
 
     texts = ["What is 2+2?", "Natalia sold clips to 48 of her friends in April. How many in May?", "word " * 300]
     ref = reference_embeddings(texts)
@@ -137,9 +137,9 @@ def test_aux_regressor_onnx_matches_sklearn(tmp_path):
     """The GSM8K solution-profile regressors: train on a few train-split rows, compare runtimes."""
     import json
 
-    from probes.features.difficulty_aux import TARGETS, AuxRegressor, solution_profile
-    from probes.features.difficulty_aux_build import train_aux_model
-    from router.settings import get_settings
+    from triage.probes.features.difficulty_aux import TARGETS, AuxRegressor, solution_profile
+    from triage.probes.features.difficulty_aux_build import train_aux_model
+    from triage.settings import get_settings
 
     rows = (get_settings().data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()[:80]
     small = tmp_path / "train.jsonl"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.evaluation import evaluate
-from eval.replay import ReplayData, read_replay
-from eval.routers import available_routers, make_router
+from triage.eval.evaluation import evaluate
+from triage.replay import ReplayData, read_replay
+from triage.eval.routers import available_routers, make_router
 
 
 def test_probe_routers_are_registered():

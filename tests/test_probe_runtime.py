@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probes import calibration as cal
-from probes.card import CARD_FILE
-from probes.runtime import ProbeArtifactError, ProbeInputError, load_probe
+from triage.probes import calibration as cal
+from triage.probes.card import CARD_FILE
+from triage.probes.runtime import ProbeArtifactError, ProbeInputError, load_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ import json, pickle, sys
 def _no_pickle(*a, **k):
     raise AssertionError("pickle used on the request path")
 pickle.load = pickle.loads = _no_pickle
-from probes.runtime import load_probe
+from triage.probes.runtime import load_probe
 probe = load_probe(sys.argv[1])
 texts = json.load(open(sys.argv[2]))
 success, tier = probe.predict_arrays(texts)
@@ -178,9 +178,9 @@ def test_precomputed_features_are_checked_and_used(trained_text_probe):
 
 def test_torch_feature_must_be_precomputed(tmp_path, trained_text_probe):
     """A probe on a requires_torch feature never computes it at run time: the caller passes it."""
-    from probes.export import export_probe
-    from probes.features.base import Feature, register_feature
-    from probes.training import TrainConfig, train_probe
+    from triage.probes.export import export_probe
+    from triage.probes.features.base import Feature, register_feature
+    from triage.probes.training import TrainConfig, train_probe
 
     @register_feature
     class FakeLM(Feature):  # stands in for LM internals (no model needed for this check)

@@ -6,11 +6,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from eval.replay import Outcome, ReplayData, ReplayRecord
-from probes import calibration as cal
-from probes.evaluation import auroc, ece, probe_metrics, reliability_plot
-from probes.heads import make_head
-from probes.labels import LabelRule, make_labels
+from triage.replay import Outcome, ReplayData, ReplayRecord
+from triage.probes import calibration as cal
+from triage.probes.evaluation import auroc, ece, probe_metrics, reliability_plot
+from triage.probes.heads import make_head
+from triage.probes.labels import LabelRule, make_labels
 
 
 def _data(rows):

@@ -9,11 +9,11 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from eval.importers import import_source
-from eval.replay import ReplayFormatError, ReplayRecord, iter_replay, read_replay, write_replay
-from eval.replay.io import SkippedLines
-from router.cli.main import app
-from router.settings import get_settings
+from triage.eval.importers import import_source
+from triage.replay import ReplayFormatError, ReplayRecord, iter_replay, read_replay, write_replay
+from triage.replay.io import SkippedLines
+from triage.router.cli.main import app
+from triage.settings import get_settings
 
 
 def _line(**overrides: object) -> str:

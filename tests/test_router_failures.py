@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.core import Router, TriageProviderError
+from triage.router.core import Router, TriageProviderError
 
 FAKE_KEY = "sk-test-triage-not-a-real-key-123456"
 MESSAGES = [{"role": "user", "content": "What is 3 + 4?"}]

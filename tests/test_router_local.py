@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from policies.loader import DEFAULT_POLICY
-from router.core import Router, TriageStream
+from triage.policies.loader import DEFAULT_POLICY
+from triage.router.core import Router, TriageStream
 
 pytestmark = pytest.mark.slow
 

@@ -14,14 +14,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eval.importers import import_source
-from eval.replay import ReplayData, write_replay
-from eval.routers import make_router
-from policies.loader import EXAMPLES_DIR
-from router.cli.main import app
-from router.core import Router
-from router.core.messages import probe_text
-from router.settings import get_settings
+from triage.eval.importers import import_source
+from triage.replay import ReplayData, write_replay
+from triage.eval.routers import make_router
+from triage.policies.loader import EXAMPLES_DIR
+from triage.router.cli.main import app
+from triage.router.core import Router
+from triage.router.core.messages import probe_text
+from triage.settings import get_settings
 
 N = 200
 
@@ -51,7 +51,7 @@ def test_probe_text_matches_replay_prompt_text(gsm8k):
         assert probe_text(record.messages()) == record.prompt_text()
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Q?"}]},
             {"role": "assistant", "content": ""}, {"role": "user", "content": "More"}]
-    from eval.replay import ReplayRecord
+    from triage.replay import ReplayRecord
 
     rec = ReplayRecord(id="x", prompt=chat, outcomes={"m": {"score": 1.0}})
     assert probe_text(chat) == rec.prompt_text()

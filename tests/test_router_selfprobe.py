@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import yaml
 
-from eval.importers import import_source
-from eval.replay import ReplayData
-from eval.routers.policy import PolicyRouter
-from router.core import Router
-from router.settings import get_settings
+from triage.eval.importers import import_source
+from triage.replay import ReplayData
+from triage.eval.routers.policy import PolicyRouter
+from triage.router.core import Router
+from triage.settings import get_settings
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def lm_policy(tmp_path_factory):
-    from probes.export import export_probe
-    from probes.training import TrainConfig, train_probe
+    from triage.probes.export import export_probe
+    from triage.probes.training import TrainConfig, train_probe
 
     records = import_source("routellm", get_settings().data_dir / "routellm", dataset="gsm8k")[:40]
     data = ReplayData.from_records(records, name="gsm8k-40")
@@ -44,7 +44,7 @@ def lm_policy(tmp_path_factory):
 
 
 def test_lm_features_come_from_the_served_models_own_prefill(lm_policy):
-    from probes.lm import loaded_local_models
+    from triage.probes.lm import loaded_local_models
 
     path, _ = lm_policy
     router = Router.from_file(path)

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from policies.loader import EXAMPLES_DIR
-from router.cli.main import app
+from triage.policies.loader import EXAMPLES_DIR
+from triage.router.cli.main import app
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from policies.loader import DEFAULT_POLICY
-from router.sdk.langchain import TriageChatModel
+from triage.policies.loader import DEFAULT_POLICY
+from triage.router.sdk.langchain import TriageChatModel
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.errors import ConfigError
+from triage.errors import ConfigError
 from tests.support.sidecar import LOCAL_POLICY, REPO
 
 
@@ -23,7 +23,7 @@ def _env(cache: Path) -> dict[str, str]:
 def test_sidecar_with_an_unbuilt_probe_exits_2_naming_the_build_command(tmp_path: Path) -> None:
     empty_cache = tmp_path / "empty-cache"
     proc = subprocess.run(
-        [sys.executable, "-m", "router.cli.main", "serve", "--policy", str(LOCAL_POLICY), "--port", "0",
+        [sys.executable, "-m", "triage.router.cli.main", "serve", "--policy", str(LOCAL_POLICY), "--port", "0",
          "--ledger", str(tmp_path / "l.sqlite")],
         cwd=REPO, env=_env(empty_cache), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -34,8 +34,8 @@ def test_sidecar_with_an_unbuilt_probe_exits_2_naming_the_build_command(tmp_path
 
 def test_sdk_router_with_an_unbuilt_probe_raises_without_training(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from router.core import Router
-    from router.settings import get_settings
+    from triage.router.core import Router
+    from triage.settings import get_settings
 
     monkeypatch.setenv("TRIAGE_CACHE_DIR", str(tmp_path / "empty-cache"))
     get_settings.cache_clear()
@@ -51,9 +51,9 @@ def test_sdk_router_with_an_unbuilt_probe_raises_without_training(tmp_path: Path
 
 def test_the_text_feature_does_not_export_the_encoder_on_first_use(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from probes.encoder.runtime import EncoderError
-    from probes.features.text_encoder import MiniLMFeature
-    from router.settings import get_settings
+    from triage.probes.encoder.runtime import EncoderError
+    from triage.probes.features.text_encoder import MiniLMFeature
+    from triage.settings import get_settings
 
     monkeypatch.setenv("TRIAGE_CACHE_DIR", str(tmp_path / "empty-cache"))
     get_settings.cache_clear()

@@ -184,8 +184,8 @@ def test_litellm_openai_provider(server):
 
 
 def test_route_endpoint_gives_the_sdk_decision_on_200_queries(server):
-    from router.core.router import Router
-    from router.settings import get_settings
+    from triage.router.core.router import Router
+    from triage.settings import get_settings
 
     path = get_settings().data_dir / "gsm8k" / "test.jsonl"
     questions = [json.loads(line)["question"] for line in path.read_text().splitlines()[:197]]
@@ -211,7 +211,7 @@ def test_feedback_is_attached_and_reported(client, server):
     r = httpx.post(server.url + "/v1/feedback", json={"request_id": rid, "score": 1.0, "source": "exact-match"},
                    headers=h)
     assert r.status_code == 200 and r.headers["x-triage-request-id"] != rid
-    from router.ledger import open_ledger
+    from triage.router.ledger import open_ledger
 
     with open_ledger(str(server.ledger)) as store:
         assert [(o.score, o.source) for o in store.outcomes(rid)] == [(1.0, "exact-match")]
@@ -269,7 +269,7 @@ def test_logs_are_json_and_hold_no_secret(server):
 
 
 def _count(server) -> int:
-    from router.ledger import open_ledger
+    from triage.router.ledger import open_ledger
 
     with open_ledger(str(server.ledger)) as store:
         return store.count()

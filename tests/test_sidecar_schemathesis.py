@@ -43,9 +43,9 @@ def stub():
 
 @pytest.fixture(scope="module")
 def app(stub, tmp_path_factory):
-    from router.sidecar.app import create_app
-    from router.sidecar.services import Services
-    from router.sidecar.settings import load_sidecar_settings
+    from triage.router.sidecar.app import create_app
+    from triage.router.sidecar.services import Services
+    from triage.router.sidecar.settings import load_sidecar_settings
 
     folder = tmp_path_factory.mktemp("sidecar-schemathesis")
     os.environ["SCHEMATHESIS_STUB_KEY"] = "sk-stub-not-a-real-key"

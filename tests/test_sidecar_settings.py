@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from router.errors import ConfigError
-from router.sidecar.auth import ANONYMOUS, Caller, KeyRing, authorize_model, hash_api_key
-from router.sidecar.errors import SidecarError
-from router.sidecar.limits import RateLimiter, SpendTracker
-from router.sidecar.settings import ApiKeySpec, load_sidecar_settings
+from triage.errors import ConfigError
+from triage.router.sidecar.auth import ANONYMOUS, Caller, KeyRing, authorize_model, hash_api_key
+from triage.router.sidecar.errors import SidecarError
+from triage.router.sidecar.limits import RateLimiter, SpendTracker
+from triage.router.sidecar.settings import ApiKeySpec, load_sidecar_settings
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "policies" / "examples" / "local.yaml"
@@ -152,7 +152,7 @@ def test_spend_budget(status, type_):
 
 
 def _serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "router.cli.main", "serve", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "triage.router.cli.main", "serve", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120, env=env)
 
 

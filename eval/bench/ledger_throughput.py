@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from router.ledger.records import Attempt, LedgerRecord, ProbeRecord  # noqa: E402
-from router.ledger.store import LedgerStore, open_ledger  # noqa: E402
-from router.ledger.writer import LedgerWriter  # noqa: E402
+from triage.router.ledger.records import Attempt, LedgerRecord, ProbeRecord  # noqa: E402
+from triage.router.ledger.store import LedgerStore, open_ledger  # noqa: E402
+from triage.router.ledger.writer import LedgerWriter  # noqa: E402
 
 GOALS = {"sqlite_records_per_s": 2000, "postgres_records_per_s": 5000}
 

@@ -73,7 +73,7 @@ def prompt_with_tokens(tokenizer: Any, n_tokens: int) -> str:
 
 
 def gsm8k_questions(limit: int) -> list[str]:
-    from router.settings import get_settings
+    from triage.settings import get_settings
 
     path = get_settings().data_dir / "gsm8k" / "test.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -83,7 +83,7 @@ def gsm8k_questions(limit: int) -> list[str]:
 def lm_ms_per_query(n: int) -> float | None:
     """p50 ms of the LM-internals feature on GSM8K questions (None when unavailable)."""
     try:
-        from probes.features import make_feature
+        from triage.probes.features import make_feature
 
         feature = make_feature("lm")
         questions = gsm8k_questions(n + 2)
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from probes.default import ensure_default_probe
-    from probes.runtime import load_probe
+    from triage.eval.default_probe import ensure_default_probe
+    from triage.probes.runtime import load_probe
 
     load_1m = os.getloadavg()[0]
     path = args.probe or ensure_default_probe()
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     X = probe.feature_matrix([text])
     head = _timed(lambda: probe.head_proba(X), 5 * args.n, 100)
     raw_s, raw_t = probe.head_proba(X)
-    from probes.calibration import apply_all
+    from triage.probes.calibration import apply_all
 
     calib = _timed(lambda: apply_all(probe.card.calibration, raw_s, raw_t), args.n, 20)
 

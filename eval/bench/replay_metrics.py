@@ -1,13 +1,13 @@
 """Benchmark: records/s of the replay evaluator on synthetic outcomes.
 
 Generates N queries x M candidates of synthetic outcomes directly as numpy arrays (no JSON
-parsing: this measures the metric computation), then times :func:`eval.evaluation.evaluate`
+parsing: this measures the metric computation), then times :func:`triage.eval.evaluation.evaluate`
 with every baseline (each candidate, best single, random, oracle) and all their metrics,
 bootstrap intervals included. Goal: >= 200,000 records/s for 1M records. Wall-clock and
 process CPU time are both reported (with the load average): on shared cores the wall-clock
 figure mostly measures the neighbours.
 
-    python -m eval.bench.replay_metrics [--n 1000000] [--candidates 3] [--boot 1000] [--json]
+    python -m triage.eval.bench.replay_metrics [--n 1000000] [--candidates 3] [--boot 1000] [--json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
+from triage.replay.matrix import ReplayData
 
 GOAL_RECORDS_PER_S = 200_000
 
@@ -45,7 +45,7 @@ def synthetic_data(n: int, m: int, seed: int = 0) -> ReplayData:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.evaluation import evaluate
+    from triage.eval.evaluation import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="synthetic queries")

@@ -120,7 +120,7 @@ class Stack:
         }))
         env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_SECRET, "HF_HUB_OFFLINE": "1"}
         with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen([PY, "-m", "router.cli.main", "serve", "--config", str(tmp / "sidecar.yaml"),
+            self.proc = subprocess.Popen([PY, "-m", "triage.router.cli.main", "serve", "--config", str(tmp / "sidecar.yaml"),
                                           "--port", str(self.port)], cwd=REPO, env=env, stdout=fh, stderr=fh)
         wait_http(self.stub + "/stats", 30, self.stub_proc)
         wait_http(self.url + "/readyz", 300, self.proc)
@@ -223,9 +223,9 @@ def level(stack: Stack, clients: int, args: argparse.Namespace) -> dict[str, Any
 def breakdown(stack: Stack, n: int = 200) -> dict[str, Any]:
     """Where a request's time goes, measured in this process on the same policy and stub: CPU of the
     probe + policy, CPU of the upstream call through litellm, wall time of a durable ledger commit."""
-    from router.core.router import Router
-    from router.ledger import LedgerWriter, open_ledger
-    from router.core.receipt import ledger_record
+    from triage.router.core.router import Router
+    from triage.router.ledger import LedgerWriter, open_ledger
+    from triage.router.core.receipt import ledger_record
 
     os.environ["BENCH_UPSTREAM_KEY"] = UPSTREAM_SECRET
     router = Router.from_file(stack.tmp / "bench.yaml").warm()
@@ -260,7 +260,7 @@ def breakdown(stack: Stack, n: int = 200) -> dict[str, Any]:
 
 
 def soak(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    from router.ledger import open_ledger
+    from triage.router.ledger import open_ledger
 
     rss: list[float] = []
     marks = {"start": None}

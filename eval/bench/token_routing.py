@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "token_routing.json"
 
 
 def _runs_file() -> Path:
-    from router.settings import get_settings
+    from triage.settings import get_settings
 
     return Path(get_settings().cache_dir) / "token_router" / "bench_runs.jsonl"
 
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from probes.token_router.decode import decode
-    from probes.token_router.gsm8k import SYSTEM_PROMPT, extract_answer, load_problems, messages_for, same_answer
-    from probes.token_router.pair import load_pair
-    from probes.token_router.runner import controller_for
-    from router.settings import get_settings
+    from triage.probes.token_router.decode import decode
+    from triage.probes.token_router.gsm8k import SYSTEM_PROMPT, extract_answer, load_problems, messages_for, same_answer
+    from triage.probes.token_router.pair import load_pair
+    from triage.probes.token_router.runner import controller_for
+    from triage.settings import get_settings
 
     data = Path(get_settings().data_dir) / "gsm8k" / "test.jsonl"
     problems = load_problems(data, args.start, args.n)

@@ -1,8 +1,8 @@
 """Offline replay evaluation of routers (``triage replay evaluate``)."""
 
-from eval.evaluation.core import apply_budgets, evaluate, parse_budget
-from eval.evaluation.protocol import Protocol, make_protocol, run_router
-from eval.evaluation.result import EvaluationResult, RouterResult
+from triage.eval.evaluation.core import apply_budgets, evaluate, parse_budget
+from triage.eval.evaluation.protocol import Protocol, make_protocol, run_router
+from triage.eval.evaluation.result import EvaluationResult, RouterResult
 
 __all__ = [
     "EvaluationResult",

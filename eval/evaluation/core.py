@@ -1,7 +1,7 @@
 """Replay evaluation: run every router on the same queries and measure what it would have cost.
 
 :func:`evaluate` takes a :class:`ReplayData` and router specs, cross-fits the learned ones
-(see :mod:`eval.evaluation.protocol`), and reports per router, at its default operating point:
+(see :mod:`triage.eval.evaluation.protocol`), and reports per router, at its default operating point:
 accuracy, cost, tokens, accuracy per 1k tokens, cost-of-pass and TEP with paired bootstrap 95%
 intervals, plus its cost-quality curve and the curve metrics (APGR/CPT for two candidates,
 AIQ and cost_ratio_at_best_accuracy for any number).
@@ -17,18 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.evaluation.outcomes import OutcomeTable, RoutedOutcomes
-from eval.evaluation.protocol import Protocol, make_protocol, run_router
-from eval.evaluation.result import EvaluationResult, RouterKind, RouterResult
-from eval.metrics.bootstrap import Bootstrap, percentile_interval
-from eval.metrics.cost import cost_axis
-from eval.metrics.curve import aiq, apgr, cost_ratio_at_accuracy, cpt, pgr
-from eval.metrics.summary import summarize_outcomes, tep, tep_array
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, make_router
-from eval.routers.oracle import OracleRouter
-from eval.routers.random import RandomRouter
-from eval.routers.single import SingleRouter, best_of
+from triage.eval.evaluation.outcomes import OutcomeTable, RoutedOutcomes
+from triage.eval.evaluation.protocol import Protocol, make_protocol, run_router
+from triage.eval.evaluation.result import EvaluationResult, RouterKind, RouterResult
+from triage.eval.metrics.bootstrap import Bootstrap, percentile_interval
+from triage.eval.metrics.cost import cost_axis
+from triage.eval.metrics.curve import aiq, apgr, cost_ratio_at_accuracy, cpt, pgr
+from triage.replay.summary import summarize_outcomes, tep, tep_array
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, make_router
+from triage.eval.routers.oracle import OracleRouter
+from triage.eval.routers.random import RandomRouter
+from triage.eval.routers.single import SingleRouter, best_of
 
 __all__ = ["evaluate", "apply_budgets", "parse_budget"]
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eval.metrics.cost import CostAxis
-from eval.metrics.summary import zero_nan
-from eval.replay.matrix import ReplayData
-from eval.routers.base import RouterSweep, rows_of
+from triage.eval.metrics.cost import CostAxis
+from triage.replay.summary import zero_nan
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import RouterSweep, rows_of
 
 __all__ = ["OutcomeTable", "RoutedOutcomes"]
 
@@ -31,7 +31,7 @@ class OutcomeTable:
     """The ``(m, n)`` matrices routed outcomes are read from, for the evaluated rows in order.
 
     ``cost`` is on the dataset's cost axis; unknown token counts are 0 (as in
-    :func:`eval.metrics.summarize_outcomes`).
+    :func:`triage.eval.metrics.summarize_outcomes`).
     """
 
     m: int

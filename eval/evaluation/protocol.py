@@ -15,8 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, RouterSweep
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, RouterSweep
 
 ProtocolKind = Literal["split", "kfold"]
 

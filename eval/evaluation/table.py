@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from eval.evaluation.result import EvaluationResult, RouterResult
+from triage.eval.evaluation.result import EvaluationResult, RouterResult
 
 __all__ = ["format_cost", "frontier_rows", "frontier_table", "print_frontier"]
 

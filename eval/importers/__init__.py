@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.importers import gsm8k_solutions, pricing_reversal, routellm, routerbench  # noqa: F401  (register)
-from eval.importers.base import Importer, available_importers, make_importer, register_importer
-from eval.prices import PriceTable, load_prices
-from eval.replay.schema import ReplayRecord
+from triage.eval.importers import gsm8k_solutions, pricing_reversal, routellm, routerbench  # noqa: F401  (register)
+from triage.eval.importers.base import Importer, available_importers, make_importer, register_importer
+from triage.eval.prices import PriceTable, load_prices
+from triage.replay.schema import ReplayRecord
 
 __all__ = [
     "Importer",

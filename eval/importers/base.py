@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from eval.prices import PriceTable
-from eval.replay.schema import ReplayRecord
+from triage.eval.prices import PriceTable
+from triage.replay.schema import ReplayRecord
 
 
 class Importer(ABC):
@@ -60,7 +60,7 @@ def register_importer(cls: type[Importer]) -> type[Importer]:
 
 
 def available_importers() -> dict[str, type[Importer]]:
-    from eval import importers as _pkg  # noqa: F401  (importing the package registers built-ins)
+    from triage.eval import importers as _pkg  # noqa: F401  (importing the package registers built-ins)
 
     return dict(_REGISTRY)
 

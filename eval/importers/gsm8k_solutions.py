@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from eval.importers.base import Importer, register_importer, require_path
-from eval.importers.tokens import TokenCounter, get_counter
-from eval.prices import PriceTable
-from eval.replay.schema import Outcome, ReplayRecord
+from triage.eval.importers.base import Importer, register_importer, require_path
+from triage.eval.importers.tokens import TokenCounter, get_counter
+from triage.eval.prices import PriceTable
+from triage.replay.schema import Outcome, ReplayRecord
 
 FILE_NAME = "example_model_solutions.jsonl"
 VERIFICATION_SAMPLES = 100

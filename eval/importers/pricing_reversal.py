@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
-from eval.importers.base import Importer, register_importer, require_path
-from eval.prices import PriceTable
-from eval.replay.schema import Outcome, ReplayRecord
+from triage.eval.importers.base import Importer, register_importer, require_path
+from triage.eval.prices import PriceTable
+from triage.replay.schema import Outcome, ReplayRecord
 
 # Completion-token caps visible in the data: every row at the cap ends without a usable answer.
 OUTPUT_CAPS: dict[str, int] = {"MiniMax-M2.5": 2048, "kimi-k2.5": 32768}

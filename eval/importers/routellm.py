@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from eval.importers.base import Importer, register_importer, require_path
-from eval.importers.tokens import TokenCounter, get_counter
-from eval.prices import PriceTable
-from eval.replay.schema import Outcome, ReplayRecord
-from router.settings import get_settings
+from triage.eval.importers.base import Importer, register_importer, require_path
+from triage.eval.importers.tokens import TokenCounter, get_counter
+from triage.eval.prices import PriceTable
+from triage.replay.schema import Outcome, ReplayRecord
+from triage.settings import get_settings
 
 STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"

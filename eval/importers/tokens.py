@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tiktoken
 
-from router.errors import TriageError
+from triage.errors import TriageError
 
 _BLOB = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 

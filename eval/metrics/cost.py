@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
+from triage.replay.matrix import ReplayData
 
 CostUnit = Literal["usd", "tokens", "calls"]
 
@@ -31,7 +31,7 @@ class CostAxis:
     values: np.ndarray  # (n, m) float, no NaN
 
     def candidate_means(self, rows: np.ndarray | None = None) -> np.ndarray:
-        from eval.routers.base import rows_of
+        from triage.eval.routers.base import rows_of
 
         v = self.values if rows is None else rows_of(self.values, rows)
         return v.mean(axis=0) if v.shape[0] else np.zeros(v.shape[1])

@@ -1,5 +1,5 @@
 """Model price tables: USD per million input/output tokens, with where each price comes from."""
 
-from eval.prices.prices import DEFAULT_PRICES_PATH, ModelPrice, PriceTable, load_prices
+from triage.eval.prices.prices import DEFAULT_PRICES_PATH, ModelPrice, PriceTable, load_prices
 
 __all__ = ["DEFAULT_PRICES_PATH", "ModelPrice", "PriceTable", "load_prices"]

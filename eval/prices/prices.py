@@ -13,8 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from policies.loader import load_yaml
-from router.errors import ConfigError
+from triage.policies.loader import load_yaml
+from triage.errors import ConfigError
 
 DEFAULT_PRICES_PATH = Path(__file__).with_name("default_prices.yaml")
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from eval.evaluation.result import EvaluationResult
-from eval.evaluation.table import frontier_rows
-from eval.report.plots import frontier_png, strong_calls_png
+from triage.eval.evaluation.result import EvaluationResult
+from triage.eval.evaluation.table import frontier_rows
+from triage.eval.report.plots import frontier_png, strong_calls_png
 
 __all__ = ["write_report"]
 

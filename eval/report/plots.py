@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from eval.evaluation.result import EvaluationResult  # noqa: E402
+from triage.eval.evaluation.result import EvaluationResult  # noqa: E402
 
 __all__ = ["frontier_png", "strong_calls_png"]
 

@@ -3,7 +3,7 @@
 import importlib
 import pkgutil
 
-from eval.routers.base import ReplayRouter, RouterSweep, available_routers, make_router, register
+from triage.eval.routers.base import ReplayRouter, RouterSweep, available_routers, make_router, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":

@@ -16,7 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
+from triage.replay.matrix import ReplayData
+from triage.specs import parse_spec
 
 
 @dataclass
@@ -111,32 +112,16 @@ def register(cls: type[ReplayRouter]) -> type[ReplayRouter]:
 
 
 def available_routers() -> dict[str, type[ReplayRouter]]:
-    from eval import routers as _pkg  # noqa: F401  (importing the package registers built-ins)
+    from triage.eval import routers as _pkg  # noqa: F401  (importing the package registers built-ins)
 
     return dict(_REGISTRY)
 
 
 def make_router(spec: str) -> ReplayRouter:
     """Build a router from ``name`` or ``name:key=value,key=value``."""
-    name, _, arg_text = spec.partition(":")
+    name = spec.partition(":")[0]
     routers = available_routers()
     if name not in routers:
         raise KeyError(f"unknown router {name!r}; available: {', '.join(sorted(routers))}")
-    kwargs: dict[str, object] = {}
-    for pair in filter(None, arg_text.split(",")):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"router option {pair!r} in {spec!r} is not key=value")
-        kwargs[key.strip()] = _parse_value(value.strip())
+    _, kwargs = parse_spec(spec, separator=",", what="router option")
     return routers[name](**kwargs)
-
-
-def _parse_value(text: str) -> object:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text

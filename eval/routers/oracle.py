@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.metrics.cost import cost_axis
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, RouterSweep, register, rows_of
+from triage.eval.metrics.cost import cost_axis
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, RouterSweep, register, rows_of
 
 
 def oracle_choices(score: np.ndarray, cost: np.ndarray, tol: float = 1e-12) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Replay a policy file exactly: ``--router policy:path=policies/examples/two_model.yaml``.
 
 Each query goes through the same code as a live request in the SDK or the sidecar: the chat is read
-into the probe's text by :func:`router.core.messages.probe_text`, the policy's probe runs (self-probe
-included) and :func:`policies.decide.decide` picks the strategy. The strategy's ``replay_candidate``
+into the probe's text by :func:`triage.router.core.messages.probe_text`, the policy's probe runs (self-probe
+included) and :func:`triage.policies.decide.decide` picks the strategy. The strategy's ``replay_candidate``
 (default: its model) names the replay column that stands for it.
 
 Operating points: by default one, the policy as written. ``points=N`` (N > 1) adds a curve around it
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, RouterSweep, register
-from policies.decide import Decision, decide
-from policies.loader import DEFAULT_POLICY, load_policy
-from policies.policy import ExpectedUtilityRule, Policy, ThresholdsRule, TierThresholds
-from probes.types import ProbeOutput
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, RouterSweep, register
+from triage.policies.decide import Decision, decide
+from triage.policies.loader import DEFAULT_POLICY, load_policy
+from triage.policies.policy import ExpectedUtilityRule, Policy, ThresholdsRule, TierThresholds
+from triage.probes.types import ProbeOutput
 
 
 def record_messages(data: ReplayData, i: int) -> list[dict[str, Any]]:
@@ -59,13 +59,13 @@ class PolicyRouter(ReplayRouter):
 
     @cached_property
     def _runner(self) -> Any:
-        from router.core.probing import ProbeRunner
+        from triage.router.core.probing import ProbeRunner
 
         return ProbeRunner(self.policy, None if self.probe is not None else self.path)
 
     def probe_outputs(self, data: ReplayData, rows: np.ndarray) -> list[ProbeOutput]:
         """The probe's output for each row, computed as a live request would compute it."""
-        from router.core.messages import probe_text
+        from triage.router.core.messages import probe_text
 
         runner = self._runner
         messages = [record_messages(data, int(i)) for i in rows]

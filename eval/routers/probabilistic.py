@@ -38,9 +38,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from eval.metrics.cost import cost_axis
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, RouterSweep
+from triage.eval.metrics.cost import cost_axis
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, RouterSweep
 
 __all__ = ["ProbabilisticRouter"]
 

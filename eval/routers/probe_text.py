@@ -1,9 +1,9 @@
 """Learned routers on the probe's features: ``probe-text`` (and the shared base of ``probe-lm``,
 ``probe-text+lm``).
 
-Each fold trains the probe head (:mod:`probes.heads`: logistic regression or the small MLP) on the
+Each fold trains the probe head (:mod:`triage.probes.heads`: logistic regression or the small MLP) on the
 training rows' features and success labels, and predicts P(success) per candidate for the held-out
-rows. Features come from the on-disk feature cache (:mod:`probes.features.cache`), so only the
+rows. Features come from the on-disk feature cache (:mod:`triage.probes.features.cache`), so only the
 first evaluation of a data set pays for the encoder / local LM.
 
 Two candidates: queries are ranked by the *expected gain* of the dearer candidate,
@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
-from eval.routers.base import RouterSweep, register
-from eval.routers.probabilistic import ProbabilisticRouter
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import RouterSweep, register
+from triage.eval.routers.probabilistic import ProbabilisticRouter
 
 
 class ProbeFeatureRouter(ProbabilisticRouter):
@@ -54,12 +54,12 @@ class ProbeFeatureRouter(ProbabilisticRouter):
         raise ValueError(f"unknown head {self.head!r}; use logreg or mlp")
 
     def _matrix(self, data: ReplayData) -> np.ndarray:
-        from probes.training import feature_matrix, parse_features
+        from triage.probes.training import feature_matrix, parse_features
 
         return feature_matrix(parse_features(self.feature_spec or self.features), data.texts)
 
     def fit(self, data: ReplayData, train: np.ndarray) -> "ProbeFeatureRouter":
-        from probes.heads import make_head
+        from triage.probes.heads import make_head
 
         if self.rank not in ("gain", "weak_fails"):
             raise ValueError(f"rank must be 'gain' or 'weak_fails', got {self.rank!r}")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eval.routers.base import register
-from eval.routers.probe_text import ProbeFeatureRouter
+from triage.eval.routers.base import register
+from triage.eval.routers.probe_text import ProbeFeatureRouter
 
 
 @register

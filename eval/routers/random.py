@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.metrics.cost import cost_axis
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, RouterSweep, register
-from eval.routers.single import best_candidate
+from triage.eval.metrics.cost import cost_axis
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, RouterSweep, register
+from triage.eval.routers.single import best_candidate
 
 
 @register

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from eval.metrics.cost import cost_axis
-from eval.replay.matrix import ReplayData
-from eval.routers.base import ReplayRouter, RouterSweep, register
+from triage.eval.metrics.cost import cost_axis
+from triage.replay.matrix import ReplayData
+from triage.eval.routers.base import ReplayRouter, RouterSweep, register
 
 _DIGIT = re.compile(r"\d")
 

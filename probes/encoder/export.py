@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from probes.encoder.runtime import (
+from triage.probes.encoder.runtime import (
     ENCODER_CARD,
     VARIANT_FILES,
     VARIANT_LAYERS,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.text import valid_unicode
+from triage.probes.text import valid_unicode
 
 ENCODER_CARD = "encoder.json"
 DEFAULT_ENCODER_NAME = "minilm-l6-v2"
@@ -178,7 +178,7 @@ class TextEncoder:
 
 def default_encoder_dir(cache_dir: Path | str | None = None) -> Path:
     if cache_dir is None:
-        from probes.features.cache import default_cache_dir
+        from triage.probes.features.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "encoders" / DEFAULT_ENCODER_NAME

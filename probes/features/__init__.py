@@ -1,6 +1,6 @@
 """Query features: a plug-in contract (base), built-in features (one module each) and a disk cache."""
 
-from probes.features.base import (
+from triage.probes.features.base import (
     Feature,
     FeatureError,
     available_features,
@@ -8,7 +8,7 @@ from probes.features.base import (
     make_feature,
     register_feature,
 )
-from probes.features.cache import FeatureCache, cached_transform
+from triage.probes.features.cache import FeatureCache, cached_transform
 
 __all__ = [
     "Feature",

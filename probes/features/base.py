@@ -137,11 +137,11 @@ _REGISTRY: dict[str, type[Feature]] = {}
 #: Built-in features by name -> module that registers them (imported lazily so that asking for
 #: "lexical" never imports the module of a torch-based feature).
 _BUILTIN_MODULES: dict[str, str] = {
-    "lexical": "probes.features.lexical",
-    "text": "probes.features.text_encoder",
-    "minilm": "probes.features.text_encoder",
-    "lm": "probes.features.lm_internals",
-    "output_uncertainty": "probes.features.output_uncertainty",
+    "lexical": "triage.probes.features.lexical",
+    "text": "triage.probes.features.text_encoder",
+    "minilm": "triage.probes.features.text_encoder",
+    "lm": "triage.probes.features.lm_internals",
+    "output_uncertainty": "triage.probes.features.output_uncertainty",
 }
 
 

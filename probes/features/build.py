@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from probes.features.base import Feature
+from triage.probes.features.base import Feature
 
 
 def build_feature_artifacts(features: Iterable[Feature]) -> None:
-    from probes.encoder.export import ensure_encoder
-    from probes.features.difficulty_aux_build import ensure_aux_model, ensure_question_pca
-    from probes.features.text_encoder import MiniLMFeature, TextFeature
+    from triage.probes.encoder.export import ensure_encoder
+    from triage.probes.features.difficulty_aux_build import ensure_aux_model, ensure_question_pca
+    from triage.probes.features.text_encoder import MiniLMFeature, TextFeature
 
     for feature in features:
         if isinstance(feature, MiniLMFeature) and not feature.encoder_dir:

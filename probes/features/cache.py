@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.features.base import Feature
+from triage.probes.features.base import Feature
 
 #: Merge shards into one when a folder holds more than this many.
 _MAX_SHARDS = 16
@@ -31,7 +31,7 @@ _MAX_SHARDS = 16
 
 def default_cache_dir() -> Path:
     """``get_settings().cache_dir`` - the project's one settings object (imported lazily)."""
-    from router.settings import get_settings  # settings only; probes never import routing code
+    from triage.settings import get_settings  # settings only; probes never import routing code
 
     return Path(get_settings().cache_dir)
 

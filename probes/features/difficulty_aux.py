@@ -10,7 +10,7 @@ probe evaluated on the GSM8K test set sees no test information through these fea
 
 Files (``<cache_dir>/aux/gsm8k-solutions/``): ``aux.onnx`` (StandardScaler + MLPRegressor via
 skl2onnx) and ``aux.json`` (targets, their means/stds, training data sha256, sha256 of aux.onnx).
-They are built by :mod:`probes.features.difficulty_aux_build` (``triage probe build-default``);
+They are built by :mod:`triage.probes.features.difficulty_aux_build` (``triage probe build-default``);
 the request path only loads them (:func:`require_aux_model`).
 """
 
@@ -89,7 +89,7 @@ def _variant_suffix(variant: str) -> str:
 def default_aux_dir(cache_dir: Path | str | None = None, variant: str = "int8") -> Path:
     """Where the regressors for embeddings of encoder ``variant`` live (they read that embedding)."""
     if cache_dir is None:
-        from probes.features.cache import default_cache_dir
+        from triage.probes.features.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "aux" / (AUX_NAME + _variant_suffix(variant))
@@ -118,7 +118,7 @@ class AuxRegressor:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self._session is None:
-            from probes.encoder.runtime import make_session
+            from triage.probes.encoder.runtime import make_session
 
             self._session = make_session(self.folder / AUX_FILE, intra_op_threads=1)
         (out,) = self._session.run(None, {"features": np.ascontiguousarray(X, dtype=np.float32)})

@@ -1,6 +1,6 @@
 """Building the auxiliary difficulty regressors and the question PCA (build time: scikit-learn).
 
-The request path loads what this writes (:mod:`probes.features.difficulty_aux`); it never trains.
+The request path loads what this writes (:mod:`triage.probes.features.difficulty_aux`); it never trains.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from probes.encoder.export import install_folder
-from probes.features.difficulty_aux import (
+from triage.probes.encoder.export import install_folder
+from triage.probes.features.difficulty_aux import (
     AUX_CARD,
     AUX_FILE,
     AUX_NAME,
@@ -34,7 +34,7 @@ from probes.features.difficulty_aux import (
 def _gsm8k_train_rows(train_file: Path | str | None) -> tuple[Path, list[dict[str, Any]]]:
     """The GSM8K train split (default: the shared data's) as (path, rows)."""
     if train_file is None:
-        from router.settings import get_settings
+        from triage.settings import get_settings
 
         train_file = get_settings().data_dir / "gsm8k" / "train.jsonl"
     train_file = Path(train_file)
@@ -74,12 +74,12 @@ def train_aux_model(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from probes.encoder.runtime import file_sha256
-    from probes.features.cache import FeatureCache
-    from probes.features.text_encoder import TextFeature
+    from triage.probes.encoder.runtime import file_sha256
+    from triage.probes.features.cache import FeatureCache
+    from triage.probes.features.text_encoder import TextFeature
 
     if encoder_dir is None:
-        from probes.encoder.export import ensure_encoder
+        from triage.probes.encoder.export import ensure_encoder
 
         ensure_encoder()
     train_file, rows = _gsm8k_train_rows(train_file)
@@ -131,12 +131,12 @@ def fit_question_pca(
     principal axes keep most of what separates question types at a fraction of the parameters
     (``text:pca=16``). Writes ``pca.npz`` (``mean`` (384,), ``components`` (64, 384), float32).
     """
-    from probes.encoder.runtime import file_sha256
-    from probes.features.cache import FeatureCache
-    from probes.features.text_encoder import MiniLMFeature
+    from triage.probes.encoder.runtime import file_sha256
+    from triage.probes.features.cache import FeatureCache
+    from triage.probes.features.text_encoder import MiniLMFeature
 
     if encoder_dir is None:
-        from probes.encoder.export import ensure_encoder
+        from triage.probes.encoder.export import ensure_encoder
 
         ensure_encoder()
     train_file, rows = _gsm8k_train_rows(train_file)

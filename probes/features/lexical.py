@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from probes.features.base import Feature, register_feature
+from triage.probes.features.base import Feature, register_feature
 
 # Every pattern is linear in the text length (``re`` holds the GIL for a whole findall, so one
 # quadratic pattern on a long run froze the server): a run that a pattern scans (digits, word

@@ -6,7 +6,7 @@ cascades: token-level uncertainty and beyond"), hence quantiles rather than one 
 
 Two sources, one set of statistics (:data:`UNCERTAINTY_STAT_NAMES`):
 
-* the local runtime's :class:`~probes.lm.types.TokenInfo` list (exact entropy), and
+* the local runtime's :class:`~triage.probes.lm.types.TokenInfo` list (exact entropy), and
 * any provider's OpenAI-style ``logprobs`` payload (``choices[0].logprobs.content``; entropy is
   then estimated from ``top_logprobs``, see :func:`tokens_from_logprobs`).
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from probes.features.base import Feature, register_feature
-from probes.lm.specs import DEFAULT_LOCAL_MODEL, resolve_model
-from probes.lm.types import TokenInfo
+from triage.probes.features.base import Feature, register_feature
+from triage.probes.lm.specs import DEFAULT_LOCAL_MODEL, resolve_model
+from triage.probes.lm.types import TokenInfo
 
 UNCERTAINTY_STAT_NAMES: tuple[str, ...] = (
     "mean_entropy",
@@ -163,8 +163,8 @@ class OutputUncertaintyFeature(Feature):
         return out
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        from probes.features.lm_internals import query_messages
-        from probes.lm.runtime import get_local_lm
+        from triage.probes.features.lm_internals import query_messages
+        from triage.probes.lm.runtime import get_local_lm
 
         lm = get_local_lm(self.model)
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -1,9 +1,9 @@
 """Text features that work for any provider: the MiniLM sentence embedding (+ lexical statistics).
 
 * ``minilm`` - the 384-dim L2-normalised mean-pooled embedding of the exported encoder
-  (onnxruntime + tokenizers; see :mod:`probes.encoder`).
+  (onnxruntime + tokenizers; see :mod:`triage.probes.encoder`).
 * ``text``   - ``minilm`` followed by the ``lexical`` features and (``aux=True``, default) the
-  predicted GSM8K solution profile of :mod:`probes.features.difficulty_aux`: the default probe input.
+  predicted GSM8K solution profile of :mod:`triage.probes.features.difficulty_aux`: the default probe input.
 
 The encoder file is identified by its sha256 (part of :meth:`identity`, so the feature cache and
 probe cards never mix two encoders); where it lives is not (the training cache and a probe folder
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, VARIANT_FILES, TextEncoder, require_encoder
-from probes.features.base import Feature, register_feature
-from probes.features.difficulty_aux import (
+from triage.probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, VARIANT_FILES, TextEncoder, require_encoder
+from triage.probes.features.base import Feature, register_feature
+from triage.probes.features.difficulty_aux import (
     AUX_CARD,
     AUX_FILE,
     PCA_CARD,
@@ -29,8 +29,8 @@ from probes.features.difficulty_aux import (
     require_aux_model,
     require_question_pca,
 )
-from probes.features.difficulty_aux import TARGETS as AUX_TARGETS
-from probes.features.lexical import LexicalFeature
+from triage.probes.features.difficulty_aux import TARGETS as AUX_TARGETS
+from triage.probes.features.lexical import LexicalFeature
 
 
 @register_feature
@@ -100,7 +100,7 @@ class MiniLMFeature(Feature):
 class TextFeature(MiniLMFeature):
     """MiniLM embedding + lexical statistics (+ the GSM8K solution-profile predictions with ``aux``).
 
-    ``aux=True`` (default) appends the 12 outputs of :mod:`probes.features.difficulty_aux`, a small
+    ``aux=True`` (default) appends the 12 outputs of :mod:`triage.probes.features.difficulty_aux`, a small
     regressor trained on GSM8K *train* solutions that reads the same embedding and lexical values,
     so the encoder still runs once per query. ``text:aux=false`` is the plain MiniLM + lexical input.
 

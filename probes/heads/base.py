@@ -42,7 +42,7 @@ class Head(ABC):
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
 
-_HEADS = {"logreg": "probes.heads.logreg:LogRegHead", "mlp": "probes.heads.mlp:MLPHead"}
+_HEADS = {"logreg": "triage.probes.heads.logreg:LogRegHead", "mlp": "triage.probes.heads.mlp:MLPHead"}
 
 
 def available_heads() -> list[str]:

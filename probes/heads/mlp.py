@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from probes.heads.base import INPUT_NAME, ONNX_OPSET, Head
-from probes.types import TIERS
+from triage.probes.heads.base import INPUT_NAME, ONNX_OPSET, Head
+from triage.probes.types import TIERS
 
 
 class MLPHead(Head):

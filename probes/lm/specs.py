@@ -118,7 +118,7 @@ class ResolvedModel:
 
 def models_cache_dir() -> Path:
     """``get_settings().cache_dir / "models"`` (settings imported lazily: probes import no routing code)."""
-    from router.settings import get_settings
+    from triage.settings import get_settings
 
     return Path(get_settings().cache_dir) / "models"
 

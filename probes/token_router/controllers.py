@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probes.token_router.features import DEFAULT_TOP_K, entropy_from_logits, router_features
+from triage.probes.token_router.features import DEFAULT_TOP_K, entropy_from_logits, router_features
 
 #: Reflection cues of Speculative Thinking (Yang et al., 2025) that open a new reasoning step.
 DEFAULT_CUES = ("Wait", "Hmm", "Alternatively", "Actually", "However", "But")

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from router.errors import TriageError
+from triage.errors import TriageError
 
 # soft_wrap: a line of output is one line whatever the terminal width (paths and messages are not
 # cut by newlines, so scripts and tests can read them); tables still fit the console width.

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from router.cli.common import console, fail, user_errors
+from triage.router.cli.common import console, fail, user_errors
 
 app = typer.Typer(help="The ledger of routed calls: reports, exports, outcomes, schema.", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ class CandidateKey(str, Enum):
 
 
 def _open(url: str | None) -> Any:
-    from router.ledger.store import open_ledger
+    from triage.router.ledger.store import open_ledger
 
     return open_ledger(url)
 
@@ -74,7 +74,7 @@ def report_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Requests, accuracy, tokens, accuracy per 1k tokens, cost, cost-of-pass, TEP, escalation, truncation."""
-    from router.ledger.report import ledger_report, parse_since
+    from triage.router.ledger.report import ledger_report, parse_since
 
     since_dt = parse_since(since) if since else None
     with _open(ledger) as store:
@@ -113,8 +113,8 @@ def export_cmd(
     candidate: Annotated[CandidateKey, typer.Option("--candidate", help="Name the replay candidate by strategy or model.")] = CandidateKey.strategy,
 ) -> None:
     """Write records that have outcomes as replay data (for `triage replay evaluate` and recalibration)."""
-    from router.ledger.export import export_jsonl, export_parquet
-    from router.ledger.report import parse_since
+    from triage.router.ledger.export import export_jsonl, export_parquet
+    from triage.router.ledger.report import parse_since
 
     since_dt = parse_since(since) if since else None
     export = export_jsonl if fmt == ExportFormat.jsonl else export_parquet
@@ -136,7 +136,7 @@ def feedback_cmd(
     ledger: LedgerOpt = None,
 ) -> None:
     """Attach an outcome to a recorded request (the latest outcome counts in reports)."""
-    from router.ledger.records import OutcomeRecord
+    from triage.router.ledger.records import OutcomeRecord
 
     if not (math.isfinite(score) and 0.0 <= score <= 1.0):
         fail(f"score must be a number in 0..1, got {score}")
@@ -155,7 +155,7 @@ def feedback_cmd(
 @user_errors
 def migrate_cmd(ledger: LedgerOpt = None) -> None:
     """Create the ledger or upgrade its schema to this Triage's version."""
-    from router.ledger.store import open_ledger
+    from triage.router.ledger.store import open_ledger
 
     with open_ledger(ledger, migrate=False) as store:
         before, after = store.migrate()
@@ -179,7 +179,7 @@ def recover_cmd(
     Safe to run at any time, also while `triage serve` runs: a record already in the ledger is
     skipped, and records the ledger refuses are moved to the .rejected.jsonl file beside the spool.
     """
-    from router.ledger.spool import LedgerSpool, default_spool_path
+    from triage.router.ledger.spool import LedgerSpool, default_spool_path
 
     with _open(ledger) as store:
         target = LedgerSpool(spool if spool is not None else default_spool_path(store))

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from router.cli import (
+from triage.router.cli import (
     ledger_cmd,
     policy_cmd,
     probe_cmd,
@@ -37,7 +37,7 @@ sdk_cmd.register(app)
 serve_cmd.register(app)
 
 
-def main() -> None:  # pragma: no cover - thin wrapper used by `python -m router.cli`
+def main() -> None:  # pragma: no cover - thin wrapper used by `python -m triage.router.cli`
     app()
 
 

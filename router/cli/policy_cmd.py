@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from router.cli.common import console, fail, user_errors
+from triage.router.cli.common import console, fail, user_errors
 
 app = typer.Typer(help="Policy files: schema, validation, calibration on replay data.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ app = typer.Typer(help="Policy files: schema, validation, calibration on replay 
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON schema of a policy file (one JSON document)."""
-    from policies.policy import Policy
+    from triage.policies.policy import Policy
 
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
               **Policy.model_json_schema(by_alias=True, mode="validation")}
@@ -34,14 +34,14 @@ def validate_cmd(
     ] = False,
 ) -> None:
     """Check a policy file; prints a one-line summary, or one line per problem and exit code 2."""
-    from policies.loader import load_policy
+    from triage.policies.loader import load_policy
 
     p = load_policy(policy)
     if check_probe:
-        from policies.decide import DecisionError, decide
-        from policies.policy import ExpectedUtilityRule
-        from probes.types import ProbeOutput
-        from router.core.probing import load_policy_probe
+        from triage.policies.decide import DecisionError, decide
+        from triage.policies.policy import ExpectedUtilityRule
+        from triage.probes.types import ProbeOutput
+        from triage.router.core.probing import load_policy_probe
 
         probe = load_policy_probe(p, str(policy))
         if isinstance(p.rule, ExpectedUtilityRule):
@@ -90,8 +90,8 @@ def calibrate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the calibration figures as JSON.")] = False,
 ) -> None:
     """Choose thresholds / lambda on replay data and write them back with the calibration figures."""
-    from eval.replay import ReplayData, read_replay
-    from policies.calibrate import (
+    from triage.replay import ReplayData, read_replay
+    from triage.eval.calibrate import (
         Objective,
         calibrate,
         calibrate_tier_shares,
@@ -99,7 +99,7 @@ def calibrate_cmd(
         outputs_from_file,
         policy_probe_outputs,
     )
-    from policies.loader import load_policy
+    from triage.policies.loader import load_policy
 
     shares = None
     if tier_shares is not None:
@@ -164,7 +164,7 @@ def calibrate_cmd(
 
 def _write(result, policy: Path, out: Path | None) -> Path:  # noqa: ANN001
     """Write the calibrated keys into ``out`` (a copy of ``policy``) or ``policy`` itself."""
-    from policies.loader import save_policy_updates
+    from triage.policies.loader import save_policy_updates
 
     target = out or policy
     if out is not None:

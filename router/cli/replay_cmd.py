@@ -13,7 +13,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from router.cli.common import console, err_console, fail, user_errors
+from triage.router.cli.common import console, err_console, fail, user_errors
 
 app = typer.Typer(help="Replay data: import logged outcomes, print the schema, evaluate routers.", no_args_is_help=True)
 
@@ -35,8 +35,8 @@ def import_cmd(
     ] = None,
 ) -> None:
     """Convert a public logged-outcome dataset to the replay format."""
-    from eval.importers import make_importer
-    from eval.prices import load_prices
+    from triage.eval.importers import make_importer
+    from triage.eval.prices import load_prices
 
     importer = make_importer(source, dataset=dataset)  # unknown source -> one line, exit 2
     if not path.exists():
@@ -46,7 +46,7 @@ def import_cmd(
     records = list(_with_progress(importer.load(path, prices=table), f"importing {source}"))
     if not records:
         fail(f"no records found for source {source!r} at {path}")
-    from eval.replay import write_replay
+    from triage.replay import write_replay
 
     try:
         n = write_replay(records, out)
@@ -66,7 +66,7 @@ def import_cmd(
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON schema of one replay record (one JSON document)."""
-    from eval.replay.schema import SCHEMA_VERSION, ReplayRecord
+    from triage.replay.schema import SCHEMA_VERSION, ReplayRecord
 
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **ReplayRecord.model_json_schema()}
     schema["x-triage-schema-version"] = SCHEMA_VERSION
@@ -92,7 +92,7 @@ def _with_progress(items: Iterable, label: str) -> Iterator:
 
 def _summary(records: list, *, title: str) -> list[Table]:
     """One table per task (pooled accuracy across benchmarks means little): runs, accuracy, cost, tokens."""
-    from eval.replay import ReplayData
+    from triage.replay import ReplayData
 
     data = ReplayData.from_records(records, keep_records=False)
     tasks = sorted({t for t in data.tasks if t is not None})

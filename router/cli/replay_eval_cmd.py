@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from router.cli.common import console, err_console, fail, user_errors
-from router.cli.replay_cmd import app
+from triage.router.cli.common import console, err_console, fail, user_errors
+from triage.router.cli.replay_cmd import app
 
 
 @app.command("evaluate")
@@ -32,11 +32,11 @@ def evaluate_cmd(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0: no intervals).")] = 1000,
 ) -> None:
     """Replay logged outcomes through baselines and routers; print the frontier table."""
-    from eval.evaluation import apply_budgets, parse_budget
-    from eval.evaluation.table import print_frontier
-    from eval.replay import ReplayData, read_replay
-    from eval.replay.io import SkippedLines
-    from eval.routers import make_router
+    from triage.eval.evaluation import apply_budgets, parse_budget
+    from triage.eval.evaluation.table import print_frontier
+    from triage.replay import ReplayData, read_replay
+    from triage.replay.io import SkippedLines
+    from triage.eval.routers import make_router
 
     # Check every option before reading the data, so a typo fails fast.
     budgets = [parse_budget(b) for b in budget or []]
@@ -81,7 +81,7 @@ def evaluate_cmd(
     else:
         print_frontier(console, result)
     if report is not None:
-        from eval.report import write_report
+        from triage.eval.report import write_report
 
         path = write_report([result], report)
         err_console.print(f"report: {path}", highlight=False)
@@ -91,7 +91,7 @@ def _run(dataset, specs, *, quiet: bool, **kwargs):  # noqa: ANN001, ANN202
     """evaluate() with a transient progress bar on stderr (a terminal only)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from eval.evaluation import evaluate
+    from triage.eval.evaluation import evaluate
 
     n_routers = dataset.m + 3 + (dataset.m >= 3) + len(specs)
     if quiet or not err_console.is_terminal:

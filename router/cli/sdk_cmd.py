@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from router.cli.common import console, user_errors
+from triage.router.cli.common import console, user_errors
 
 PolicyOption = Annotated[
     Path | None, typer.Option("--policy", "-p", help="Policy YAML (default: policies/examples/local.yaml).")
@@ -16,7 +16,7 @@ PolicyOption = Annotated[
 
 
 def _router(policy: Path | None):  # noqa: ANN202 - keeps the import lazy
-    from router.core import Router
+    from triage.router.core import Router
 
     return Router.from_file(policy)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import typer
 
-from router.cli.common import fail, user_errors
-from router.errors import ConfigError
+from triage.router.cli.common import fail, user_errors
+from triage.errors import ConfigError
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -21,7 +21,7 @@ class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         from datetime import datetime, timezone
 
-        from router.ledger.scrub import scrub_text
+        from triage.scrub import scrub_text
 
         doc: dict[str, Any] = {
             "event": scrub_text(record.getMessage()),
@@ -36,7 +36,7 @@ class JsonLogFormatter(logging.Formatter):
 
 def uvicorn_log_config(level: str, as_json: bool) -> dict[str, Any]:
     formatter: dict[str, Any] = (
-        {"()": "router.cli.serve_cmd.JsonLogFormatter"} if as_json
+        {"()": "triage.router.cli.serve_cmd.JsonLogFormatter"} if as_json
         else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
     return {
@@ -54,7 +54,7 @@ def uvicorn_log_config(level: str, as_json: bool) -> dict[str, Any]:
 
 
 def http_protocol(settings: Any) -> dict[str, Any]:
-    """uvicorn's ``http`` option: httptools with the head limits of :mod:`router.sidecar.protocol`.
+    """uvicorn's ``http`` option: httptools with the head limits of :mod:`triage.router.sidecar.protocol`.
 
     Without httptools (it comes with ``uvicorn[standard]``) h11 bounds the head's size itself, but
     answers an oversized head with a plain-text 400 and has no head read timeout.
@@ -62,7 +62,7 @@ def http_protocol(settings: Any) -> dict[str, Any]:
     import importlib.util
 
     if importlib.util.find_spec("httptools") is not None:
-        from router.sidecar.protocol import IMPORT_PATH
+        from triage.router.sidecar.protocol import IMPORT_PATH
 
         return {"http": IMPORT_PATH}
     return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
@@ -70,7 +70,7 @@ def http_protocol(settings: Any) -> dict[str, Any]:
 
 def check_settings_models(settings: Any) -> None:
     """Concrete (non-glob) names in ``models`` must be callable, like the policies' models."""
-    from router.core.preflight import model_problem
+    from triage.router.core.preflight import model_problem
 
     for name in settings.models:
         if not any(c in name for c in "*?["):
@@ -83,15 +83,15 @@ def run_server(settings: Any) -> None:
     """Validate, load, then serve until interrupted (one process, or ``workers`` processes)."""
     import uvicorn
 
-    from policies.loader import load_policy
-    from router.core.preflight import (
+    from triage.policies.loader import load_policy
+    from triage.router.core.preflight import (
         check_policy_credentials,
         check_policy_models,
         register_settings_secrets,
     )
-    from router.sidecar.app import RESOLVED_ENV, configure_protocol, create_app
-    from router.sidecar.services import Services
-    from router.sidecar.settings import is_loopback
+    from triage.router.sidecar.app import RESOLVED_ENV, configure_protocol, create_app
+    from triage.router.sidecar.services import Services
+    from triage.router.sidecar.settings import is_loopback
 
     if not settings.api_keys and not settings.anonymous_allowed:
         fail(f"no api_keys configured and host {settings.host} is not loopback: every request would be refused; "
@@ -129,7 +129,7 @@ def run_server(settings: Any) -> None:
         check_policy_credentials(policy)
         check_policy_models(policy, installed=True)
     os.environ[RESOLVED_ENV] = settings.model_dump_json()
-    uvicorn.run("router.sidecar.app:app_from_env", factory=True, workers=settings.workers, **common)
+    uvicorn.run("triage.router.sidecar.app:app_from_env", factory=True, workers=settings.workers, **common)
 
 
 def register(app: typer.Typer) -> None:
@@ -150,8 +150,8 @@ def register(app: typer.Typer) -> None:
 
         Settings come from --config, TRIAGE_SIDECAR_* variables and these flags (flags win).
         """
-        from router.logging import configure_logging
-        from router.sidecar.settings import load_sidecar_settings
+        from triage.logging import configure_logging
+        from triage.router.sidecar.settings import load_sidecar_settings
 
         settings = load_sidecar_settings(
             config_file=config, policies=list(policy) if policy else None, host=host, port=port,

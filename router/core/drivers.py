@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.core.execution import Execution
-from router.core.streaming import EMPTY, AsyncTriageStream, AWrite, TriageStream, Write, replay_chunks
+from triage.router.core.execution import Execution
+from triage.router.core.streaming import EMPTY, AsyncTriageStream, AWrite, TriageStream, Write, replay_chunks
 
 
 def _close_quietly(inner: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.errors import TriageError
+from triage.errors import TriageError
 
 
 class TriageProviderError(TriageError):

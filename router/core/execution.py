@@ -3,7 +3,7 @@
 An :class:`Execution` holds the call plan, builds each call's keyword arguments, turns what a call
 returned (a response, a stream's chunks, or an exception) into an attempt, advances the plan, and
 at the end fills the receipt and builds the ledger record. The four drivers - sync and async,
-streamed and not (:mod:`router.core.drivers`) - only make the calls and write the record, so the
+streamed and not (:mod:`triage.router.core.drivers`) - only make the calls and write the record, so the
 receipt and the record are the same whichever way a request was made.
 
 How the plan applies to a stream:
@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.policy import Policy
-from router.core.calls import (
+from triage.policies.policy import Policy
+from triage.router.core.calls import (
     Attempt,
     Step,
     build_kwargs,
@@ -33,10 +33,10 @@ from router.core.calls import (
     provider_error,
     usage_of,
 )
-from router.core.errors import EmptyUpstreamStreamError, TriageProviderError
-from router.core.plan import CallPlan
-from router.core.receipt import ledger_record, triage_info
-from router.core.routed import Routed
+from triage.router.core.errors import EmptyUpstreamStreamError, TriageProviderError
+from triage.router.core.plan import CallPlan
+from triage.router.core.receipt import ledger_record, triage_info
+from triage.router.core.routed import Routed
 
 _TOKEN_ROUTING_KEYS = ("small_model", "large_model", "small_tokens", "large_tokens")
 

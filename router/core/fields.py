@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from router.errors import TriageError
+from triage.errors import TriageError
 
 # OpenAI chat-completions request fields a caller may set.
 CHAT_FIELDS: frozenset[str] = frozenset({

@@ -1,7 +1,7 @@
 """Chat messages in, probe text out.
 
 :func:`probe_text` must read a conversation exactly as the replay format does
-(``eval.replay.schema.ReplayRecord.prompt_text``): the SDK and replay evaluation feed the probe the
+(``triage.replay.schema.ReplayRecord.prompt_text``): the SDK and replay evaluation feed the probe the
 same string, which is what makes their decisions identical. A test holds the two together.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from probes.text import valid_unicode
-from router.errors import TriageError
+from triage.probes.text import valid_unicode
+from triage.errors import TriageError
 
 
 def _content_text(content: Any) -> str:

@@ -1,10 +1,10 @@
 """What to call next after each call of a request: a small state machine, free of I/O.
 
-The sync, async and streaming drivers in :mod:`router.core.router` all follow it, so escalation,
+The sync, async and streaming drivers in :mod:`triage.router.core.router` all follow it, so escalation,
 retry and fallback behave the same whichever way a request is made. Rules, in order:
 
 1. a provider failure -> the policy's fallback strategy (once), else :class:`TriageProviderError`;
-2. the cheap step of a cascade -> escalate when :func:`policies.decide.should_escalate` says so;
+2. the cheap step of a cascade -> escalate when :func:`triage.policies.decide.should_escalate` says so;
 3. a truncated answer -> the strategy's ``on_truncation``: accept, retry once with
    ``retry_max_tokens``, or escalate (each strategy at most once, so it always terminates).
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.decide import Decision, should_escalate, token_uncertainty, truncation_action
-from policies.policy import Policy
-from router.core.calls import Attempt, Step, classify, falls_back, provider_error, token_logprobs
+from triage.policies.decide import Decision, should_escalate, token_uncertainty, truncation_action
+from triage.policies.policy import Policy
+from triage.router.core.calls import Attempt, Step, classify, falls_back, provider_error, token_logprobs
 
 
 class CallPlan:

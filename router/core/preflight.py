@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from policies.policy import Policy
-from router.errors import ConfigError
-from router.ledger.scrub import (
+from triage.policies.policy import Policy
+from triage.errors import ConfigError
+from triage.scrub import (
     register_env_secrets,
     register_secret,
     register_url_secret,
@@ -53,14 +53,14 @@ def register_settings_secrets(settings: Any) -> None:
 def model_problem(model: str, *, installed: bool = False) -> str | None:
     """Why ``model`` cannot be called, or None. ``installed`` also requires a registered local
     model's package (a missing one makes every call fail, but deciding and replay need no model)."""
-    from policies.strategy import LOCAL_PREFIX, TOKEN_ROUTED_PREFIX
+    from triage.policies.strategy import LOCAL_PREFIX, TOKEN_ROUTED_PREFIX
 
     if model.startswith(LOCAL_PREFIX):
         return _local_problem(model[len(LOCAL_PREFIX):], installed)
     if model.startswith(TOKEN_ROUTED_PREFIX):
         small, _, large = model[len(TOKEN_ROUTED_PREFIX):].partition("+")
         return _local_problem(small, installed) or _local_problem(large, installed)
-    from policies.pricing import import_litellm
+    from triage.policies.pricing import import_litellm
 
     litellm = import_litellm()
     try:
@@ -75,7 +75,7 @@ def _local_problem(name: str, installed: bool) -> str | None:
     import importlib.util
     from pathlib import Path
 
-    from probes.lm.specs import MODEL_ALIASES, MODEL_SPECS, known_models
+    from triage.probes.lm.specs import MODEL_ALIASES, MODEL_SPECS, known_models
 
     raw = name.strip()
     spec = MODEL_SPECS.get(MODEL_ALIASES.get(raw.lower(), raw.lower()))

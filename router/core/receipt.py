@@ -3,7 +3,7 @@
 ``response._hidden_params["triage"]`` holds (all JSON-serialisable):
 
 ``request_id``        id of the request (the ledger's key; pass it to feedback)
-``decision``          the :class:`policies.decide.Decision` as a dict (tier, tier_probs, success,
+``decision``          the :class:`triage.policies.decide.Decision` as a dict (tier, tier_probs, success,
                       strategy, model, max_tokens, expected_cost_usd, probe_version, policy, ...)
 ``strategy``/``model`` the strategy and model whose answer is returned (differs from the decision's
                       after an escalation or a fallback)
@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from router.core.calls import Attempt
-from router.core.routed import Routed
+from triage.router.core.calls import Attempt
+from triage.router.core.routed import Routed
 
 
 class LedgerLike(Protocol):
@@ -61,9 +61,9 @@ def triage_info(routed: Routed, attempts: list[Attempt], request_id: str, latenc
 def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, latency_s: float,
                   ledger_fields: dict[str, Any] | None = None, store_prompts: bool = False,
                   error: BaseException | None = None) -> Any:
-    """The :class:`router.ledger.records.LedgerRecord` of one routed request."""
-    from router.ledger.records import Attempt as LedgerAttempt
-    from router.ledger.records import LedgerRecord, ProbeRecord, prompt_sha256
+    """The :class:`triage.router.ledger.records.LedgerRecord` of one routed request."""
+    from triage.router.ledger.records import Attempt as LedgerAttempt
+    from triage.router.ledger.records import LedgerRecord, ProbeRecord, prompt_sha256
 
     d = routed.decision
     answered = [a for a in attempts if a.error is None]

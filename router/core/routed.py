@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decide import Decision
-from probes.types import ProbeOutput
+from triage.policies.decide import Decision
+from triage.probes.types import ProbeOutput
 
 
 @dataclass(frozen=True)

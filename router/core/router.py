@@ -9,7 +9,7 @@
 
 ``completion`` / ``acompletion`` return litellm's ``ModelResponse`` (or, with ``stream=True``, an
 iterator of litellm chunks); what Triage did is attached as ``response._hidden_params["triage"]``
-(see :func:`router.core.receipt.triage_info` for the keys).
+(see :func:`triage.router.core.receipt.triage_info` for the keys).
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from policies.decide import Decision, decide
-from policies.loader import load_policy
-from policies.policy import Policy
-from policies.pricing import import_litellm
-from router.core.drivers import aopen_stream, arun, open_stream, run
-from router.core.execution import Execution
-from router.core.fields import caller_fields
-from router.core.messages import normalize_messages, probe_text
-from router.core.preflight import check_policy_credentials, check_policy_models
-from router.core.probing import ProbeLike, ProbeRunner
-from router.core.receipt import LedgerLike, awrite_record, write_record
-from router.core.routed import Routed
-from router.logging import get_logger
+from triage.policies.decide import Decision, decide
+from triage.policies.loader import load_policy
+from triage.policies.policy import Policy
+from triage.policies.pricing import import_litellm
+from triage.router.core.drivers import aopen_stream, arun, open_stream, run
+from triage.router.core.execution import Execution
+from triage.router.core.fields import caller_fields
+from triage.router.core.messages import normalize_messages, probe_text
+from triage.router.core.preflight import check_policy_credentials, check_policy_models
+from triage.router.core.probing import ProbeLike, ProbeRunner
+from triage.router.core.receipt import LedgerLike, awrite_record, write_record
+from triage.router.core.routed import Routed
+from triage.logging import get_logger
 
 log = get_logger("triage.router")
 
@@ -44,7 +44,7 @@ class Router:
 
     The probe is loaded on first use (or by :meth:`warm`). ``ledger``, when given, receives one
     record per routed call, committed before the answer is returned: a ledger URL or path (opened
-    with :func:`router.ledger.open_ledger` behind a :class:`~router.ledger.LedgerWriter`, closed by
+    with :func:`triage.router.ledger.open_ledger` behind a :class:`~triage.router.ledger.LedgerWriter`, closed by
     :meth:`close`), a ``LedgerWriter``, or a ``LedgerStore``.
     """
 
@@ -58,7 +58,7 @@ class Router:
         self.store_prompts = store_prompts
         self._owned_ledger: Any = None
         if isinstance(ledger, str | Path):
-            from router.ledger import LedgerWriter, open_ledger
+            from triage.router.ledger import LedgerWriter, open_ledger
 
             self._owned_ledger = open_ledger(str(ledger))
             ledger = LedgerWriter(self._owned_ledger, store_prompts=store_prompts)
@@ -69,7 +69,7 @@ class Router:
     @classmethod
     def from_file(cls, path: str | Path | None = None, **kwargs: Any) -> "Router":
         """A router for the policy file at ``path`` (default: ``policies/examples/local.yaml``)."""
-        from policies.loader import DEFAULT_POLICY
+        from triage.policies.loader import DEFAULT_POLICY
 
         p = Path(path) if path is not None else DEFAULT_POLICY
         return cls(load_policy(p), policy_path=p, **kwargs)
@@ -104,11 +104,11 @@ class Router:
             return
         import_litellm()
         if self.policy.local_models():
-            from router.providers.local import register_local_provider
+            from triage.router.providers.local import register_local_provider
 
             register_local_provider()
         if any(s.is_token_routed for s in self.policy.strategies.values()):
-            from router.providers.token_routed import register_token_routed_provider
+            from triage.router.providers.token_routed import register_token_routed_provider
 
             register_token_routed_provider()
         self._providers_ready = True
@@ -119,7 +119,7 @@ class Router:
         """The books of one decided request (what every request loop drives).
 
         Caller fields are checked here, before anything is called or recorded: only OpenAI
-        chat-completions fields pass (:mod:`router.core.fields`), never credentials or destinations.
+        chat-completions fields pass (:mod:`triage.router.core.fields`), never credentials or destinations.
         """
         return Execution(self.policy, routed, request_id=request_id or uuid.uuid4().hex,
                          started=time.perf_counter() if started is None else started,
@@ -155,7 +155,7 @@ class Router:
                    ledger_fields: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         """Route and answer ``messages``; litellm-style (extra keyword arguments go to litellm).
 
-        ``stream=True`` returns a :class:`router.core.streaming.TriageStream` (an iterator of litellm
+        ``stream=True`` returns a :class:`triage.router.core.streaming.TriageStream` (an iterator of litellm
         chunks). ``ledger_fields`` (tenant, api_key_id, metadata) go into the ledger record.
         """
         kwargs.pop("model", None)  # the policy picks the model
@@ -178,7 +178,7 @@ class Router:
     def feedback(self, request_id: str, score: float, *, source: str = "user") -> Any:
         """Attach an outcome (score in 0..1) to a routed request in the ledger."""
         if self.ledger is None or not hasattr(self.ledger, "feedback"):
-            from router.errors import TriageError
+            from triage.errors import TriageError
 
             raise TriageError("this router has no ledger writer to attach feedback to (pass ledger=URL)")
         return self.ledger.feedback(request_id, score, source=source)

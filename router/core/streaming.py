@@ -1,6 +1,6 @@
 """Streams: ``router.completion(..., stream=True)`` returns an iterator of litellm chunks.
 
-The stream classes only move chunks; their :class:`~router.core.execution.Execution` tallies each
+The stream classes only move chunks; their :class:`~triage.router.core.execution.Execution` tallies each
 chunk, decides whether the caller gets it (the usage-only final chunk only on
 ``stream_options.include_usage``), fills the receipt and builds the ledger record when the stream
 ends, fails or is closed by the caller. The receipt is ``stream.triage`` (also
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from router.core.execution import Execution
+from triage.router.core.execution import Execution
 
 Write = Callable[[Any], Any]
 AWrite = Callable[[Any], Awaitable[Any]]
@@ -22,7 +22,7 @@ def replay_chunks(response: Any) -> list[Any]:
     """A finished answer as two litellm stream chunks (text, then finish reason and usage)."""
     from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
 
-    from router.core.calls import message_text
+    from triage.router.core.calls import message_text
 
     choice = response.choices[0]
     first = ModelResponseStream(id=response.id, model=response.model, created=response.created,

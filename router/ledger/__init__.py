@@ -2,7 +2,7 @@
 
 Typical use::
 
-    from router.ledger import open_ledger, LedgerWriter, LedgerRecord
+    from triage.router.ledger import open_ledger, LedgerWriter, LedgerRecord
 
     store = open_ledger("triage-ledger.sqlite")          # or "postgresql://user@host/db"
     with LedgerWriter(store) as writer:
@@ -13,10 +13,10 @@ Typical use::
 Heavier pieces (report, export, metrics) are imported from their modules on demand.
 """
 
-from router.ledger.guard import Durability
-from router.ledger.migrations import SchemaTooNewError
-from router.ledger.records import Attempt, LedgerRecord, OutcomeRecord, ProbeRecord, prompt_sha256
-from router.ledger.store import (
+from triage.router.ledger.guard import Durability
+from triage.router.ledger.migrations import SchemaTooNewError
+from triage.router.ledger.records import Attempt, LedgerRecord, OutcomeRecord, ProbeRecord, prompt_sha256
+from triage.router.ledger.store import (
     DEFAULT_LEDGER_URL,
     LedgerEntry,
     LedgerError,
@@ -27,7 +27,7 @@ from router.ledger.store import (
     open_ledger,
     register_store,
 )
-from router.ledger.writer import LedgerClosedError, LedgerWriter
+from triage.router.ledger.writer import LedgerClosedError, LedgerWriter
 
 __all__ = [
     "DEFAULT_LEDGER_URL",
@@ -54,7 +54,7 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy: report pulls in numpy and eval.metrics
     if name == "ledger_report":
-        from router.ledger.report import ledger_report
+        from triage.router.ledger.report import ledger_report
 
         return ledger_report
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """Export the ledger as replay data, so real traffic with outcomes feeds recalibration.
 
-Each record with an outcome becomes one :class:`~eval.replay.schema.ReplayRecord` whose single
+Each record with an outcome becomes one :class:`~triage.replay.schema.ReplayRecord` whose single
 candidate is the strategy (or model) that served it, scored by the latest outcome. Records without
 an outcome cannot be replay rows (a replay outcome needs a score) and are counted, not written.
 The prompt is the stored text when the ledger kept it, else ``""`` with ``prompt_sha256`` beside it.
@@ -20,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from eval.replay.io import write_replay
-from eval.replay.schema import Outcome, ReplayRecord
-from router.errors import TriageError
-from router.ledger.store import LedgerEntry, LedgerStore
+from triage.replay.io import write_replay
+from triage.replay.schema import Outcome, ReplayRecord
+from triage.errors import TriageError
+from triage.router.ledger.store import LedgerEntry, LedgerStore
 
 CandidateKey = Literal["strategy", "model"]
 

@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from router.ledger.records import LedgerRecord
-from router.ledger.scrub import scrub_text
-from router.ledger.spool import LedgerSpool
-from router.ledger.store import LedgerGoneError, LedgerUnavailableError
-from router.logging import get_logger
+from triage.router.ledger.records import LedgerRecord
+from triage.scrub import scrub_text
+from triage.router.ledger.spool import LedgerSpool
+from triage.router.ledger.store import LedgerGoneError, LedgerUnavailableError
+from triage.logging import get_logger
 
 if TYPE_CHECKING:
-    from router.ledger.metrics import LedgerMetrics
+    from triage.router.ledger.metrics import LedgerMetrics
 
 
 class Durability(str, Enum):

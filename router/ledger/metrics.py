@@ -5,14 +5,14 @@ Collectors live in a :class:`~prometheus_client.CollectorRegistry` owned by the
 in one process do not collide. The sidecar serves :meth:`LedgerMetrics.render` at ``/metrics``.
 
 Request, token and cost counters are fed from committed ledger records (pass the metrics object
-to :class:`~router.ledger.writer.LedgerWriter`), so they agree with what the ledger holds.
+to :class:`~triage.router.ledger.writer.LedgerWriter`), so they agree with what the ledger holds.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from router.ledger.records import LedgerRecord, OutcomeRecord
+from triage.router.ledger.records import LedgerRecord, OutcomeRecord
 
 LABELS = ("tier", "strategy", "model")
 # Probe + policy run in milliseconds; a slow decision is a bug worth seeing, so the buckets are fine.

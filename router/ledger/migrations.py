@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.errors import TriageError
+from triage.errors import TriageError
 
 VERSION_TABLE = "triage_schema_version"
 

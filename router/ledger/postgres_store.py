@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from router.ledger.migrations import MIGRATIONS, Migration
-from router.ledger.sql_base import SQLLedgerStore
-from router.ledger.store import LedgerError, LedgerUnavailableError, redact_url, register_store
+from triage.router.ledger.migrations import MIGRATIONS, Migration
+from triage.router.ledger.sql_base import SQLLedgerStore
+from triage.router.ledger.store import LedgerError, LedgerUnavailableError, redact_url, register_store
 
 T = TypeVar("T")
 _SCHEMA_LOCK_KEY = 0x7472696167  # "triag": an arbitrary constant shared by every Triage process

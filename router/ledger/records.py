@@ -4,7 +4,7 @@ These are a boundary (database rows, exports, the sidecar's feedback body), henc
 Validation also enforces the ledger's two privacy rules, whoever builds the record:
 
 * credentials never reach the ledger: every free-form string and mapping is scrubbed
-  (:mod:`router.ledger.scrub`), and an ``api_key_id`` that looks like a key is replaced by a hash;
+  (:mod:`triage.scrub`), and an ``api_key_id`` that looks like a key is replaced by a hash;
 * the prompt is identified by its SHA-256; its text is kept only when the writer is told to
   (``LedgerWriter(store_prompts=True)``), otherwise the writer drops it after hashing.
 """
@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from probes.types import ProbeOutput
-from router.ledger.scrub import looks_like_secret, opaque_id, scrub_text, scrub_value
+from triage.probes.types import ProbeOutput
+from triage.scrub import looks_like_secret, opaque_id, scrub_text, scrub_value
 
 AttemptKind = Literal["primary", "retry", "escalation", "fallback"]
 

@@ -1,8 +1,8 @@
 """Ledger reports: accuracy per token, cost-of-pass and TEP by tier, strategy, model or day.
 
-The numbers come from :func:`eval.metrics.summary.summarize_outcomes` and
-:func:`eval.metrics.summary.tep`, the functions replay evaluation uses, so a ledger exported to the
-replay format (:mod:`router.ledger.export`) reports the same figures either way.
+The numbers come from :func:`triage.replay.summary.summarize_outcomes` and
+:func:`triage.replay.summary.tep`, the functions replay evaluation uses, so a ledger exported to the
+replay format (:mod:`triage.router.ledger.export`) reports the same figures either way.
 
 Rows without an outcome count for requests, tokens, cost, escalation and truncation; accuracy,
 accuracy per 1k tokens and cost-of-pass use the scored rows only (``n_scored`` says how many).
@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from eval.metrics.summary import summarize_outcomes, tep
-from router.errors import TriageError
-from router.ledger.records import as_utc
-from router.ledger.store import LedgerStore, ReportRows
+from triage.replay.summary import summarize_outcomes, tep
+from triage.errors import TriageError
+from triage.router.ledger.records import as_utc
+from triage.router.ledger.store import LedgerStore, ReportRows
 
 GroupBy = Literal["tier", "strategy", "model", "day"]
 GROUP_BY: tuple[str, ...] = ("tier", "strategy", "model", "day")

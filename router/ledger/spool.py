@@ -29,8 +29,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from router.ledger.records import LedgerRecord
-from router.logging import get_logger
+from triage.router.ledger.records import LedgerRecord
+from triage.logging import get_logger
 
 REPLAY_BATCH = 500
 SPOOL_SUFFIX = ".spool.jsonl"
@@ -46,7 +46,7 @@ def default_spool_path(store: Any) -> Path:
     path = getattr(store, "path", None)
     if isinstance(path, Path):
         return path.with_name(path.name + SPOOL_SUFFIX)
-    from router.settings import get_settings
+    from triage.settings import get_settings
 
     where = str(getattr(store, "where", type(store).__name__))
     digest = hashlib.sha256(where.encode()).hexdigest()[:16]

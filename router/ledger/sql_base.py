@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Self
 
-from router.ledger.migrations import MIGRATIONS, VERSION_TABLE, VERSION_TABLE_DDL, Migration, pending
-from router.ledger.records import LedgerRecord, OutcomeRecord, as_utc
-from router.ledger.store import (
+from triage.router.ledger.migrations import MIGRATIONS, VERSION_TABLE, VERSION_TABLE_DDL, Migration, pending
+from triage.router.ledger.records import LedgerRecord, OutcomeRecord, as_utc
+from triage.router.ledger.store import (
     RECORD_COLUMNS,
     LedgerEntry,
     LedgerStore,

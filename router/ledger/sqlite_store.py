@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from router.ledger.migrations import MIGRATIONS, Migration
-from router.ledger.sql_base import SQLLedgerStore
-from router.ledger.store import LedgerError, LedgerGoneError, LedgerUnavailableError, register_store
+from triage.router.ledger.migrations import MIGRATIONS, Migration
+from triage.router.ledger.sql_base import SQLLedgerStore
+from triage.router.ledger.store import LedgerError, LedgerGoneError, LedgerUnavailableError, register_store
 
 BUSY_TIMEOUT_S = 30.0
 

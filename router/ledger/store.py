@@ -5,7 +5,7 @@ Backends register the URL schemes they serve; adding one is one module with a su
 :class:`LedgerStore` decorated with :func:`register_store`.
 
 ``write_records`` is the durability point: when it returns, the batch is committed. The batching
-:class:`~router.ledger.writer.LedgerWriter` acknowledges a record only after that.
+:class:`~triage.router.ledger.writer.LedgerWriter` acknowledges a record only after that.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from router.errors import TriageError
-from router.ledger.migrations import MIGRATIONS, Migration
-from router.ledger.records import LedgerRecord, OutcomeRecord
+from triage.errors import TriageError
+from triage.router.ledger.migrations import MIGRATIONS, Migration
+from triage.router.ledger.records import LedgerRecord, OutcomeRecord
 
 DEFAULT_LEDGER_URL = "triage-ledger.sqlite"
 
-# Backends are imported on first use so that `import router.ledger` stays cheap.
-_BUILTIN_BACKENDS = ("router.ledger.sqlite_store", "router.ledger.postgres_store")
+# Backends are imported on first use so that `import triage.router.ledger` stays cheap.
+_BUILTIN_BACKENDS = ("triage.router.ledger.sqlite_store", "triage.router.ledger.postgres_store")
 
 
 class LedgerError(TriageError):
@@ -251,10 +251,10 @@ def open_ledger(url: str | None = None, *, migrate: bool = True,
     ``url`` is a file path or ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` for SQLite, or
     ``postgresql://user@host:port/db`` for PostgreSQL. Default: ``get_settings().ledger_url``
     (env ``TRIAGE_LEDGER_URL``), itself :data:`DEFAULT_LEDGER_URL` unless set.
-    Raises :class:`~router.ledger.migrations.SchemaTooNewError` for a ledger written by a newer Triage.
+    Raises :class:`~triage.router.ledger.migrations.SchemaTooNewError` for a ledger written by a newer Triage.
     """
     if not url:
-        from router.settings import get_settings
+        from triage.settings import get_settings
 
         url = get_settings().ledger_url or DEFAULT_LEDGER_URL
     stores = available_stores()

@@ -12,11 +12,11 @@ requests; a lone request still commits at once (no artificial delay unless ``lin
 
 When the store fails (server down, disk full, file deleted), a record is never turned into an
 error for its caller: the upstream call it describes is already paid for. The writer appends it to
-its :class:`~router.ledger.spool.LedgerSpool` and answers ``Durability.SPOOLED``;
+its :class:`~triage.router.ledger.spool.LedgerSpool` and answers ``Durability.SPOOLED``;
 it marks the store down (:meth:`LedgerWriter.health`), sends later records straight to the spool,
 and every ``retry_s`` tries the store again, replaying the spool once it answers. Only when the
 spool cannot be written either is a record kept in memory (``HELD``) and retried
-(:mod:`router.ledger.guard`).
+(:mod:`triage.router.ledger.guard`).
 """
 
 from __future__ import annotations
@@ -30,22 +30,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.errors import TriageError
-from router.ledger.guard import Durability, StoreGuard, reason_of
-from router.ledger.records import LedgerRecord, OutcomeRecord
-from router.ledger.spool import LedgerSpool, default_spool_path
-from router.ledger.store import LedgerStore
-from router.logging import get_logger
+from triage.errors import TriageError
+from triage.router.ledger.guard import Durability, StoreGuard, reason_of
+from triage.router.ledger.records import LedgerRecord, OutcomeRecord
+from triage.router.ledger.spool import LedgerSpool, default_spool_path
+from triage.router.ledger.store import LedgerStore
+from triage.logging import get_logger
 
 if TYPE_CHECKING:
-    from router.ledger.metrics import LedgerMetrics
+    from triage.router.ledger.metrics import LedgerMetrics
 
 
 class LedgerClosedError(TriageError):
     """A record was submitted to a writer that is closing or closed."""
 
 
-#: ``LedgerWriter(spool=DEFAULT_SPOOL)``: the spool at :func:`~router.ledger.spool.default_spool_path`.
+#: ``LedgerWriter(spool=DEFAULT_SPOOL)``: the spool at :func:`~triage.router.ledger.spool.default_spool_path`.
 DEFAULT_SPOOL: Any = object()
 
 
@@ -71,7 +71,7 @@ class LedgerWriter:
     linger_s: how long a non-full batch waits for more records before committing (0 = never wait).
     max_pending: records queued beyond which ``record``/``submit`` block (back-pressure).
     store_prompts: keep prompt text in the ledger; off by default, when only its SHA-256 is kept.
-    metrics: optional :class:`~router.ledger.metrics.LedgerMetrics` updated after each commit.
+    metrics: optional :class:`~triage.router.ledger.metrics.LedgerMetrics` updated after each commit.
     spool: where records go when the store fails: a :class:`LedgerSpool` or its path; the default
         is beside a SQLite file (or in the cache dir); ``None`` = no spool, failures reach the caller.
     retry_s: while the store is down, how often to try it again (and replay the spool).

@@ -1,12 +1,12 @@
 """The ``token-routed`` litellm provider: R2R-style token-level routing over a local model pair.
 
-    from router.providers.token_routed import register_token_routed_provider
+    from triage.router.providers.token_routed import register_token_routed_provider
     register_token_routed_provider()
     litellm.completion(model="token-routed/qwen2.5-coder-0.5b+qwen2.5-coder-1.5b", messages=[...],
                        max_tokens=256, token_routing={"method": "token-router"})
 
 The model string names the pair ``<small>+<large>`` (local models sharing a tokenizer, see
-:mod:`probes.token_router.pair`); ``token_routing`` (optional) picks the controller: ``method``
+:mod:`triage.probes.token_router.pair`); ``token_routing`` (optional) picks the controller: ``method``
 (``token-router``, ``entropy-threshold``, ``speculative-thinking``, ``small-only``, ``large-only``),
 ``threshold``, ``tau``, ``head``. Decoding is greedy (the router's labels were made greedily), so a
 ``temperature`` is accepted and ignored. ``response._hidden_params["token_routing"]`` carries the
@@ -29,7 +29,7 @@ from litellm import CustomLLM
 from litellm.types.llms.openai import ChatCompletionUsageBlock
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
-from router.providers.local import _iterate_in_thread
+from triage.router.providers.local import _iterate_in_thread
 
 PROVIDER = "token-routed"
 DEFAULT_MAX_TOKENS = 256
@@ -46,7 +46,7 @@ def parse_pair(model: str) -> tuple[str, str]:
 
 
 class TokenRoutedProvider(CustomLLM):
-    """litellm ``CustomLLM`` running :class:`probes.token_router.runner.TokenRoutedExecutor`."""
+    """litellm ``CustomLLM`` running :class:`triage.probes.token_router.runner.TokenRoutedExecutor`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class TokenRoutedProvider(CustomLLM):
     def _executor(self, model: str, options: dict[str, Any]) -> Any:
         from pydantic import ValidationError
 
-        from probes.token_router.runner import TokenRoutingConfig
+        from triage.probes.token_router.runner import TokenRoutingConfig
 
         small, large = parse_pair(model)
         try:

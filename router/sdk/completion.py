@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from policies.decide import Decision
-from router.core.router import Router
+from triage.policies.decide import Decision
+from triage.router.core.router import Router
 
 _routers: dict[str, Router] = {}
 _lock = threading.Lock()
@@ -19,7 +19,7 @@ _lock = threading.Lock()
 
 def get_router(policy: str | Path | None = None) -> Router:
     """The process's router for ``policy`` (default: ``policies/examples/local.yaml``)."""
-    from policies.loader import DEFAULT_POLICY
+    from triage.policies.loader import DEFAULT_POLICY
 
     key = str(Path(policy).resolve()) if policy is not None else str(DEFAULT_POLICY)
     router = _routers.get(key)

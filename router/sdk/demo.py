@@ -1,9 +1,9 @@
 """The end of `make demo`: route a handful of real queries (easy and hard) through the local model.
 
-    from router.sdk.demo import route_demo
+    from triage.router.sdk.demo import route_demo
     rows = route_demo(out_dir="demo-output")   # prints a table, writes routing_demo.json
 
-Also runnable alone: ``python -m router.sdk.demo [--out DIR] [--max-tokens N]``.
+Also runnable alone: ``python -m triage.router.sdk.demo [--out DIR] [--max-tokens N]``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ DEMO_QUERIES: tuple[tuple[str, str], ...] = (
 def route_demo(router: Any = None, *, out_dir: str | Path | None = None, max_tokens: int = 48,
                queries: tuple[tuple[str, str], ...] = DEMO_QUERIES, echo: bool = True) -> list[dict[str, Any]]:
     """Route and answer ``queries`` with the default (local) policy; returns one row per query."""
-    from router.core import Router
+    from triage.router.core import Router
 
     router = router or Router.from_file()
     rows = []
@@ -65,7 +65,7 @@ def route_demo(router: Any = None, *, out_dir: str | Path | None = None, max_tok
 
 
 def demo_step(ctx: Any) -> None:
-    """A step for :mod:`eval.demo` (``add_step(Step("route", "...", demo_step), before=None)``):
+    """A step for :mod:`triage.eval.demo` (``add_step(Step("route", "...", demo_step), before=None)``):
     route the demo queries through the default local policy, write OUT/routing_demo.json."""
     rows = route_demo(out_dir=ctx.out, echo=False)
     from rich.table import Table
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - thin CLI
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--policy", default=None)
     args = parser.parse_args(argv)
-    from router.core import Router
+    from triage.router.core import Router
 
     route_demo(Router.from_file(args.policy), out_dir=args.out, max_tokens=args.max_tokens)
 

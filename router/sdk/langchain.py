@@ -1,6 +1,6 @@
 """LangChain chat model: ``TriageChatModel`` routes every call through a Triage policy.
 
-    from router.sdk.langchain import TriageChatModel
+    from triage.router.sdk.langchain import TriageChatModel
     llm = TriageChatModel(policy="policies/examples/local.yaml")
     msg = llm.invoke("What is 2 + 2?")
     msg.response_metadata["triage"]["decision"]["tier"]   # the decision and attempts
@@ -23,7 +23,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from router.core.router import Router
+from triage.router.core.router import Router
 
 
 def _usage(info: dict[str, Any]) -> UsageMetadata | None:
@@ -64,7 +64,7 @@ class TriageChatModel(BaseChatModel):
         if self.router is not None:
             return self.router
         if self._router is None:
-            from router.sdk.completion import get_router
+            from triage.router.sdk.completion import get_router
 
             self._router = get_router(self.policy)
         return self._router

@@ -27,13 +27,13 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from router.ledger.metrics import LedgerMetrics
-from router.logging import get_logger
-from router.sidecar.errors import install_error_handlers
-from router.sidecar.middleware import SidecarMiddleware
-from router.sidecar.routes import api
-from router.sidecar.services import Services
-from router.sidecar.settings import SidecarSettings
+from triage.router.ledger.metrics import LedgerMetrics
+from triage.logging import get_logger
+from triage.router.sidecar.errors import install_error_handlers
+from triage.router.sidecar.middleware import SidecarMiddleware
+from triage.router.sidecar.routes import api
+from triage.router.sidecar.services import Services
+from triage.router.sidecar.settings import SidecarSettings
 
 RESOLVED_ENV = "TRIAGE_SIDECAR_RESOLVED"
 # After uvicorn's grace period: how long cancelled responses get to write their ledger records.
@@ -129,15 +129,15 @@ def create_app(settings: SidecarSettings, services: Services | None = None) -> F
 
 
 def configure_protocol(settings: SidecarSettings) -> None:
-    """Head limits (size, read time) of :class:`router.sidecar.protocol.GuardedHttpToolsProtocol`."""
-    from router.sidecar.protocol import configure
+    """Head limits (size, read time) of :class:`triage.router.sidecar.protocol.GuardedHttpToolsProtocol`."""
+    from triage.router.sidecar.protocol import configure
 
     configure(max_header_bytes=settings.max_header_bytes, header_timeout_s=settings.request_read_timeout_s)
 
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings from ``TRIAGE_SIDECAR_RESOLVED``."""
-    from router.logging import configure_logging
+    from triage.logging import configure_logging
 
     raw = os.environ.get(RESOLVED_ENV)
     if not raw:

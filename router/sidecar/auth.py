@@ -13,8 +13,8 @@ import hmac
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from router.sidecar.errors import SidecarError
-from router.sidecar.settings import ApiKeySpec
+from triage.router.sidecar.errors import SidecarError
+from triage.router.sidecar.settings import ApiKeySpec
 
 _CHALLENGE = {"www-authenticate": 'Bearer realm="triage"'}
 

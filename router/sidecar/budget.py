@@ -1,6 +1,6 @@
 """The most one request can cost: what a spend budget reserves before the call.
 
-A key's budget admits a request against ``spent + reserved`` (see :class:`router.sidecar.limits.
+A key's budget admits a request against ``spent + reserved`` (see :class:`triage.router.sidecar.limits.
 SpendTracker`); for that to bound the overshoot the reservation must be an *upper bound* on what the
 router can spend for the request, not the decision's ``expected_cost_usd`` (an average, often
 unset). The bound is the sum, over every call the router's plan can make for this decision, of
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 
-from policies.decide import Decision
-from policies.policy import Policy
-from policies.pricing import token_price
+from triage.policies.decide import Decision
+from triage.policies.policy import Policy
+from triage.policies.pricing import token_price
 
 # Chat-template tokens around the messages (role markers, the assistant prefix); generous.
 TEMPLATE_ALLOWANCE_TOKENS = 256

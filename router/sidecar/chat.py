@@ -17,16 +17,16 @@ import anyio
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from router.core.errors import TriageProviderError
-from router.core.fields import UnsupportedFieldError, caller_fields
-from router.sidecar.errors import SidecarError, error_body, upstream_error
-from router.sidecar.openai_schema import ChatCompletionRequest
+from triage.router.core.errors import TriageProviderError
+from triage.router.core.fields import UnsupportedFieldError, caller_fields
+from triage.router.sidecar.errors import SidecarError, error_body, upstream_error
+from triage.router.sidecar.openai_schema import ChatCompletionRequest
 
 
 def upstream_kwargs(body: ChatCompletionRequest, timeout_s: float) -> dict[str, Any]:
     """The caller's fields to pass to the upstream call, or 400 naming one that is not accepted.
 
-    Only OpenAI chat-completions fields (:mod:`router.core.fields`, shared with the SDK) get through;
+    Only OpenAI chat-completions fields (:mod:`triage.router.core.fields`, shared with the SDK) get through;
     ``store``/``metadata`` are dropped. Checked before routing, so a refused request calls nothing
     and records nothing.
     """

@@ -14,11 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.core.errors import TriageProviderError
-from router.ledger.scrub import scrub_text
-from router.logging import get_logger
+from triage.router.core.errors import TriageProviderError
+from triage.scrub import scrub_text
+from triage.logging import get_logger
 
-# Upstream failure kinds (router.core.errors.TriageProviderError.kind) -> (status, type, code).
+# Upstream failure kinds (triage.router.core.errors.TriageProviderError.kind) -> (status, type, code).
 _UPSTREAM: dict[str, tuple[int, str, str]] = {
     "timeout": (504, "upstream_error", "upstream_timeout"),
     "connection": (502, "upstream_error", "upstream_unreachable"),

@@ -6,7 +6,7 @@ counted in-process (see docs/sidecar.md). Buckets are only touched from the even
 takes a lock because reservations are made, settled and released from wherever a request ends.
 
 Budgets reserve before they spend: a request holds an upper bound of its cost
-(:mod:`router.sidecar.budget`) from admission until it settles with the actual cost, so concurrent
+(:mod:`triage.router.sidecar.budget`) from admission until it settles with the actual cost, so concurrent
 requests cannot all pass a check that only looks at what has already been spent.
 """
 
@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.sidecar.auth import Caller
-from router.sidecar.errors import SidecarError
+from triage.router.sidecar.auth import Caller
+from triage.router.sidecar.errors import SidecarError
 
 
 class TokenBucket:

@@ -25,9 +25,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.ledger.scrub import scrub_text
-from router.logging import get_logger
-from router.sidecar.errors import error_body
+from triage.scrub import scrub_text
+from triage.logging import get_logger
+from triage.router.sidecar.errors import error_body
 
 REQUEST_ID = "x-triage-request-id"
 TIER = "x-triage-tier"

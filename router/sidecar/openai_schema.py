@@ -2,7 +2,7 @@
 
 Request models validate what the sidecar interprets (model, messages, stream, budgets, sampling
 ranges) and keep everything else (tools, tool_choice, response_format, seed, logprobs, user...) as
-extra fields; only those on the allowlist of :mod:`router.core.fields` reach the upstream call
+extra fields; only those on the allowlist of :mod:`triage.router.core.fields` reach the upstream call
 (anything else is a 400 ``unsupported_field``).
 """
 

@@ -13,7 +13,7 @@ time could hold a connection for ever. Here
 both as OpenAI-style JSON, and the connection is closed. Bytes that are not HTTP at all (a bad
 request line, broken chunked framing) get uvicorn's 400 with the same JSON shape, code ``invalid_http``,
 instead of its plain-text one. The body's own deadline is the
-middleware's (:mod:`router.sidecar.middleware`). The limits are class attributes set by
+middleware's (:mod:`triage.router.sidecar.middleware`). The limits are class attributes set by
 :func:`configure` before the server starts (in each worker process: ``app_from_env``), so uvicorn
 can name this class by its import string.
 """
@@ -27,10 +27,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from router.logging import get_logger
-from router.sidecar.errors import error_body
+from triage.logging import get_logger
+from triage.router.sidecar.errors import error_body
 
-IMPORT_PATH = "router.sidecar.protocol:GuardedHttpToolsProtocol"
+IMPORT_PATH = "triage.router.sidecar.protocol:GuardedHttpToolsProtocol"
 _HEAD_END = b"\r\n\r\n"
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 

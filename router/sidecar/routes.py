@@ -13,23 +13,23 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from policies.decide import DecisionError
-from router.errors import TriageError
-from router.ledger import UnknownRequestError
-from router.sidecar.auth import (
+from triage.policies.decide import DecisionError
+from triage.errors import TriageError
+from triage.router.ledger import UnknownRequestError
+from triage.router.sidecar.auth import (
     Caller,
     authorize_model,
     ledger_scope,
     require_every_tenant,
 )
-from router.sidecar.budget import (
+from triage.router.sidecar.budget import (
     cost_before_failure,
     prompt_tokens_bound,
     request_cost_bound,
 )
-from router.sidecar.chat import complete, stream_completion, upstream_kwargs
-from router.sidecar.errors import SidecarError
-from router.sidecar.openai_schema import (
+from triage.router.sidecar.chat import complete, stream_completion, upstream_kwargs
+from triage.router.sidecar.errors import SidecarError
+from triage.router.sidecar.openai_schema import (
     ERROR_RESPONSES,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -41,7 +41,7 @@ from router.sidecar.openai_schema import (
     RouteRequest,
     RouteResponse,
 )
-from router.sidecar.services import Services
+from triage.router.sidecar.services import Services
 
 api = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="A key configured by its SHA-256 in the sidecar settings.")
@@ -185,7 +185,7 @@ async def ledger_summary(request: Request, caller: Caller = Depends(caller_of),
                                                     description="Admin keys: one tenant only")) -> JSONResponse:
     """Requests, accuracy, tokens, cost, cost-of-pass, TEP, escalation and truncation rates of the
     caller's tenant (an admin key: every tenant, or the one `tenant` names)."""
-    from router.ledger.report import ledger_report, parse_since
+    from triage.router.ledger.report import ledger_report, parse_since
 
     services = services_of(request)
     scope = ledger_scope(caller, services.keyring, tenant)

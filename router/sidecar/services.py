@@ -22,19 +22,19 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from policies.decide import decide
-from policies.policy import Policy
-from policies.strategy import Strategy
-from router.core.router import Routed, Router
-from router.errors import ConfigError
-from router.ledger import LedgerWriter, open_ledger
-from router.ledger.metrics import LedgerMetrics
-from router.ledger.writer import DEFAULT_SPOOL
-from router.logging import get_logger
-from router.sidecar.auth import KeyRing
-from router.sidecar.errors import SidecarError
-from router.sidecar.limits import RateLimiter, SpendTracker
-from router.sidecar.settings import SidecarSettings
+from triage.policies.decide import decide
+from triage.policies.policy import Policy
+from triage.policies.strategy import Strategy
+from triage.router.core.router import Routed, Router
+from triage.errors import ConfigError
+from triage.router.ledger import LedgerWriter, open_ledger
+from triage.router.ledger.metrics import LedgerMetrics
+from triage.router.ledger.writer import DEFAULT_SPOOL
+from triage.logging import get_logger
+from triage.router.sidecar.auth import KeyRing
+from triage.router.sidecar.errors import SidecarError
+from triage.router.sidecar.limits import RateLimiter, SpendTracker
+from triage.router.sidecar.settings import SidecarSettings
 
 POLICY_PREFIX = "triage/"
 PASSTHROUGH = "passthrough"

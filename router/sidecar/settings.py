@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from policies.loader import load_yaml
-from router.errors import ConfigError
+from triage.policies.loader import load_yaml
+from triage.errors import ConfigError
 
 ENV_PREFIX = "TRIAGE_SIDECAR_"
 KEY_ID_PATTERN = r"^[A-Za-z0-9_.:@\-]{1,64}$"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.ledger.records import Attempt, LedgerRecord, ProbeRecord
+from triage.router.ledger.records import Attempt, LedgerRecord, ProbeRecord
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 STRATEGIES = {"easy": ("small-fast", "gpt-4o-mini"), "normal": ("small-think", "gpt-4o-mini"),

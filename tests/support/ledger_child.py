@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 
-from router.ledger import LedgerWriter, open_ledger
+from triage.router.ledger import LedgerWriter, open_ledger
 from tests.support.ledger import make_record
 
 

@@ -171,7 +171,7 @@ def with_search_path(url: str, schema: str) -> str:
 
 
 def _redact(url: str) -> str:
-    from router.ledger.store import redact_url
+    from triage.router.ledger.store import redact_url
 
     return redact_url(url)
 

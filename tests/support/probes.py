@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from router.settings import get_settings
+from triage.settings import get_settings
 
 SLICE = 200
 TEXT_FEATURES = ["text:aux=false"]
@@ -28,8 +28,8 @@ class TrainedSlice:
 
 @pytest.fixture(scope="session")
 def probe_slice_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eval.importers import import_source
-    from eval.replay import write_replay
+    from triage.eval.importers import import_source
+    from triage.replay import write_replay
 
     records = import_source("routellm", get_settings().data_dir / "routellm", dataset="gsm8k")[:SLICE]
     path = tmp_path_factory.mktemp("probe-data") / "gsm8k-200.jsonl"
@@ -39,9 +39,9 @@ def probe_slice_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_text_probe(probe_slice_file: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedSlice:
-    from eval.replay import ReplayData, read_replay
-    from probes.export import export_probe
-    from probes.training import TrainConfig, file_fingerprint, train_probe
+    from triage.replay import ReplayData, read_replay
+    from triage.probes.export import export_probe
+    from triage.probes.training import TrainConfig, file_fingerprint, train_probe
 
     data = ReplayData.from_records(read_replay(probe_slice_file), name="gsm8k-200")
     trained = train_probe(data, TrainConfig(features=TEXT_FEATURES, folds=3, n_boot=50))

@@ -139,7 +139,7 @@ def key_table() -> list[dict[str, Any]]:
 
 
 class SidecarProcess:
-    """`python -m router.cli.main serve --config FILE` on a free loopback port; logs go to a file."""
+    """`python -m triage.router.cli.main serve --config FILE` on a free loopback port; logs go to a file."""
 
     def __init__(self, folder: Path, policies: list[Path], *, extra: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None) -> None:
@@ -155,7 +155,7 @@ class SidecarProcess:
         full_env.update({"TEST_UPSTREAM_KEY": UPSTREAM_KEY, "HF_HUB_OFFLINE": "1", **(env or {})})
         self._log_fh = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli.main", "serve", "--config", str(folder / "sidecar.yaml"),
+            [sys.executable, "-m", "triage.router.cli.main", "serve", "--config", str(folder / "sidecar.yaml"),
              "--port", str(self.port)], cwd=REPO, env=full_env, stdout=self._log_fh, stderr=subprocess.STDOUT)
         self._wait_ready(600)
 
@@ -191,7 +191,7 @@ class SidecarProcess:
 
 
 def record_of(ledger: Path, request_id: str) -> Any:
-    from router.ledger import open_ledger
+    from triage.router.ledger import open_ledger
 
     store = open_ledger(str(ledger))
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from eval.replay.schema import ReplayRecord
+from triage.replay.schema import ReplayRecord
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from eval.replay.schema import ReplayRecord
+from triage.replay.schema import ReplayRecord
 
 
 class ReplayFormatError(ValueError):

@@ -5,14 +5,14 @@ cheapest setting whose accuracy is at least 95% of the best single strategy's;
 ``--max-cost-per-query X`` picks the most accurate setting costing at most X USD per query.
 
 Probe outputs are cross-fitted: the policy's probe configuration (features, head, calibration, label
-rule from its card) is retrained k-fold on DATA by :func:`probes.training.train_probe`, and each query
+rule from its card) is retrained k-fold on DATA by :func:`triage.probes.training.train_probe`, and each query
 gets the output of the fold that did not see it -- what the deployed probe would say about a query it
 has not been trained on. Outputs computed elsewhere can be given instead (``--probe-outputs``).
 
 Rows: with train/test splits in DATA the setting is chosen on ``train`` and reported on ``test``;
 without, it is chosen and reported on the same rows (the figures say so).
 
-The search is vectorised; its semantics are those of :func:`policies.decide.decide`, and the chosen
+The search is vectorised; its semantics are those of :func:`triage.policies.decide.decide`, and the chosen
 setting is checked by running ``decide`` on every row (the figures written are from that run).
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from eval.replay.matrix import ReplayData
-from policies.decide import decide
-from policies.policy import ExpectedCost, ExpectedUtilityRule, Policy, ThresholdsRule, TierThresholds
-from policies.pricing import token_price
-from probes.types import TIERS, ProbeOutput
-from router.errors import ConfigError
+from triage.replay.matrix import ReplayData
+from triage.policies.decide import decide
+from triage.policies.policy import ExpectedCost, ExpectedUtilityRule, Policy, ThresholdsRule, TierThresholds
+from triage.policies.pricing import token_price
+from triage.probes.types import TIERS, ProbeOutput
+from triage.errors import ConfigError
 
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
 
@@ -90,11 +90,11 @@ def outputs_from_file(path: str | Path) -> dict[str, ProbeOutput]:
 
 
 def probe_card_path(policy: Policy, policy_path: str | Path | None) -> Path:
-    from policies.loader import resolve_probe_path
+    from triage.policies.loader import resolve_probe_path
 
     where = resolve_probe_path(policy, policy_path)
     if where == "default":
-        from probes.default import ensure_default_probe
+        from triage.eval.default_probe import ensure_default_probe
 
         return Path(ensure_default_probe())
     return Path(where)
@@ -103,10 +103,10 @@ def probe_card_path(policy: Policy, policy_path: str | Path | None) -> Path:
 def cross_fitted_outputs(policy: Policy, policy_path: str | Path | None, data: ReplayData, *,
                          folds: int = 5, seed: int = 0, progress: Any = None) -> tuple[dict[str, ProbeOutput], str]:
     """Out-of-fold outputs of the policy's probe configuration retrained on ``data``, by query id."""
-    from probes.card import read_card
-    from probes.features.base import make_feature
-    from probes.labels import LabelRule
-    from probes.training import TrainConfig, train_probe
+    from triage.probes.card import read_card
+    from triage.probes.features.base import make_feature
+    from triage.probes.labels import LabelRule
+    from triage.probes.training import TrainConfig, train_probe
 
     card, _ = read_card(probe_card_path(policy, policy_path))
     rule = card.label_rule
@@ -139,8 +139,8 @@ def cross_fitted_outputs(policy: Policy, policy_path: str | Path | None, data: R
 
 def policy_probe_outputs(policy: Policy, policy_path: str | Path | None, data: ReplayData) -> tuple[dict[str, ProbeOutput], str]:
     """The policy's own probe on every query, one at a time exactly as a live request runs it."""
-    from router.core.messages import probe_text
-    from router.core.probing import ProbeRunner
+    from triage.router.core.messages import probe_text
+    from triage.router.core.probing import ProbeRunner
 
     runner = ProbeRunner(policy, str(policy_path) if policy_path is not None else None)
     out = {}

@@ -16,7 +16,7 @@ _SECRET_KEYS = frozenset({"api_key", "authorization", "password", "secret", "tok
 
 def _redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     # Imported here: router.ledger imports this module (a module-level import would be circular).
-    from router.ledger.scrub import scrub_value
+    from triage.scrub import scrub_value
 
     for k in list(event_dict):
         if k.lower() in _SECRET_KEYS:

@@ -1,3 +1,0 @@
-from router.cli.main import app
-
-app()

@@ -1,0 +1,3 @@
+from triage.router.cli.main import app
+
+app()

@@ -26,7 +26,7 @@ from triage.probes.calibration import apply_all
 from triage.probes.card import ProbeArtifactError, ProbeCard, read_card
 from triage.probes.encoder.runtime import file_sha256, make_session
 from triage.probes.features.base import Feature, FeatureError, get_feature_class
-from triage.probes.text import valid_unicode
+from triage.text import valid_unicode
 from triage.probes.types import TIERS, ProbeOutput
 
 __all__ = [

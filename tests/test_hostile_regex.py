@@ -191,14 +191,14 @@ def test_cap_keeps_short_texts_and_bounds_long_ones():
 
 @pytest.fixture(scope="module")
 def smollm():
-    from triage.probes.lm.runtime import get_local_lm
+    from triage.lm.runtime import get_local_lm
 
     return get_local_lm("smollm2-135m")
 
 
 @pytest.mark.slow
 def test_local_model_token_floor_and_count_never_overshoot(smollm):
-    from triage.probes.lm.chat import count_tokens, token_floor
+    from triage.lm.chat import count_tokens, token_floor
 
     floor = token_floor(smollm.tokenizer)
     assert floor is not None and floor.max_bytes >= 16  # SmolLM2 is byte-level BPE
@@ -214,7 +214,7 @@ def test_local_model_token_floor_and_count_never_overshoot(smollm):
 @pytest.mark.slow
 @pytest.mark.parametrize("content", [run_of("a", BIG_CHARS), run_of("a b ", 300_000)], ids=["1mb-token", "300kb-words"])
 def test_local_model_refuses_a_prompt_that_cannot_fit_at_once(smollm, content):
-    from triage.probes.lm.specs import PromptTooLongError
+    from triage.lm.specs import PromptTooLongError
 
     t0 = time.perf_counter()
     with pytest.raises(PromptTooLongError, match="tokens; local model"):

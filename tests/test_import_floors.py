@@ -15,7 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"triage": "triage", "probes": "triage.probes", "policies": "triage.policies",
            "router": "triage.router", "eval": "triage.eval"}
-FLOORS = {"triage.probes": 1, "triage.policies": 2, "triage.router": 3, "triage.eval": 4}
+# The token router (token-level routing over a local pair) lives on the probes floor: it reads the
+# probes' ONNX helpers; the local LM runtime (triage.lm) is a shared piece below both.
+FLOORS = {"triage.probes": 1, "triage.token_router": 1, "triage.policies": 2, "triage.router": 3, "triage.eval": 4}
 
 
 

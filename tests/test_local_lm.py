@@ -22,7 +22,7 @@ from triage.probes.features.output_uncertainty import (
     tokens_from_logprobs,
     uncertainty_stats,
 )
-from triage.probes.lm import (
+from triage.lm import (
     DEFAULT_LOCAL_MODEL,
     LocalModelError,
     PromptTooLongError,
@@ -30,7 +30,7 @@ from triage.probes.lm import (
     model_shape,
     resolve_model,
 )
-from triage.probes.lm.decoding import TextEmitter
+from triage.lm.decoding import TextEmitter
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the capital of France?"
@@ -39,7 +39,7 @@ MESSAGES = query_messages(QUESTION)
 
 @pytest.fixture(scope="session")
 def lm():
-    from triage.probes.lm import get_local_lm
+    from triage.lm import get_local_lm
 
     return get_local_lm(DEFAULT_LOCAL_MODEL)
 
@@ -50,11 +50,11 @@ def lm():
 def test_importing_lm_packages_does_not_import_torch():
     code = (
         "import sys\n"
-        "import triage.probes.lm, probes.features.lm_internals, probes.features.output_uncertainty\n"
+        "import triage.lm, probes.features.lm_internals, probes.features.output_uncertainty\n"
         "import triage.router.providers\n"
         "from triage.router.providers import register_local_provider\n"
         "register_local_provider()\n"
-        "from triage.probes.lm import model_shape; model_shape()\n"
+        "from triage.lm import model_shape; model_shape()\n"
         "from triage.probes.features import make_feature; assert make_feature('lm').dim == 2 * 576 + 9\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
@@ -90,7 +90,7 @@ def test_non_gguf_file_is_refused(tmp_path):
 
 
 def test_split_gguf_packages_are_assembled_once(tmp_path):
-    from triage.probes.lm.specs import ModelSpec, _assemble_chunks
+    from triage.lm.specs import ModelSpec, _assemble_chunks
 
     pkgs = []
     for i, payload in enumerate([b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]):
@@ -165,7 +165,7 @@ def test_uncertainty_stats_from_openai_logprobs_payload():
 
 @pytest.mark.slow
 def test_one_instance_per_model(lm):
-    from triage.probes.lm import get_local_lm
+    from triage.lm import get_local_lm
 
     res = resolve_model(DEFAULT_LOCAL_MODEL)
     assert get_local_lm(DEFAULT_LOCAL_MODEL) is lm
@@ -176,7 +176,7 @@ def test_one_instance_per_model(lm):
 
 @pytest.mark.slow
 def test_safetensors_cache_is_written_and_loads(lm):
-    from triage.probes.lm.loading import cache_folder
+    from triage.lm.loading import cache_folder
 
     folder = cache_folder(lm.resolved, lm.sha256)
     assert (folder / "model.safetensors").is_file() and (folder / "triage-model.json").is_file()
@@ -186,8 +186,8 @@ def test_safetensors_cache_is_written_and_loads(lm):
 
 @pytest.mark.slow
 def test_transformers_folder_by_path_gives_the_same_model(lm):
-    from triage.probes.lm import get_local_lm, release_local_model
-    from triage.probes.lm.loading import cache_folder
+    from triage.lm import get_local_lm, release_local_model
+    from triage.lm.loading import cache_folder
 
     folder = str(cache_folder(lm.resolved, lm.sha256))
     other = get_local_lm(folder)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def lm():
-    from triage.probes.lm import get_local_lm
+    from triage.lm import get_local_lm
 
     return get_local_lm("smollm2-135m")
 

@@ -44,7 +44,7 @@ def lm_policy(tmp_path_factory):
 
 
 def test_lm_features_come_from_the_served_models_own_prefill(lm_policy):
-    from triage.probes.lm import loaded_local_models
+    from triage.lm import loaded_local_models
 
     path, _ = lm_policy
     router = Router.from_file(path)

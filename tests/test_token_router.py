@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from triage.probes.token_router.pair import (
+from triage.token_router.pair import (
     SMALL_MODEL,
     GGUFVerificationError,
     assemble,
@@ -41,7 +41,7 @@ def small_gguf() -> Path:
 
 @pytest.fixture(scope="module")
 def pair():
-    from triage.probes.token_router.pair import load_pair
+    from triage.token_router.pair import load_pair
 
     return load_pair(SMALL_MODEL, LARGE_MODEL, install=True)
 
@@ -105,8 +105,8 @@ def _full_forward_greedy(lm, ids: list[int]):
 def test_kv_catch_up_matches_a_fresh_full_forward(pair) -> None:
     """The large model catches up on accepted small-model tokens in ONE forward; its next token and
     logits must be those of a fresh forward over the whole sequence."""
-    from triage.probes.token_router.decode import ModelStream, prompt_ids
-    from triage.probes.token_router.gsm8k import messages_for
+    from triage.token_router.decode import ModelStream, prompt_ids
+    from triage.token_router.gsm8k import messages_for
 
     ids = prompt_ids(pair, messages_for("Tom has 3 apples and buys 4 more. How many apples does he have?"))
     small, large = ModelStream(pair.small), ModelStream(pair.large)
@@ -122,9 +122,9 @@ def test_kv_catch_up_matches_a_fresh_full_forward(pair) -> None:
 
 
 def test_handing_over_every_token_reproduces_large_only(pair) -> None:
-    from triage.probes.token_router.controllers import make_controller
-    from triage.probes.token_router.decode import decode
-    from triage.probes.token_router.gsm8k import messages_for
+    from triage.token_router.controllers import make_controller
+    from triage.token_router.decode import decode
+    from triage.token_router.gsm8k import messages_for
 
     msgs = messages_for("What is 12 times 7?")
     large_only = decode(pair, msgs, make_controller("large-only"), max_new_tokens=8)
@@ -140,12 +140,12 @@ def test_short_real_decode_through_the_token_router(pair, tmp_path: Path) -> Non
     check every token against the model that wrote it and every decision against the head."""
     import torch
 
-    from triage.probes.token_router.controllers import make_controller
-    from triage.probes.token_router.decode import decode, prompt_ids
-    from triage.probes.token_router.features import router_features
-    from triage.probes.token_router.gsm8k import load_problems, messages_for
-    from triage.probes.token_router.head import RouterHead, RouterHeadError, train_and_export
-    from triage.probes.token_router.labels import LabelSettings, load_labels, run_labels
+    from triage.token_router.controllers import make_controller
+    from triage.token_router.decode import decode, prompt_ids
+    from triage.token_router.features import router_features
+    from triage.token_router.gsm8k import load_problems, messages_for
+    from triage.token_router.head import RouterHead, RouterHeadError, train_and_export
+    from triage.token_router.labels import LabelSettings, load_labels, run_labels
     from triage.settings import get_settings
 
     problems = load_problems(Path(get_settings().data_dir) / "gsm8k" / "train.jsonl", 0, 1)

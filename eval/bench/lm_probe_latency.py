@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from triage.probes.features.lm_internals import lm_features_from_prefill, query_messages  # noqa: E402
-from triage.probes.lm import DEFAULT_LOCAL_MODEL, LocalModelError  # noqa: E402
+from triage.lm import DEFAULT_LOCAL_MODEL, LocalModelError  # noqa: E402
 from triage.settings import get_settings  # noqa: E402
 
 FALLBACK_QUERIES = [
@@ -61,7 +61,7 @@ def load_queries(n: int) -> list[str]:
 def run(model: str, n: int, gen_queries: int, gen_tokens: int) -> dict[str, Any]:
     import torch
 
-    from triage.probes.lm import get_local_lm
+    from triage.lm import get_local_lm
 
     t0 = time.perf_counter()
     lm = get_local_lm(model)

@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from triage.probes.token_router.decode import decode
-    from triage.probes.token_router.gsm8k import SYSTEM_PROMPT, extract_answer, load_problems, messages_for, same_answer
-    from triage.probes.token_router.pair import load_pair
-    from triage.probes.token_router.runner import controller_for
+    from triage.token_router.decode import decode
+    from triage.token_router.gsm8k import SYSTEM_PROMPT, extract_answer, load_problems, messages_for, same_answer
+    from triage.token_router.pair import load_pair
+    from triage.token_router.runner import controller_for
     from triage.settings import get_settings
 
     data = Path(get_settings().data_dir) / "gsm8k" / "test.jsonl"

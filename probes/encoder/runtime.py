@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from triage.probes.text import valid_unicode
+from triage.text import valid_unicode
 
 ENCODER_CARD = "encoder.json"
 DEFAULT_ENCODER_NAME = "minilm-l6-v2"

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from triage.probes.features.base import Feature, register_feature
-from triage.probes.lm.specs import DEFAULT_LOCAL_MODEL, model_shape, resolve_model
-from triage.probes.lm.types import PrefillResult
+from triage.lm.specs import DEFAULT_LOCAL_MODEL, model_shape, resolve_model
+from triage.lm.types import PrefillResult
 
 LM_SCALAR_NAMES: tuple[str, ...] = (
     "next_token_entropy",
@@ -81,7 +81,7 @@ def lm_features_from_prefill(prefill: PrefillResult) -> np.ndarray:
 class LMInternalsFeature(Feature):
     """Last-token hidden states + next-token entropy + prompt log-prob stats of a local LM.
 
-    ``model``: a registered local model name or a path (see :mod:`triage.probes.lm.specs`).
+    ``model``: a registered local model name or a path (see :mod:`triage.lm.specs`).
     """
 
     name = "lm"
@@ -107,7 +107,7 @@ class LMInternalsFeature(Feature):
         return out
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        from triage.probes.lm.runtime import get_local_lm
+        from triage.lm.runtime import get_local_lm
 
         lm = get_local_lm(self.model)
         out = np.empty((len(texts), self.dim), dtype=np.float32)

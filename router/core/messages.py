@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from triage.probes.text import valid_unicode
+from triage.text import valid_unicode
 from triage.errors import TriageError
 
 

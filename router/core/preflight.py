@@ -75,7 +75,7 @@ def _local_problem(name: str, installed: bool) -> str | None:
     import importlib.util
     from pathlib import Path
 
-    from triage.probes.lm.specs import MODEL_ALIASES, MODEL_SPECS, known_models
+    from triage.lm.specs import MODEL_ALIASES, MODEL_SPECS, known_models
 
     raw = name.strip()
     spec = MODEL_SPECS.get(MODEL_ALIASES.get(raw.lower(), raw.lower()))

@@ -2,7 +2,7 @@
 
 Self-probe (DiffAdapt): when the probe reads a local LM's internals (its ``lm`` feature) and the policy
 serves that same local model, the LM features come from the served model's own prefill (the process
-holds one instance per model, :func:`triage.probes.lm.get_local_lm`), not from a second model. The query is
+holds one instance per model, :func:`triage.lm.get_local_lm`), not from a second model. The query is
 prefilled exactly as the probe was trained (one user turn with the probe text), so the SDK, the
 sidecar and replay compute the same features. Text features run inside the probe (onnxruntime only).
 """
@@ -78,7 +78,7 @@ class ProbeRunner:
         """The local model whose prefill supplies the probe's LM features (None: text-only probe).
 
         It is the model the probe was trained on (its card says which); when the policy serves that
-        same model, :func:`triage.probes.lm.get_local_lm` hands back the very instance that will answer,
+        same model, :func:`triage.lm.get_local_lm` hands back the very instance that will answer,
         so the features come from the served model's own prefill (self-probe).
         """
         probe = self.probe
@@ -93,7 +93,7 @@ class ProbeRunner:
             if name is None:
                 self._self_probe = False
             else:
-                from triage.probes.lm import resolve_model
+                from triage.lm import resolve_model
 
                 key = resolve_model(name).key
                 self._self_probe = any(resolve_model(m).key == key for m in self.policy.local_models())
@@ -108,7 +108,7 @@ class ProbeRunner:
         import numpy as np
 
         from triage.probes.features.lm_internals import lm_features_from_prefill, query_messages
-        from triage.probes.lm import get_local_lm
+        from triage.lm import get_local_lm
 
         lm = get_local_lm(name)
         rows = np.stack([lm_features_from_prefill(lm.prefill(query_messages(t))) for t in texts])

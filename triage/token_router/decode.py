@@ -1,6 +1,6 @@
 """Token-routed greedy decoding with a small/large model pair sharing a tokenizer.
 
-Each step the small model proposes its greedy next token; a :class:`~triage.probes.token_router.controllers.Controller`
+Each step the small model proposes its greedy next token; a :class:`~triage.token_router.controllers.Controller`
 decides whether that token is critical, in which case the large model produces the token instead.
 Both models keep a KV cache and a count of the tokens it holds (:class:`ModelStream`). The small
 model sees every token (its own and the large model's). The large model is only run at a hand-off
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from triage.probes.token_router.controllers import Controller, Step
+from triage.token_router.controllers import Controller, Step
 
 SMALL, LARGE = "small", "large"
 
@@ -118,7 +118,7 @@ def decode(
     *,
     max_new_tokens: int = 256,
 ) -> DecodeResult:
-    """Greedy token-routed generation for one chat prompt. ``pair`` is a :class:`~triage.probes.token_router.pair.ModelPair`."""
+    """Greedy token-routed generation for one chat prompt. ``pair`` is a :class:`~triage.token_router.pair.ModelPair`."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
     tokenizer = pair.tokenizer

@@ -1,6 +1,6 @@
 """The router head: a small torch MLP over router features, exported to ONNX with a model card.
 
-Training (torch, offline) reads the label set of :mod:`triage.probes.token_router.labels`; the exported
+Training (torch, offline) reads the label set of :mod:`triage.token_router.labels`; the exported
 graph holds the feature standardisation and the sigmoid, so the runtime (:class:`RouterHead`,
 onnxruntime only, no pickle) feeds raw features and gets P(critical). ``card.json`` records the
 feature layout and version, the small/large model identities (sha256), the label set fingerprint and
@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from triage.probes.token_router.features import FEATURE_VERSION
+from triage.token_router.features import FEATURE_VERSION
 
 CARD_FILE = "card.json"
 HEAD_FILE = "router_head.onnx"
@@ -151,7 +151,7 @@ class RouterHead:
 
 def _targets(cats: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
     """(row mask, 0/1 labels). divergent: R2R labels, unresolved rows dropped; different: any disagreement."""
-    from triage.probes.token_router.labels import DIVERGENT, IDENTICAL, UNRESOLVED
+    from triage.token_router.labels import DIVERGENT, IDENTICAL, UNRESOLVED
 
     if target == "divergent":
         keep = cats != UNRESOLVED
@@ -225,7 +225,7 @@ def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None 
     """Cross-validate (leave one prompt out), fit on all rows, export ONNX + card. Returns the card dict."""
     import torch
 
-    from triage.probes.token_router.labels import load_labels
+    from triage.token_router.labels import load_labels
 
     X, cats, groups, manifest = load_labels(labels_folder)
     keep, y = _targets(cats, target)
@@ -304,7 +304,7 @@ def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None 
 
 
 def _labels_dir() -> Path:
-    from triage.probes.token_router.labels import labels_dir
+    from triage.token_router.labels import labels_dir
 
     return labels_dir()
 

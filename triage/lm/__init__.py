@@ -3,7 +3,7 @@
 Importing this package does not import torch; the runtime (and torch) load on first use of
 :func:`get_local_lm` / :class:`LocalLM`.
 
-    from triage.probes.lm import get_local_lm
+    from triage.lm import get_local_lm
     lm = get_local_lm("smollm2-135m")                 # or a path to a .gguf file / HF folder
     pre = lm.prefill([{"role": "user", "content": "What is 2+2?"}])   # features + KV cache
     out = lm.generate([{"role": "user", "content": "What is 2+2?"}], max_tokens=16, temperature=0)
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from triage.probes.lm.chat import normalise_messages
-from triage.probes.lm.specs import (
+from triage.lm.chat import normalise_messages
+from triage.lm.specs import (
     DEFAULT_LOCAL_MODEL,
     MODEL_SPECS,
     GenerationTimeoutError,
@@ -32,10 +32,10 @@ from triage.probes.lm.specs import (
     model_shape,
     resolve_model,
 )
-from triage.probes.lm.types import GenerationResult, PrefillResult, StreamEvent, TokenInfo, TopLogprob
+from triage.lm.types import GenerationResult, PrefillResult, StreamEvent, TokenInfo, TopLogprob
 
 if TYPE_CHECKING:
-    from triage.probes.lm.runtime import (
+    from triage.lm.runtime import (
         GenerationStream,
         LocalLM,
         get_local_lm,
@@ -54,10 +54,10 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from triage.probes.lm import runtime
+        from triage.lm import runtime
 
         return getattr(runtime, name)
-    raise AttributeError(f"module 'triage.probes.lm' has no attribute {name!r}")
+    raise AttributeError(f"module 'triage.lm' has no attribute {name!r}")
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from triage.probes.token_router.controllers import Controller, make_controller
+from triage.token_router.controllers import Controller, make_controller
 
 #: Entropy threshold (nats) used when no router head card supplies one.
 DEFAULT_TAU = 1.5
@@ -26,7 +26,7 @@ def controller_for(method: str, *, head_dir: Path | None = None, threshold: floa
                    tau: float | None = None) -> Controller:
     """A controller by method name; ``token-router`` loads the ONNX head (its card gives the threshold),
     ``entropy-threshold`` takes ``tau`` or the card's ``entropy_tau`` (same token share as the router)."""
-    from triage.probes.token_router.head import RouterHead, head_dir as default_head_dir, read_card
+    from triage.token_router.head import RouterHead, head_dir as default_head_dir, read_card
 
     if method == "token-router":
         return make_controller(method, head=RouterHead.load(head_dir), threshold=threshold)
@@ -91,13 +91,13 @@ class TokenRoutedExecutor:
 
     def _ready(self) -> Any:
         if self._pair is None:
-            from triage.probes.token_router.pair import load_pair
+            from triage.token_router.pair import load_pair
 
             self._pair = load_pair(self.small, self.large)
         return self._pair
 
     def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256) -> TokenRoutedResponse:
-        from triage.probes.token_router.decode import decode
+        from triage.token_router.decode import decode
 
         pair = self._ready()
         controller = controller_for(self.method, head_dir=self.head_dir, threshold=self.threshold, tau=self.tau)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triage.probes.lm.specs import ModelLoadError, ResolvedModel, models_cache_dir
+from triage.lm.specs import ModelLoadError, ResolvedModel, models_cache_dir
 
 # No model hub here: anything that tries to download must fail fast, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

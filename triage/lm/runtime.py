@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from triage.probes.lm.chat import TokenFloor, content_offset, count_tokens, normalise_messages, token_floor
-from triage.probes.lm.decoding import TextEmitter, choose_token, distribution_stats, normalise_stop
-from triage.probes.lm.loading import LoadedModel, load_model
-from triage.probes.lm.specs import (
+from triage.lm.chat import TokenFloor, content_offset, count_tokens, normalise_messages, token_floor
+from triage.lm.decoding import TextEmitter, choose_token, distribution_stats, normalise_stop
+from triage.lm.loading import LoadedModel, load_model
+from triage.lm.specs import (
     DEFAULT_LOCAL_MODEL,
     GenerationTimeoutError,
     LocalModelError,
@@ -32,7 +32,7 @@ from triage.probes.lm.specs import (
     ResolvedModel,
     resolve_model,
 )
-from triage.probes.lm.types import GenerationResult, PrefillResult, StreamEvent, TokenInfo, TopLogprob
+from triage.lm.types import GenerationResult, PrefillResult, StreamEvent, TokenInfo, TopLogprob
 
 #: Prompt-token log-prob statistics use at most this many (last) content tokens.
 MAX_STAT_TOKENS = 1024
@@ -188,7 +188,7 @@ class LocalLM:
 
     def _refuse_sooner(self, text: str) -> None:
         """:class:`PromptTooLongError` for a rendered prompt that cannot fit, before the slow full
-        tokenization (see :func:`triage.probes.lm.chat.count_tokens`); prompts that fit pass untouched."""
+        tokenization (see :func:`triage.lm.chat.count_tokens`); prompts that fit pass untouched."""
         if len(text) < self.context_length:  # short prompts: the exact count alone, no second pass
             return
         floor = self._token_floor
@@ -387,7 +387,7 @@ _models_lock = threading.Lock()
 def get_local_lm(name: str = DEFAULT_LOCAL_MODEL) -> LocalLM:
     """The one loaded instance of a local model in this process (loaded on first call).
 
-    Raises :class:`~triage.probes.lm.specs.UnknownLocalModelError` for a name that is neither
+    Raises :class:`~triage.lm.specs.UnknownLocalModelError` for a name that is neither
     registered nor a path, before anything is loaded.
     """
     resolved = resolve_model(name)

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from triage.probes.lm.specs import LocalModelError
-from triage.probes.text import valid_unicode
+from triage.lm.specs import LocalModelError
+from triage.text import valid_unicode
 
 
 def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ For each prompt (Fu et al., "R2R", section 3, simplified):
 
 1. the large model answers greedily (the reference path, ``max_new_tokens`` at most);
 2. the small model reads the reference path in one teacher-forced forward: at every position we
-   keep its router features (:mod:`triage.probes.token_router.features`) and its greedy next token;
+   keep its router features (:mod:`triage.token_router.features`) and its greedy next token;
 3. where the small model's token differs from the large model's, we continue from it: reference
    prefix + the small model's token, then the large model greedily (``cont_tokens`` at most).
    * the continuation re-joins the reference path (its last ``merge_window`` tokens occur in the
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from triage.probes.token_router.decode import ModelStream, prompt_ids
-from triage.probes.token_router.features import DEFAULT_TOP_K, FEATURE_VERSION, router_features
-from triage.probes.token_router.gsm8k import Problem, extract_answer, messages_for, same_answer
+from triage.token_router.decode import ModelStream, prompt_ids
+from triage.token_router.features import DEFAULT_TOP_K, FEATURE_VERSION, router_features
+from triage.token_router.gsm8k import Problem, extract_answer, messages_for, same_answer
 
 IDENTICAL, NEUTRAL, DIVERGENT, UNRESOLVED = 0, 1, 2, -1
 CATEGORY_NAMES = {IDENTICAL: "identical", NEUTRAL: "neutral", DIVERGENT: "divergent", UNRESOLVED: "unresolved"}

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from triage.probes.token_router.features import DEFAULT_TOP_K, entropy_from_logits, router_features
+from triage.token_router.features import DEFAULT_TOP_K, entropy_from_logits, router_features
 
 #: Reflection cues of Speculative Thinking (Yang et al., 2025) that open a new reasoning step.
 DEFAULT_CUES = ("Wait", "Hmm", "Alternatively", "Actually", "However", "But")
@@ -134,7 +134,7 @@ class TokenRouter(Controller):
     name = "token-router"
 
     def __init__(self, head: Any, threshold: float | None = None) -> None:
-        self.head = head  # probes.token_router.head.RouterHead
+        self.head = head  # triage.token_router.head.RouterHead
         self.threshold = head.threshold if threshold is None else threshold
 
     def hand_over(self, step: Step) -> bool:

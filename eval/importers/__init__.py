@@ -1,18 +1,19 @@
 """Importers: public logged-outcome datasets -> replay records (``triage replay import``).
 
-One module per source, each registering an :class:`Importer` subclass under its source name.
+One module per source, each registering an :class:`Importer` subclass under its source name;
+a new module in this package is found by the plug-in discovery rule of :mod:`triage.registry`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from triage.eval.importers import gsm8k_solutions, pricing_reversal, routellm, routerbench  # noqa: F401  (register)
-from triage.eval.importers.base import Importer, available_importers, make_importer, register_importer
+from triage.eval.importers.base import IMPORTERS, Importer, available_importers, make_importer, register_importer
 from triage.eval.prices import PriceTable, load_prices
 from triage.replay.schema import ReplayRecord
 
 __all__ = [
+    "IMPORTERS",
     "Importer",
     "available_importers",
     "import_source",

@@ -1,8 +1,8 @@
 """The importer contract: one abstract method and a registry (as in RouteLLM).
 
 An importer turns one public dataset of logged model outcomes into :class:`ReplayRecord` objects.
-Adding a source is one module with a class decorated by :func:`register_importer` (and a line in
-``eval/importers/__init__.py`` so it is imported).
+Adding a source is one module in this package with a class decorated by :func:`register_importer`;
+the plug-in discovery rule of :mod:`triage.registry` finds it (no list to edit).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from triage.eval.prices import PriceTable
+from triage.registry import Registry
 from triage.replay.schema import ReplayRecord
 
 
@@ -48,28 +49,23 @@ class Importer(ABC):
         return (self.dataset,)
 
 
-_REGISTRY: dict[str, type[Importer]] = {}
+#: Every importer of this package, by ``source`` name (the discovery rule of :mod:`triage.registry`).
+IMPORTERS: Registry[type[Importer]] = Registry(
+    "source", package="triage.eval.importers", key="source", error=KeyError
+)
 
 
 def register_importer(cls: type[Importer]) -> type[Importer]:
     """Class decorator: make an importer available by its ``source`` name."""
-    if not getattr(cls, "source", None):
-        raise TypeError(f"{cls.__name__} has no source name")
-    _REGISTRY[cls.source] = cls
-    return cls
+    return IMPORTERS.register(cls)
 
 
 def available_importers() -> dict[str, type[Importer]]:
-    from triage.eval import importers as _pkg  # noqa: F401  (importing the package registers built-ins)
-
-    return dict(_REGISTRY)
+    return dict(IMPORTERS.items())
 
 
 def make_importer(source: str, *, dataset: str | None = None) -> Importer:
-    importers = available_importers()
-    if source not in importers:
-        raise KeyError(f"unknown source {source!r}; available: {', '.join(sorted(importers))}")
-    return importers[source](dataset=dataset)
+    return IMPORTERS.get(source)(dataset=dataset)
 
 
 def require_path(path: str | Path) -> Path:

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from triage.registry import Registry
 from triage.replay.matrix import ReplayData
 from triage.specs import parse_spec
 
@@ -100,28 +101,22 @@ def rows_of(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return array[rows]
 
 
-_REGISTRY: dict[str, type[ReplayRouter]] = {}
+#: Every replay router of this package, by ``name`` (the discovery rule of :mod:`triage.registry`:
+#: adding a router is one module here).
+ROUTERS: Registry[type[ReplayRouter]] = Registry("router", package="triage.eval.routers", error=KeyError)
 
 
 def register(cls: type[ReplayRouter]) -> type[ReplayRouter]:
     """Class decorator: make a router available by its ``name``."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return ROUTERS.register(cls)
 
 
 def available_routers() -> dict[str, type[ReplayRouter]]:
-    from triage.eval import routers as _pkg  # noqa: F401  (importing the package registers built-ins)
-
-    return dict(_REGISTRY)
+    return dict(ROUTERS.items())
 
 
 def make_router(spec: str) -> ReplayRouter:
     """Build a router from ``name`` or ``name:key=value,key=value``."""
-    name = spec.partition(":")[0]
-    routers = available_routers()
-    if name not in routers:
-        raise KeyError(f"unknown router {name!r}; available: {', '.join(sorted(routers))}")
+    cls = ROUTERS.get(spec.partition(":")[0])
     _, kwargs = parse_spec(spec, separator=",", what="router option")
-    return routers[name](**kwargs)
+    return cls(**kwargs)

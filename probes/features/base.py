@@ -11,7 +11,7 @@ A feature turns query texts into a fixed-width float32 matrix. It declares
 Parameters go in ``__init__`` and are only stored there (scikit-learn style); loading a model
 happens lazily on the first :meth:`Feature.transform`.
 
-Adding a feature is one file::
+Adding a feature is one file in this package (found by :mod:`triage.registry`'s discovery rule)::
 
     @register_feature
     class MyFeature(Feature):
@@ -34,13 +34,14 @@ This module imports numpy only; a feature that needs torch says so with ``requir
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from triage.registry import Registry
 
 
 class FeatureError(ValueError):
@@ -132,52 +133,28 @@ class Feature(ABC):
         return f"{type(self).__name__}({args})"
 
 
-_REGISTRY: dict[str, type[Feature]] = {}
-
-#: Built-in features by name -> module that registers them (imported lazily so that asking for
-#: "lexical" never imports the module of a torch-based feature).
-_BUILTIN_MODULES: dict[str, str] = {
-    "lexical": "triage.probes.features.lexical",
-    "text": "triage.probes.features.text_encoder",
-    "minilm": "triage.probes.features.text_encoder",
-    "lm": "triage.probes.features.lm_internals",
-    "output_uncertainty": "triage.probes.features.output_uncertainty",
-}
+#: Every feature of this package, found by the one plug-in discovery rule of
+#: :mod:`triage.registry` (each module of the package is imported on first lookup; feature
+#: modules keep torch/transformers imports inside functions, so that stays cheap).
+FEATURES: Registry[type[Feature]] = Registry(
+    "feature", package="triage.probes.features", error=FeatureError
+)
 
 
 def register_feature(cls: type[Feature]) -> type[Feature]:
     """Class decorator: make a feature available by its ``name``."""
     if not getattr(cls, "name", None) or not getattr(cls, "version", None):
         raise TypeError(f"{cls.__name__} must set class attributes 'name' and 'version'")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_builtin(name: str) -> None:
-    module = _BUILTIN_MODULES.get(name)
-    if module is not None and name not in _REGISTRY:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # Only "the plug-in file does not exist (yet)" is tolerated; a missing dependency
-            # inside an existing plug-in is a real error the caller must see.
-            if exc.name != module:
-                raise
+    return FEATURES.register(cls)
 
 
 def available_features() -> dict[str, type[Feature]]:
-    """All registered features (imports the built-in plug-ins that exist)."""
-    for name in list(_BUILTIN_MODULES):
-        _load_builtin(name)
-    return dict(_REGISTRY)
+    """All registered features (imports every feature module of the package)."""
+    return dict(FEATURES.items())
 
 
 def get_feature_class(name: str) -> type[Feature]:
-    _load_builtin(name)
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(available_features()))
-        raise FeatureError(f"unknown feature {name!r}; available: {known}")
-    return _REGISTRY[name]
+    return FEATURES.get(name)
 
 
 def make_feature(name: str, **params: Any) -> Feature:

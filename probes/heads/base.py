@@ -7,11 +7,12 @@ A head is fitted at train time (scikit-learn or torch) and exported to ONNX with
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+
+from triage.registry import Registry
 
 ONNX_OPSET = 17
 INPUT_NAME = "features"
@@ -19,9 +20,10 @@ OUTPUTS = ("success", "tier")
 
 
 class Head(ABC):
-    """Base class. Parameters in ``__init__`` only; ``fit`` does the work."""
+    """Base class. Subclasses set ``name`` (the registry key, e.g. ``"logreg"``) and are decorated
+    with :func:`register_head`. Parameters in ``__init__`` only; ``fit`` does the work."""
 
-    kind: ClassVar[str]
+    name: ClassVar[str]
 
     @abstractmethod
     def fit(self, X: np.ndarray, success: np.ndarray, tier: np.ndarray) -> "Head":
@@ -42,15 +44,19 @@ class Head(ABC):
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
 
-_HEADS = {"logreg": "triage.probes.heads.logreg:LogRegHead", "mlp": "triage.probes.heads.mlp:MLPHead"}
+#: Every head of this package, found by the plug-in discovery rule of :mod:`triage.registry`
+#: (adding a head is one module here; heads import scikit-learn/torch inside their methods).
+HEADS: Registry[type[Head]] = Registry("head", package="triage.probes.heads", error=ValueError)
+
+
+def register_head(cls: type[Head]) -> type[Head]:
+    """Class decorator: make a head available by its ``name``."""
+    return HEADS.register(cls)
 
 
 def available_heads() -> list[str]:
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
-def make_head(kind: str, **params: Any) -> Head:
-    if kind not in _HEADS:
-        raise ValueError(f"unknown head {kind!r}; choose from: {', '.join(available_heads())}")
-    module, _, cls = _HEADS[kind].partition(":")
-    return getattr(importlib.import_module(module), cls)(**params)
+def make_head(name: str, **params: Any) -> Head:
+    return HEADS.get(name)(**params)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from triage.probes.heads.base import INPUT_NAME, ONNX_OPSET, Head
+from triage.probes.heads.base import INPUT_NAME, ONNX_OPSET, Head, register_head
 from triage.probes.types import TIERS
 
 
@@ -25,8 +25,9 @@ class _Constant:
         return np.tile(self.probs, (X.shape[0], 1))
 
 
+@register_head
 class LogRegHead(Head):
-    kind = "logreg"
+    name = "logreg"
 
     def __init__(self, C: float = 0.05, max_iter: int = 2000, class_weight: str | None = None) -> None:
         self.C = C

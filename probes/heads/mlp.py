@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from triage.probes.heads.base import INPUT_NAME, ONNX_OPSET, Head
+from triage.probes.heads.base import INPUT_NAME, ONNX_OPSET, Head, register_head
 from triage.probes.types import TIERS
 
 
+@register_head
 class MLPHead(Head):
-    kind = "mlp"
+    name = "mlp"
 
     def __init__(
         self,

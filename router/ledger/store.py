@@ -1,8 +1,9 @@
 """The ledger store contract, its registry and :func:`open_ledger`.
 
 A store keeps :class:`LedgerRecord` rows and the :class:`OutcomeRecord` rows attached to them.
-Backends register the URL schemes they serve; adding one is one module with a subclass of
-:class:`LedgerStore` decorated with :func:`register_store`.
+Backends register the URL schemes they serve; adding one is one module of this package with a
+subclass of :class:`LedgerStore` decorated with :func:`register_store` (found by the plug-in
+discovery rule of :mod:`triage.registry` on the first :func:`open_ledger`; no list to edit).
 
 ``write_records`` is the durability point: when it returns, the batch is committed. The batching
 :class:`~triage.router.ledger.writer.LedgerWriter` acknowledges a record only after that.
@@ -10,7 +11,6 @@ Backends register the URL schemes they serve; adding one is one module with a su
 
 from __future__ import annotations
 
-import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -21,13 +21,11 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from triage.errors import TriageError
+from triage.registry import Registry
 from triage.router.ledger.migrations import MIGRATIONS, Migration
 from triage.router.ledger.records import LedgerRecord, OutcomeRecord
 
 DEFAULT_LEDGER_URL = "triage-ledger.sqlite"
-
-# Backends are imported on first use so that `import triage.router.ledger` stays cheap.
-_BUILTIN_BACKENDS = ("triage.router.ledger.sqlite_store", "triage.router.ledger.postgres_store")
 
 
 class LedgerError(TriageError):
@@ -209,25 +207,24 @@ class LedgerStore(ABC):
 
 
 S = TypeVar("S", bound=type[LedgerStore])
-_REGISTRY: dict[str, type[LedgerStore]] = {}
+#: Store classes by URL scheme. Backends are imported on first lookup (not by
+#: ``import triage.router.ledger``), so that import stays cheap.
+STORES: Registry[type[LedgerStore]] = Registry("ledger URL scheme", package="triage.router.ledger")
 
 
 def register_store(*schemes: str) -> Callable[[S], S]:
     """Class decorator: serve URLs whose scheme is one of ``schemes``."""
+    add = STORES.register(*schemes)
 
     def deco(cls: S) -> S:
-        for s in schemes:
-            _REGISTRY[s] = cls
         cls.schemes = tuple(schemes)
-        return cls
+        return add(cls)
 
     return deco
 
 
 def available_stores() -> dict[str, type[LedgerStore]]:
-    for mod in _BUILTIN_BACKENDS:
-        importlib.import_module(mod)
-    return dict(_REGISTRY)
+    return dict(STORES.items())
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -257,10 +254,8 @@ def open_ledger(url: str | None = None, *, migrate: bool = True,
         from triage.settings import get_settings
 
         url = get_settings().ledger_url or DEFAULT_LEDGER_URL
-    stores = available_stores()
     scheme = url_scheme(url)
-    cls = stores.get(scheme)
-    if cls is None:
-        known = ", ".join(sorted(stores))
+    if scheme not in STORES:
+        known = ", ".join(STORES.names())
         raise LedgerError(f"unknown ledger URL scheme {scheme!r} in {redact_url(url)!r}; known: {known}, or a file path")
-    return cls.open(url, migrate=migrate, migrations=migrations)
+    return STORES.get(scheme).open(url, migrate=migrate, migrations=migrations)

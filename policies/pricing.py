@@ -1,4 +1,5 @@
-"""Per-token prices of a strategy: its price override, zero for local models, else litellm's cost map.
+"""Per-token prices of a strategy: its price override, its kind's price rule (zero for local models),
+else litellm's cost map.
 
 litellm is imported lazily (it takes seconds) and always with its bundled cost map: by default it
 fetches a fresh map from GitHub at import time, which on an offline machine means retries and a delay
@@ -43,8 +44,9 @@ class TokenPrice:
 def token_price(strategy: Strategy) -> TokenPrice:
     if strategy.price is not None:
         return TokenPrice(strategy.price.input_per_mtok / 1e6, strategy.price.output_per_mtok / 1e6, "override")
-    if strategy.is_local:
-        return TokenPrice(0.0, 0.0, "local")
+    rule = strategy.kind.price(strategy.model)  # local kinds: 0 ("local")
+    if rule is not None:
+        return TokenPrice(*rule)
     return _litellm_price(strategy.model)
 
 

@@ -3,28 +3,32 @@
 Strategies are the unit a policy chooses between. They are pydantic models because they come from
 policy files; every field is validated with a readable message and unknown keys are refused (a typo
 in a policy file must not silently change behaviour).
+
+What the model string means (``local/...``, ``token-routed/...``, a litellm model) is its *kind*
+(:mod:`triage.policies.kinds`): the kind validates the model and its own options key (e.g.
+``token_routing:``), which is why those keys are not fields here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from triage.policies.kinds.base import StrategyKind, kind_of, option_fields
 
 OnTruncation = Literal["accept", "escalate", "retry"]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 
-LOCAL_PREFIX = "local/"
-# R2R-style token-level routing over a local pair: `token-routed/<small>+<large>` (router/providers/token_routed.py).
-TOKEN_ROUTED_PREFIX = "token-routed/"
 QUERY_PLACEHOLDER = "{query}"
 
 # Keys that would put a secret into a policy file. Credentials come from the environment
 # (``api_key_env``) so a policy file can be committed and logged.
 _SECRET_KWARGS = frozenset({"api_key", "aws_secret_access_key", "vertex_credentials", "azure_ad_token"})
-# Keys the strategy sets itself; passing them through ``extra`` would make two sources of truth.
+# Keys the strategy sets itself (and every kind's options key); passing them through ``extra`` would
+# make two sources of truth.
 _OWNED_KWARGS = frozenset({"model", "messages", "temperature", "max_tokens", "reasoning_effort", "stream",
-                           "api_base", "timeout", "stop", "token_routing"})
+                           "api_base", "timeout", "stop"})
 
 
 class Price(BaseModel):
@@ -39,26 +43,23 @@ class Price(BaseModel):
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
-class TokenRouting(BaseModel):
-    """How a ``token-routed/<small>+<large>`` strategy hands tokens to the large model (issue R2R)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["token-router", "entropy-threshold", "speculative-thinking", "small-only", "large-only"] = Field(
-        default="token-router", description="token-router: the ONNX router head (`triage token-router train`); "
-        "entropy-threshold: hand over when the small model's entropy exceeds tau; the rest are baselines.")
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="Router head threshold override.")
-    tau: float | None = Field(default=None, gt=0.0, description="Entropy threshold in nats (entropy-threshold).")
-    head: str | None = Field(default=None, description="Router head folder (default: the cache's).")
+def _kind_option_schemas(schema: dict[str, Any]) -> None:
+    """The policy-file schema lists each kind's options key as if it were a field."""
+    props = schema.setdefault("properties", {})
+    for key, kind in option_fields().items():
+        assert kind.options_model is not None
+        props[key] = {"anyOf": [kind.options_model.model_json_schema(), {"type": "null"}], "default": None,
+                      "description": f"Options of a `{kind.syntax}` model."}
 
 
 class Strategy(BaseModel):
     """One way of answering: a model plus the settings it is called with."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_kind_option_schemas)
 
     name: str = Field(default="", description="Filled from the key under `strategies:` in a policy file.")
-    model: str = Field(min_length=1, description="A litellm model string (`openai/gpt-4o`) or `local/<name>`.")
+    model: str = Field(min_length=1, description="A litellm model string (`openai/gpt-4o`), `local/<name>`, or "
+                       "another strategy kind's (`token-routed/<small>+<large>`).")
     system_prompt: str | None = Field(default=None, description="Prepended as a system message.")
     template: str | None = Field(
         default=None,
@@ -92,8 +93,8 @@ class Strategy(BaseModel):
     )
     timeout_s: float = Field(default=120.0, gt=0.0, description="Per-call timeout; no call waits longer.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Further litellm keyword arguments (top_p, seed...).")
-    token_routing: TokenRouting | None = Field(
-        default=None, description="Options of a `token-routed/<small>+<large>` model (local pairs only).")
+    # The kind's validated options (its own key in the policy file, e.g. `token_routing:`).
+    _options: BaseModel | None = PrivateAttr(default=None)
 
     @field_validator("template")
     @classmethod
@@ -108,7 +109,7 @@ class Strategy(BaseModel):
         for key in value:
             if key in _SECRET_KWARGS:
                 raise ValueError(f"'{key}' must not be written in a policy file; use api_key_env: NAME_OF_ENV_VAR")
-            if key in _OWNED_KWARGS:
+            if key in _OWNED_KWARGS or key in option_fields():
                 raise ValueError(f"'{key}' is a strategy field; set it directly, not under extra")
         return value
 
@@ -123,28 +124,57 @@ class Strategy(BaseModel):
                 )
         return self
 
-    @model_validator(mode="after")
-    def _token_routing_needs_a_pair(self) -> "Strategy":
-        if self.is_token_routed:
-            small, sep, large = self.model[len(TOKEN_ROUTED_PREFIX):].partition("+")
-            if not (sep and small and large):
-                raise ValueError(f"a token-routed model is 'token-routed/<small>+<large>', got {self.model!r}")
-        elif self.token_routing is not None:
-            raise ValueError("token_routing applies only to a 'token-routed/<small>+<large>' model")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _kind_and_options(cls, data: Any, handler: Any) -> "Strategy":
+        """The kind validates the model string and its options key; another kind's key is refused."""
+        if not isinstance(data, dict):
+            return handler(data)  # type: ignore[no-any-return]  # a Strategy already checked
+        data = dict(data)
+        raw = {key: data.pop(key) for key in option_fields() if key in data}
+        strategy: Strategy = handler(data)
+        kind = kind_of(strategy.model)
+        for key, value in raw.items():
+            if key != kind.options_field and value is not None:
+                owner = option_fields()[key]
+                raise ValueError(f"{key} applies only to a '{owner.syntax}' model")
+        try:
+            strategy._options = kind.parse_options(raw.get(kind.options_field)) if kind.options_field else None
+        except ValidationError as exc:  # keep the place of each error (`strategies.x.token_routing.tau`)
+            errors: list[Any] = []
+            for e in exc.errors():
+                line = {"type": e["type"], "loc": (kind.options_field, *e["loc"]), "input": e["input"]}
+                if "ctx" in e:
+                    line["ctx"] = e["ctx"]
+                errors.append(line)
+            raise ValidationError.from_exception_data(cls.__name__, errors) from None
+        kind.validate(strategy.model, strategy._options)
+        return strategy
+
+    @property
+    def kind(self) -> StrategyKind:
+        """What the model string means (:mod:`triage.policies.kinds`)."""
+        return kind_of(self.model)
+
+    @property
+    def options(self) -> BaseModel | None:
+        """The kind's validated options (e.g. a token-routed strategy's ``token_routing``), or None."""
+        return self._options
 
     @property
     def is_token_routed(self) -> bool:
-        return self.model.startswith(TOKEN_ROUTED_PREFIX)
+        return self.kind.name == "token-routed"
 
     @property
     def is_local(self) -> bool:
         """Runs on this machine (``local/`` or a ``token-routed/`` pair): no key, no per-token price."""
-        return self.model.startswith(LOCAL_PREFIX) or self.is_token_routed
+        return self.kind.is_local
 
     @property
     def local_name(self) -> str | None:
-        return self.model[len(LOCAL_PREFIX):] if self.model.startswith(LOCAL_PREFIX) else None
+        """The local model a ``local/<name>`` strategy runs (what the probe may share)."""
+        names = self.kind.local_models(self.model)
+        return names[0] if names else None
 
     @property
     def candidate(self) -> str:

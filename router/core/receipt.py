@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from triage.policies.kinds.base import StrategyKind, kind_of
 from triage.router.core.calls import Attempt
 from triage.router.core.routed import Routed
 
@@ -58,6 +59,18 @@ def triage_info(routed: Routed, attempts: list[Attempt], request_id: str, latenc
     }
 
 
+def _kind_metadata(attempts: list[Attempt]) -> dict[str, Any]:
+    """What each strategy kind folds from the extras of its attempts into the record's metadata."""
+    by_kind: dict[str, tuple[StrategyKind, list[dict[str, Any]]]] = {}
+    for a in attempts:
+        kind = kind_of(a.model)
+        by_kind.setdefault(kind.name, (kind, []))[1].append(a.extra)
+    out: dict[str, Any] = {}
+    for kind, extras in by_kind.values():
+        out.update(kind.ledger_metadata(extras))
+    return out
+
+
 def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, latency_s: float,
                   ledger_fields: dict[str, Any] | None = None, store_prompts: bool = False,
                   error: BaseException | None = None) -> Any:
@@ -75,13 +88,8 @@ def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, l
     metadata.setdefault("self_probe", routed.self_probe)
     if d.expected_cost_usd is not None:
         metadata.setdefault("expected_cost_usd", d.expected_cost_usd)
-    routed_pairs = [a.extra["token_routing"] for a in attempts if "token_routing" in a.extra]
-    if routed_pairs:  # completion tokens written by each model of a token-routed pair
-        metadata.setdefault("token_routing", {
-            **{k: routed_pairs[-1][k] for k in ("small_model", "large_model")},
-            "small_tokens": sum(int(t["small_tokens"]) for t in routed_pairs),
-            "large_tokens": sum(int(t["large_tokens"]) for t in routed_pairs),
-        })
+    for key, value in _kind_metadata(attempts).items():  # e.g. a token-routed pair's token split
+        metadata.setdefault(key, value)
     return LedgerRecord(
         request_id=request_id,
         policy_name=d.policy,

@@ -103,14 +103,10 @@ class Router:
         if self._providers_ready:
             return
         import_litellm()
-        if self.policy.local_models():
-            from triage.router.providers.local import register_local_provider
-
-            register_local_provider()
-        if any(s.is_token_routed for s in self.policy.strategies.values()):
-            from triage.router.providers.token_routed import register_token_routed_provider
-
-            register_token_routed_provider()
+        # Each strategy kind the policy uses registers its litellm provider (local, token-routed, ...).
+        kinds = {s.kind.name: s.kind for s in self.policy.strategies.values()}
+        for kind in kinds.values():
+            kind.register()
         self._providers_ready = True
 
     def execution(self, routed: Routed, *, request_id: str | None = None,

@@ -1,6 +1,6 @@
 """The ``local`` litellm provider: local causal LMs (transformers, CPU) behind ``litellm.completion``.
 
-    from triage.router.providers import register_local_provider
+    from triage.policies.kinds.providers.local import register_local_provider
     register_local_provider()
     litellm.completion(model="local/smollm2-135m", messages=[...], max_tokens=16, temperature=0)
 
@@ -20,18 +20,15 @@ network); torch is not imported until a request arrives.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
-from litellm import CustomLLM  # noqa: E402
 from litellm.types.llms.openai import ChatCompletionUsageBlock  # noqa: E402
 from litellm.types.utils import (  # noqa: E402
     ChatCompletionTokenLogprob,
@@ -54,6 +51,7 @@ from triage.lm.specs import (  # noqa: E402
     UnknownLocalModelError,
 )
 from triage.lm.types import GenerationResult, TokenInfo  # noqa: E402
+from triage.policies.kinds.providers.base import ThreadedProvider, register_provider  # noqa: E402
 
 PROVIDER = "local"
 
@@ -146,9 +144,9 @@ def _hidden(lm: Any, result: GenerationResult) -> dict[str, Any]:
     }
 
 
-class LocalProvider(CustomLLM):
-    """litellm ``CustomLLM`` serving :mod:`triage.lm` models. Register with
-    :func:`register_local_provider`."""
+class LocalProvider(ThreadedProvider):
+    """litellm ``CustomLLM`` serving :mod:`triage.lm` models (async: in a worker thread, see
+    :class:`ThreadedProvider`). Register with :func:`register_local_provider`."""
 
     # -- shared -------------------------------------------------------------------------------
 
@@ -257,37 +255,6 @@ class LocalProvider(CustomLLM):
             provider_specific_fields={"local": _hidden(lm, result)},
         )
 
-    # -- async --------------------------------------------------------------------------------
-
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]
-        # The model runs in a worker thread so the event loop stays free.
-        return await asyncio.to_thread(self.completion, model, messages, *args, **kwargs)
-
-    def astreaming(self, model: str, messages: list, *args: Any, **kwargs: Any) -> AsyncIterator[ModelResponseStream]:  # type: ignore[override]
-        # Validation (and the model load) happen here, synchronously: litellm calls this from a
-        # worker thread, so bad input raises before the stream is handed out.
-        chunks = self.streaming(model, messages, *args, **kwargs)
-        return _iterate_in_thread(chunks)
-
-
-async def _iterate_in_thread(chunks: Iterator[Any]) -> AsyncIterator[Any]:
-    """Drive a blocking iterator from a worker thread, one item per await."""
-    done = object()
-    try:
-        while True:
-            item = await asyncio.to_thread(next, chunks, done)
-            if item is done:
-                return
-            yield item
-    finally:
-        try:
-            chunks.close()  # type: ignore[attr-defined]
-        except (ValueError, AttributeError):  # still running in its thread: it ends on its own
-            pass
-
-
-_register_lock = threading.Lock()
-
 
 def register_local_provider() -> LocalProvider:
     """Make ``local/<model>`` work in litellm (idempotent); returns the handler.
@@ -295,25 +262,18 @@ def register_local_provider() -> LocalProvider:
     Also registers the built-in local models in litellm's cost map at zero cost, so cost
     tracking knows them (a policy's price override applies on top).
     """
-    with _register_lock:
-        for item in litellm.custom_provider_map:
-            if item.get("provider") == PROVIDER:
-                return item["custom_handler"]  # type: ignore[return-value]
-        handler = LocalProvider()
-        litellm.custom_provider_map = [
-            *litellm.custom_provider_map,
-            {"provider": PROVIDER, "custom_handler": handler},
-        ]
-        litellm.utils.custom_llm_setup()
-        # litellm warns that these zero-cost entries lack cache-token prices; they need none.
-        lite_logger = logging.getLogger("LiteLLM")
-        level = lite_logger.level
-        lite_logger.setLevel(logging.ERROR)
-        try:
-            _register_zero_cost_models()
-        finally:
-            lite_logger.setLevel(level)
-        return handler
+    return register_provider(PROVIDER, LocalProvider, after=_register_zero_cost_models_quietly)
+
+
+def _register_zero_cost_models_quietly() -> None:
+    # litellm warns that these zero-cost entries lack cache-token prices; they need none.
+    lite_logger = logging.getLogger("LiteLLM")
+    level = lite_logger.level
+    lite_logger.setLevel(logging.ERROR)
+    try:
+        _register_zero_cost_models()
+    finally:
+        lite_logger.setLevel(level)
 
 
 def _register_zero_cost_models() -> None:

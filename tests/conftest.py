@@ -1,5 +1,13 @@
 """Shared pytest fixtures. Sections belong to areas; keep additions additive and sectioned."""
 
+# ---- the test cache: tests never read or write the developer's .triage-cache ----------------------
+# Set before anything reads settings (and inherited by every sidecar/CLI subprocess a test starts).
+# It persists between runs (warm runs reuse the encoder export, the dequantised models and the small
+# session probe); TRIAGE_TEST_CACHE_DIR moves it (an empty folder simulates a fresh clone).
+from tests.support.cache import use_test_cache  # noqa: E402
+
+use_test_cache()
+
 # ---- ledger: a real PostgreSQL server on loopback (tests/support/postgres.py) ----------------
 # `postgres_server` (session) finds/installs/starts it or records why it cannot; `postgres_url`
 # gives each test a fresh schema, and skips LOUDLY when no server can be had.
@@ -13,13 +21,23 @@ from tests.support.probes import probe_copy, probe_slice_file, trained_text_prob
 from tests.support.hostile import hostile  # noqa: E402,F401
 
 # ---- artifacts: serving never builds them, so the session builds them once up front ------------
-# (`triage probe build-default`: the MiniLM export, the aux regressors and the default probe; a
-# no-op when .triage-cache already holds them). Sidecars and routers started by tests only load.
+# A *small* default probe (text:aux=false on GSM8K + a third of MMLU: the MiniLM export and ~20 s
+# on a fresh clone; a load check when the test cache already holds it) at
+# <test cache>/probes/default, for everything that needs "some probe". Sidecars and routers started
+# by tests only load it. The real `triage probe build-default` is tests/test_default_probe.py (minutes).
 import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def built_default_probe():
-    from triage.eval.default_probe import ensure_default_probe
+    from tests.support.probes import ensure_session_default_probe
 
-    return ensure_default_probe()
+    return ensure_session_default_probe()
+
+
+@pytest.fixture(autouse=True)
+def _stay_in_the_test_cache():
+    """A test that points TRIAGE_CACHE_DIR elsewhere and clears settings must not leave later tests
+    on another cache (a `monkeypatch.delenv` would fall back to the developer's real one)."""
+    yield
+    use_test_cache()

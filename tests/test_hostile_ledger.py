@@ -216,6 +216,7 @@ def open_stream(sidecar: SidecarProcess) -> tuple[http.client.HTTPConnection, ht
     return conn, resp
 
 
+@pytest.mark.minutes  # a fault soak (~10 s each on 2 cores): `make test-all`
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
 def test_streams_in_flight_at_shutdown_are_recorded(tmp_path: Path, upstream: StubUpstream,
                                                     hostile: HostileReport, workers: int) -> None:
@@ -283,6 +284,7 @@ def check_refusals(results: list[tuple[int, str | None, dict]]) -> None:
 
 # --- 2. the SQLite file deleted while serving -------------------------------------------------------
 
+@pytest.mark.minutes  # a fault soak (~10 s each on 2 cores): `make test-all`
 def test_deleted_sqlite_ledger_goes_not_ready_and_loses_nothing(tmp_path: Path, upstream: StubUpstream,
                                                               hostile: HostileReport) -> None:
     sidecar = start_sidecar(tmp_path, upstream)
@@ -363,6 +365,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.minutes  # a fault soak (~10 s each on 2 cores): `make test-all`
 @pytest.mark.parametrize("spool_on", ["other-disk", "same-disk"])
 def test_disk_full_answers_paid_calls_and_loses_nothing(tmp_path: Path, small_disk: Path, upstream: StubUpstream,
                                                          hostile: HostileReport, spool_on: str) -> None:
@@ -428,6 +431,7 @@ def pg_ctl(server: Any, action: str) -> None:
     assert res.returncode == 0, res.stderr or res.stdout
 
 
+@pytest.mark.minutes  # a fault soak (~10 s each on 2 cores): `make test-all`
 def test_postgres_down_answers_paid_calls_and_loses_nothing(tmp_path: Path, own_postgres: Any,
                                                              upstream: StubUpstream, hostile: HostileReport) -> None:
     spool = tmp_path / "ledger.spool.jsonl"

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 H = {"authorization": f"Bearer {CLIENT_KEY}"}
 
 
+@pytest.mark.minutes  # two sidecars on PostgreSQL (~25 s): `make test-all`
 def test_replicas_share_a_postgres_ledger(postgres_url, tmp_path):
     replicas = []
     try:

@@ -32,6 +32,8 @@ from triage.token_router.pair import (
 )
 
 LARGE_MODEL = os.environ.get("TRIAGE_TOKEN_ROUTER_TEST_LARGE", "qwen2.5-coder-1.5b")
+# The tests of the real pair (or its 0.5B GGUF) are `minutes`: the chunk packages are installed
+# (~1.6 GB), assembled and dequantised on first use; `make test-all` and CI run them.
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def pair():
 # -- GGUF assembly and verification ----------------------------------------------------------------
 
 
+@pytest.mark.minutes
 def test_assembled_gguf_matches_chunks_and_header(small_gguf: Path) -> None:
     header = verify_gguf(small_gguf, expected_size(SMALL_MODEL))
     assert header.version in (2, 3)
@@ -58,6 +61,7 @@ def test_assembled_gguf_matches_chunks_and_header(small_gguf: Path) -> None:
     assert n_chunks == 6 and total == small_gguf.stat().st_size
 
 
+@pytest.mark.minutes
 def test_truncated_gguf_is_refused(small_gguf: Path, tmp_path: Path) -> None:
     short = tmp_path / "short.gguf"
     with small_gguf.open("rb") as src:
@@ -67,6 +71,7 @@ def test_truncated_gguf_is_refused(small_gguf: Path, tmp_path: Path) -> None:
         verify_gguf(short, expected_size(SMALL_MODEL))
 
 
+@pytest.mark.minutes
 def test_corrupted_or_foreign_files_are_refused(small_gguf: Path, tmp_path: Path) -> None:
     head = small_gguf.open("rb").read(4096)
     bad_magic = tmp_path / "magic.gguf"
@@ -102,6 +107,7 @@ def _full_forward_greedy(lm, ids: list[int]):
     return logits
 
 
+@pytest.mark.minutes
 def test_kv_catch_up_matches_a_fresh_full_forward(pair) -> None:
     """The large model catches up on accepted small-model tokens in ONE forward; its next token and
     logits must be those of a fresh forward over the whole sequence."""
@@ -121,6 +127,7 @@ def test_kv_catch_up_matches_a_fresh_full_forward(pair) -> None:
     assert float((large.logits - fresh).abs().max()) < 1e-2
 
 
+@pytest.mark.minutes
 def test_handing_over_every_token_reproduces_large_only(pair) -> None:
     from triage.token_router.controllers import make_controller
     from triage.token_router.decode import decode
@@ -135,6 +142,7 @@ def test_handing_over_every_token_reproduces_large_only(pair) -> None:
     assert small_only.sources == ["small"] * small_only.n_tokens and small_only.large_forwards == 0
 
 
+@pytest.mark.minutes
 def test_short_real_decode_through_the_token_router(pair, tmp_path: Path) -> None:
     """Label one train prompt, train + export the head, decode a few dozen tokens through it, and
     check every token against the model that wrote it and every decision against the head."""
@@ -195,6 +203,7 @@ def test_short_real_decode_through_the_token_router(pair, tmp_path: Path) -> Non
         RouterHead.load(tmp_path / "head")
 
 
+@pytest.mark.minutes
 def test_token_routed_strategy_through_the_sdk_records_tokens_per_model(pair, tmp_path: Path) -> None:
     """A policy strategy `token-routed/<small>+<large>` runs through litellm (the `token-routed`
     provider) from the SDK; the answer's tokens are split by model in the response and the ledger."""

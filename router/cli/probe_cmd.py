@@ -71,7 +71,10 @@ def _command_line(ctx: typer.Context) -> str:
     card records as the command that produced a probe (re-running it reproduces the probe)."""
     import shlex
 
-    parts = ["triage", *ctx.command_path.split()[1:]]
+    # command_path starts with the program's name, which is "python -m triage.router.cli.main"
+    # when run that way: keep only the subcommands after it.
+    root_name = ctx.find_root().info_name or ""
+    parts = ["triage", *ctx.command_path[len(root_name):].split()]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if value is None or getattr(param, "param_type_name", "") != "option":

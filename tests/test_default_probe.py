@@ -1,0 +1,49 @@
+"""The real default probe: ``triage probe build-default`` end to end (minutes: it exports the encoder,
+trains the aux regressors and computes the text feature for ~15k queries on a fresh test cache).
+
+Every other test loads the small session probe (tests/support/probes.py); this one proves the
+command users run builds the real one, into a folder of its own so the session probe is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.sidecar import REPO
+
+pytestmark = pytest.mark.minutes
+
+
+def test_build_default_writes_the_real_default_probe_that_serving_loads(tmp_path: Path) -> None:
+    from triage.probes.runtime import default_probe_path, load_probe
+
+    from tests.support.probes import SESSION_PROBE_COMMAND
+
+    out = tmp_path / "default"
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage.router.cli.main", "probe", "build-default", "--out", str(out)],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "card.json").read_text())
+    assert f"probe build-default --out {out}" in card["command"]
+    assert [(f["name"], f["params"]["aux"]) for f in card["features"]] == [("text", True)]
+    assert card["training_data"]["rows_used"] > 15_000  # GSM8K + MMLU, not a slice
+    assert card["labels"] == ["mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"]
+    # better than chance on cross-fitted predictions for both models
+    for label, m in card["metrics"]["calibrated"]["success"].items():
+        assert m["auroc"]["value"] > 0.65, label
+    probe = load_probe(out)
+    hard_query = ("Prove that every planar graph is 4-colourable, citing the discharging argument and the "
+                  "reducible configurations.")
+    easy, hard = probe.predict(["What is 2 + 2?", hard_query])
+    assert abs(sum(easy.tier_probs.values()) - 1.0) < 1e-5
+    assert hard.tier_probs["hard"] > easy.tier_probs["hard"]
+    # the session's small probe is untouched
+    session = json.loads((default_probe_path() / "card.json").read_text())
+    assert session["command"] == SESSION_PROBE_COMMAND

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.sidecar import REPO, FailingUpstream, SidecarProcess, free_port, sha
+from tests.support.sidecar import (
+    FailingUpstream,
+    SidecarProcess,
+    sha,
+    stub_upstream,
+)
 
 slow = pytest.mark.slow  # the tests that start `triage serve` (the default probe loads for seconds)
 
@@ -61,13 +64,8 @@ def chat_body(model: str = "triage/stub", stream: bool = False) -> bytes:
 
 @pytest.fixture(scope="module")
 def stub():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert "stub upstream on" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(10)
+    with stub_upstream() as url:
+        yield url + "/v1"
 
 
 def _policies(folder, stub_base: str, down_base: str) -> list:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 
 import pytest
@@ -23,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from tests.support.sidecar import CLIENT_KEY, REPO, free_port, key_table
+from tests.support.sidecar import CLIENT_KEY, key_table, stub_upstream
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -32,13 +30,8 @@ _STATUSES: list[tuple[str, int]] = []  # (operation, status) of every generated 
 
 @pytest.fixture(scope="module")
 def stub():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert "stub upstream on" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    with stub_upstream() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -198,3 +200,18 @@ def record_of(ledger: Path, request_id: str) -> Any:
         return store.get(request_id)
     finally:
         store.close()
+
+
+@contextmanager
+def stub_upstream() -> Iterator[str]:
+    """The benchmark's stub upstream (eval/bench/stub_upstream.py) in its own process on a free
+    loopback port; yields its base URL (``http://127.0.0.1:PORT``, the OpenAI API under ``/v1``)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "stub upstream on" in (proc.stdout.readline() if proc.stdout else "")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -95,6 +95,9 @@ class Strategy(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict, description="Further litellm keyword arguments (top_p, seed...).")
     # The kind's validated options (its own key in the policy file, e.g. `token_routing:`).
     _options: BaseModel | None = PrivateAttr(default=None)
+    # kind_of scans every registered kind; every call asks for the kind several times (arguments,
+    # price, provider), so it is kept, with the model string it was derived from.
+    _kind: tuple[str, StrategyKind] | None = PrivateAttr(default=None)
 
     @field_validator("template")
     @classmethod
@@ -154,7 +157,9 @@ class Strategy(BaseModel):
     @property
     def kind(self) -> StrategyKind:
         """What the model string means (:mod:`triage.policies.kinds`)."""
-        return kind_of(self.model)
+        if self._kind is None or self._kind[0] != self.model:
+            self._kind = (self.model, kind_of(self.model))
+        return self._kind[1]
 
     @property
     def options(self) -> BaseModel | None:

@@ -12,16 +12,16 @@ tests/test_token_router.py.
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from triage.router.core import Router
 from triage.router.ledger import open_ledger
+
 from tests.support.sidecar import CLIENT_KEY, LOCAL_POLICY, SidecarProcess, record_of
+from tests.support.sidecar import stub_upstream as run_stub_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -104,38 +104,15 @@ def test_usage_chunk_only_when_the_caller_asks_for_it(local_router: Router) -> N
     assert usage and usage[-1].usage.completion_tokens > 0
 
 
-def _run_quietly(loop: asyncio.AbstractEventLoop, coro: Any) -> None:
-    try:
-        loop.run_until_complete(coro)
-    except RuntimeError:  # the loop was stopped at teardown
-        pass
-
-
 # -- a priced model: litellm's response_cost on both paths -----------------------------------------
 
 
 @pytest.fixture(scope="module")
 def stub_upstream() -> str:
-    """The benchmark's stub upstream, served from a thread (its CLI `serve` wants the main thread)."""
-    from triage.eval.bench import stub_upstream as stub
-
-    cfg = stub.StubConfig()
-    ready = threading.Event()
-    port: list[int] = []
-    loop = asyncio.new_event_loop()
-
-    async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: stub._handle(cfg, r, w), "127.0.0.1", 0)
-        port.append(server.sockets[0].getsockname()[1])
-        ready.set()
-        async with server:
-            await server.serve_forever()
-
-    thread = threading.Thread(target=lambda: _run_quietly(loop, main()), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield f"http://127.0.0.1:{port[0]}/v1"
-    loop.call_soon_threadsafe(loop.stop)
+    """The benchmark's stub upstream: a priced model's answer without a provider account (the
+    answers this module compares for equality come from it; the local model cannot be priced)."""
+    with run_stub_upstream() as url:
+        yield url + "/v1"
 
 
 def _priced_policy(folder: Path, api_base: str) -> Path:

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from triage.probes.encoder.export import install_folder
+from triage.probes.encoder.export import ensure_encoder, install_folder
 from triage.probes.features.difficulty_aux import (
     AUX_CARD,
     AUX_FILE,
@@ -73,14 +72,11 @@ def train_aux_model(
     from sklearn.neural_network import MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
     from triage.probes.encoder.runtime import file_sha256
     from triage.probes.features.cache import FeatureCache
     from triage.probes.features.text_encoder import TextFeature
 
-    if encoder_dir is None:
-        from triage.probes.encoder.export import ensure_encoder
-
+    if encoder_dir is None:  # the regressors read embeddings of the cache's exported encoder
         ensure_encoder()
     train_file, rows = _gsm8k_train_rows(train_file)
     questions = [r["question"] for r in rows]
@@ -135,9 +131,7 @@ def fit_question_pca(
     from triage.probes.features.cache import FeatureCache
     from triage.probes.features.text_encoder import MiniLMFeature
 
-    if encoder_dir is None:
-        from triage.probes.encoder.export import ensure_encoder
-
+    if encoder_dir is None:  # the regressors read embeddings of the cache's exported encoder
         ensure_encoder()
     train_file, rows = _gsm8k_train_rows(train_file)
     encoder = MiniLMFeature(variant=variant, encoder_dir=str(encoder_dir) if encoder_dir else None)

@@ -38,6 +38,7 @@ from triage.router.core.plan import CallPlan
 from triage.router.core.receipt import ledger_record, triage_info
 from triage.router.core.routed import Routed
 
+
 def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None

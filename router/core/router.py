@@ -26,7 +26,6 @@ from triage.policies.policy import Policy
 from triage.policies.pricing import import_litellm
 from triage.router.core.drivers import aopen_stream, arun, open_stream, run
 from triage.router.core.execution import Execution
-from triage.router.core.fields import caller_fields
 from triage.router.core.messages import normalize_messages, probe_text
 from triage.router.core.preflight import check_policy_credentials, check_policy_models
 from triage.router.core.probing import ProbeLike, ProbeRunner
@@ -114,12 +113,13 @@ class Router:
                   stream: bool = False, caller: dict[str, Any] | None = None) -> Execution:
         """The books of one decided request (what every request loop drives).
 
-        Caller fields are checked here, before anything is called or recorded: only OpenAI
+        Caller fields are checked by :func:`~triage.router.core.calls.build_kwargs` when the first
+        call's arguments are built, before anything is called or recorded: only OpenAI
         chat-completions fields pass (:mod:`triage.router.core.fields`), never credentials or destinations.
         """
         return Execution(self.policy, routed, request_id=request_id or uuid.uuid4().hex,
                          started=time.perf_counter() if started is None else started,
-                         caller=caller_fields(caller or {}),
+                         caller=dict(caller or {}),
                          ledger_fields=ledger_fields, store_prompts=self.store_prompts, stream=stream)
 
     def execute(self, routed: Routed, *, request_id: str | None = None,

@@ -35,6 +35,15 @@ def built_default_probe():
     return ensure_session_default_probe()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def built_local_model():
+    """The int4 ONNX build of the test model (SmolLM2-135M; ~10 s on a fresh clone, a hash check
+    after). Routers, sidecars and the provider only load it, as in production."""
+    from triage.lm.onnx_build import build_onnx
+
+    return build_onnx("smollm2-135m")
+
+
 @pytest.fixture(autouse=True)
 def _stay_in_the_test_cache():
     """A test that points TRIAGE_CACHE_DIR elsewhere and clears settings must not leave later tests

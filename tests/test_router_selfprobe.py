@@ -44,19 +44,27 @@ def lm_policy(tmp_path_factory):
 
 
 def test_lm_features_come_from_the_served_models_own_prefill(lm_policy):
-    from triage.lm import loaded_local_models
+    from triage.lm import get_local_lm, loaded_local_models
 
     path, _ = lm_policy
     router = Router.from_file(path)
     messages = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
+    lm = get_local_lm("smollm2-135m")  # the default engine's instance: int4 ONNX
+    assert lm.engine == "onnx"
+    before = dict(vars(lm.stats))
     response = router.completion(messages=messages)
     info = response._hidden_params["triage"]
     assert info["self_probe"] is True
     assert response.usage.completion_tokens <= 12
-    # one model instance in the process: the probe's and the answer's
-    assert len(loaded_local_models()) == 1
+    # one model instance on the serving engine: the probe's and the answer's (other tests of the
+    # session may have loaded the transformers engine too)
+    assert [k for k in loaded_local_models() if k.startswith("onnx:")] == [f"onnx:{lm.resolved.key}"]
     # the answer continued from the probe's prefill (same chat, same model): no second prefill
     assert response._hidden_params["local"]["prefill_reused"] is True
+    delta = {k: v - before[k] for k, v in vars(lm.stats).items()}
+    assert (delta["prefills"], delta["prefill_reuses"], delta["generations"]) == (1, 1, 1), delta
+    # the prompt ran once: one forward for the prefill, one per decode step after the first token
+    assert delta["forwards"] == 1 + response.usage.completion_tokens - 1, delta
 
 
 def test_self_probe_decisions_match_replay(lm_policy):

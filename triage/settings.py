@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,11 +27,23 @@ class Settings(BaseSettings):
         default="triage-ledger.sqlite",
         description="Ledger location: a SQLite file path (or sqlite:///path) or a postgresql:// URL.",
     )
+    lm_engine: Literal["onnx", "transformers"] = Field(
+        default="onnx",
+        description=(
+            "Engine for local models: 'onnx' (int4 through onnxruntime-genai; build each model once "
+            "with `triage models build NAME`) or 'transformers' (fp32 on torch, the build extra)."
+        ),
+    )
+    lm_onnx_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="onnxruntime-genai intra-op threads (None: every core this process may use).",
+    )
     lm_threads: int | None = Field(
         default=1,
         ge=1,
         description=(
-            "torch intra-op threads for local models (None: torch's default). One thread: on the shared "
+            "torch intra-op threads for the transformers engine (None: torch's default). One thread: on the shared "
             "2-core machine two threads ran the 135M model 4-5x slower once other work competed."
         ),
     )

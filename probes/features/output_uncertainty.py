@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from triage.probes.features.base import Feature, register_feature
+from triage.lm.models import engine_tag
 from triage.lm.specs import DEFAULT_LOCAL_MODEL, resolve_model
 from triage.lm.types import TokenInfo
 
@@ -160,11 +161,12 @@ class OutputUncertaintyFeature(Feature):
     def identity(self) -> dict[str, Any]:
         out = super().identity()
         out["model_sha256"] = resolve_model(self.model).sha256()
+        out["engine"] = engine_tag()
         return out
 
     def transform(self, texts: list[str]) -> np.ndarray:
         from triage.probes.features.lm_internals import query_messages
-        from triage.lm.runtime import get_local_lm
+        from triage.lm.models import get_local_lm
 
         lm = get_local_lm(self.model)
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from triage.errors import TriageError
 
@@ -33,7 +34,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 def fail(message: str) -> None:
     """Print one line and exit 2 (the usage-error code)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message is text, not rich markup (`pip install 'x[local]'` kept its extra)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

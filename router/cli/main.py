@@ -12,6 +12,7 @@ import typer
 
 from triage.router.cli import (
     ledger_cmd,
+    models_cmd,
     policy_cmd,
     probe_cmd,
     replay_cmd,
@@ -33,6 +34,7 @@ app.add_typer(probe_cmd.app, name="probe")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(token_router_cmd.app, name="token-router")
+app.add_typer(models_cmd.app, name="models")
 sdk_cmd.register(app)
 serve_cmd.register(app)
 

@@ -1,7 +1,8 @@
-"""Local causal LMs (transformers over PyPI-shipped GGUF files): specs, loading, runtime.
+"""Local causal LMs from PyPI-shipped GGUF files: specs, builds, engines.
 
-Importing this package does not import torch; the runtime (and torch) load on first use of
-:func:`get_local_lm` / :class:`LocalLM`.
+Two engines share one interface (:class:`~triage.lm.base.ChatLM`): int4 ONNX decoders through
+onnxruntime-genai (the default; ``triage models build NAME`` makes the build once) and transformers
+fp32 (the build extra). Importing this package imports neither.
 
     from triage.lm import get_local_lm
     lm = get_local_lm("smollm2-135m")                 # or a path to a .gguf file / HF folder
@@ -35,32 +36,30 @@ from triage.lm.specs import (
 from triage.lm.types import GenerationResult, PrefillResult, StreamEvent, TokenInfo, TopLogprob
 
 if TYPE_CHECKING:
-    from triage.lm.runtime import (
-        GenerationStream,
-        LocalLM,
-        get_local_lm,
-        loaded_local_models,
-        release_local_model,
-    )
+    from triage.lm.base import ChatLM, GenerationStream
+    from triage.lm.models import get_local_lm, loaded_local_models, release_local_model
+    from triage.lm.runtime import LocalLM
 
 _LAZY = {
-    "LocalLM",
-    "GenerationStream",
-    "get_local_lm",
-    "loaded_local_models",
-    "release_local_model",
+    "ChatLM": "triage.lm.base",
+    "GenerationStream": "triage.lm.base",
+    "LocalLM": "triage.lm.runtime",
+    "get_local_lm": "triage.lm.models",
+    "loaded_local_models": "triage.lm.models",
+    "release_local_model": "triage.lm.models",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from triage.lm import runtime
+        import importlib
 
-        return getattr(runtime, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'triage.lm' has no attribute {name!r}")
 
 
 __all__ = [
+    "ChatLM",
     "DEFAULT_LOCAL_MODEL",
     "MODEL_SPECS",
     "GenerationResult",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 _REPLACEMENT = "\ufffd"  # what a partial UTF-8 sequence decodes to
 
 
@@ -98,3 +100,39 @@ def distribution_stats(logits: Any, top_k: int) -> tuple[Any, float, float, list
     values, ids = torch.topk(logp, k)
     top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
     return logp, entropy, top[0][1], top[:top_k]
+
+
+# -- numpy twins (the ONNX engine's logits are numpy arrays) ---------------------------------------
+
+
+def log_softmax_np(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float32)
+    m = x.max(axis=-1, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def distribution_stats_np(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, float, float, list[tuple[int, float]]]:
+    """:func:`distribution_stats` for a 1-d numpy array of logits."""
+    logp = log_softmax_np(logits)
+    p = np.exp(logp)
+    entropy = float(-(p * np.where(np.isfinite(logp), logp, 0.0)).sum())
+    k = max(1, top_k)
+    ids = np.argpartition(-logp, k - 1)[:k] if k < logp.size else np.arange(logp.size)
+    ids = ids[np.argsort(-logp[ids], kind="stable")]
+    top = [(int(i), float(logp[i])) for i in ids]
+    return logp, entropy, top[0][1], top[:top_k]
+
+
+def choose_token_np(logits: np.ndarray, *, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """:func:`choose_token` for numpy logits, sampling with a numpy ``Generator``."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    probs = np.exp(log_softmax_np(np.asarray(logits, dtype=np.float64) / float(temperature)))
+    if 0.0 < top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        sorted_probs = probs[order]
+        keep = (np.cumsum(sorted_probs) - sorted_probs) < top_p  # always keeps the most likely token
+        kept = np.where(keep, sorted_probs, 0.0)
+        return int(order[rng.choice(kept.size, p=kept / kept.sum())])
+    return int(rng.choice(probs.size, p=probs / probs.sum()))

@@ -223,6 +223,6 @@ def load_pair(small: str = SMALL_MODEL, large: str = LARGE_MODEL, *, install: bo
     for name in (small, large):
         if name in MODEL_SPECS and MODEL_SPECS[name].is_split:
             assemble(name, install=install)
-    s, lg = get_local_lm(small), get_local_lm(large)
+    s, lg = get_local_lm(small, engine="transformers"), get_local_lm(large, engine="transformers")
     check_shared_tokenizer(s, lg)
     return ModelPair(small=s, large=lg)

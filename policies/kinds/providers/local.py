@@ -152,7 +152,7 @@ class LocalProvider(ThreadedProvider):
 
     def _open(self, model: str, messages: list, optional_params: dict, timeout: Any) -> tuple[Any, Any, _Request]:
         """Resolve, load (once per process) and validate; returns (lm, stream, request)."""
-        from triage.lm.runtime import get_local_lm
+        from triage.lm.models import get_local_lm
 
         try:
             req = _Request(optional_params, timeout)

@@ -10,22 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from triage.text import valid_unicode
 from triage.errors import TriageError
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        if isinstance(part, Mapping) and part.get("type") == "text":
-            parts.append(str(part.get("text", "")))
-        elif isinstance(part, str):
-            parts.append(part)
-    return "\n".join(parts)
+from triage.probe_input import probe_input
+from triage.text import valid_unicode
 
 
 def normalize_messages(messages: Any) -> list[dict[str, Any]]:
@@ -60,8 +47,5 @@ def _valid_text(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_text(messages: list[dict[str, Any]]) -> str:
-    """The text the probe reads: message texts joined by newlines (empty assistant turns skipped)."""
-    return "\n".join(
-        _content_text(m.get("content")) for m in messages
-        if m.get("role") != "assistant" or _content_text(m.get("content"))
-    )
+    """The text the probe reads: the last user turn (:func:`triage.probe_input.probe_input`)."""
+    return probe_input(messages)

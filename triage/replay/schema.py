@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from triage.probe_input import probe_input
+
 SCHEMA_VERSION = 1
 
 
@@ -73,10 +75,11 @@ class ReplayRecord(BaseModel):
         return value
 
     def prompt_text(self) -> str:
-        """The text a probe reads: the prompt string, or the chat joined role by role."""
+        """The text a probe reads: the prompt string, or the chat's last user turn
+        (:func:`triage.probe_input.probe_input`, the rule the live router applies)."""
         if isinstance(self.prompt, str):
             return self.prompt
-        return "\n".join(m.text() for m in self.prompt if m.role != "assistant" or m.text())
+        return probe_input(self.messages())
 
     def messages(self) -> list[dict[str, Any]]:
         """The prompt as chat messages (a bare string becomes one user message)."""

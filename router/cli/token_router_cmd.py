@@ -47,6 +47,7 @@ def label(
     data: Path = typer.Option(None, help="GSM8K train jsonl (default: <data_dir>/gsm8k/train.jsonl)."),
     out: Path = typer.Option(None, help="Label folder (default: <cache_dir>/token_router/labels)."),
     manifest_copy: Path = typer.Option(None, help="Also write the manifest here (e.g. to commit it)."),
+    engine: str = typer.Option(None, help="Local LM engine: onnx or transformers (default: settings lm_engine)."),
 ) -> None:
     """Build R2R labels: large greedy answers, small-model disagreements, divergent vs neutral."""
     from triage.probes.export import current_command
@@ -57,7 +58,7 @@ def label(
 
     path = data or Path(get_settings().data_dir) / "gsm8k" / "train.jsonl"
     problems = load_problems(path, start, count)
-    pair = load_pair()
+    pair = load_pair(engine=engine)
     settings = LabelSettings(max_new_tokens=max_new_tokens, cont_tokens=cont_tokens, merge_window=merge_window,
                              max_continuations=max_continuations)
     manifest = run_labels(pair, problems, settings, out_dir=out, command=current_command(),
@@ -101,22 +102,22 @@ def decode(
     tau: float = typer.Option(None, help="Entropy threshold in nats (default: the head card's entropy_tau)."),
     head: Path = typer.Option(None, help="Router head folder (default: <cache_dir>/token_router/head)."),
     show_sources: bool = typer.Option(False, help="Mark large-model tokens as [[...]] in the output."),
+    engine: str = typer.Option(None, help="Local LM engine: onnx or transformers (default: settings lm_engine)."),
 ) -> None:
     """Answer one question with token-routed decoding; prints the answer and a receipt."""
     from triage.token_router.controllers import CONTROLLERS
     from triage.token_router.decode import decode as run_decode
     from triage.token_router.gsm8k import messages_for
     from triage.token_router.pair import load_pair
-    from triage.token_router.runner import controller_for
+    from triage.token_router.runner import check_head_fits, controller_for
 
     if not question.strip():
         fail("the question is empty")
     if method not in CONTROLLERS:
         fail(f"unknown method {method!r}; known: {', '.join(CONTROLLERS)}")
     controller = controller_for(method, head_dir=head, threshold=threshold, tau=tau)
-    pair = load_pair()
-    if method == "token-router":
-        controller.head.check_small_model(pair.small.name, pair.small.hidden_size, pair.small.sha256)  # type: ignore[attr-defined]
+    pair = load_pair(engine=engine)
+    check_head_fits(controller, pair)
     result = run_decode(pair, messages_for(question), controller, max_new_tokens=max_tokens)
     if show_sources:
         tok = pair.tokenizer

@@ -116,6 +116,7 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
         _run_builder(src, tmp, q, middle_layer=shape["middle_layer"])
         add_token_logprobs(tmp / "model.onnx")
         _check_outputs(tmp)
+        shape = {**shape, "n_params": count_params(src)}
         card = {
             "card_version": CARD_VERSION,
             "name": resolved.name,
@@ -128,6 +129,7 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
             "outputs": {"hidden_final": "hidden_states", "hidden_middle": MIDDLE_OUTPUT,
                         "token_logprobs": TOKEN_LOGPROBS},
             "files": describe_files(tmp),
+            "embeddings": embedding_location(tmp),
             "build_seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
@@ -175,6 +177,37 @@ def _check_outputs(folder: Path) -> None:
     missing = {"logits", "hidden_states", MIDDLE_OUTPUT, TOKEN_LOGPROBS} - names
     if missing:
         raise ModelLoadError(f"the ONNX build lacks the outputs {sorted(missing)}; builder too old?")
+
+
+def count_params(src: Path) -> int:
+    """Parameters of the source model (tied weights once), from its safetensors headers (no weights read)."""
+    total = 0
+    for path in sorted(src.glob("*.safetensors")):
+        with path.open("rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for key, meta in header.items():
+            if key != "__metadata__":
+                n = 1
+                for d in meta["shape"]:
+                    n *= int(d)
+                total += n
+    return total
+
+
+def embedding_location(folder: Path) -> dict[str, Any] | None:
+    """Where the input embedding table lies in the build's external data: the token router reads
+    the proposed token's embedding by ``np.memmap`` at serving time, where onnx is not imported.
+    None when the builder did not store it as a plain fp32 external tensor."""
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    gathers = [n.input[0] for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input]
+    for init in graph.initializer:
+        if init.name in gathers[:1] and init.data_type == onnx.TensorProto.FLOAT and init.data_location == 1:
+            ext = {e.key: e.value for e in init.external_data}
+            return {"initializer": init.name, "file": ext["location"], "offset": int(ext.get("offset", 0)),
+                    "shape": [int(d) for d in init.dims], "dtype": "float32"}
+    return None
 
 
 def add_token_logprobs(model_path: Path) -> None:

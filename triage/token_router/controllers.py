@@ -22,9 +22,9 @@ DEFAULT_CUES = ("Wait", "Hmm", "Alternatively", "Actually", "However", "But")
 @dataclass
 class Step:
     proposed: int  # the small model's greedy token
-    hidden: Any  # torch (H,): small model's final hidden state at the last position
-    logits: Any  # torch (V,): small model's next-token logits
-    embed: Callable[[], Any]  # -> torch (H,): input embedding of the proposed token (lazy)
+    hidden: Any  # (H,) torch (transformers) or numpy (ONNX): small model's final hidden state at the last position
+    logits: Any  # (V,) torch or numpy: small model's next-token logits
+    embed: Callable[[], Any]  # -> (H,) torch or numpy: input embedding of the proposed token (lazy)
     tokenizer: Any
 
     def entropy(self) -> float:

@@ -21,21 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triage.token_router.controllers import Controller, Step
+from triage.token_router.engine import new_state, token_embeddings
 
 SMALL, LARGE = "small", "large"
 
 
 class ModelStream:
     """One model's incremental state: KV cache, how many tokens of the sequence it has seen, and the
-    final hidden state and next-token logits at the last of them."""
+    final hidden state and next-token logits at the last of them (torch tensors on the transformers
+    engine, numpy arrays on the int4 ONNX engine: :mod:`triage.token_router.engine`)."""
 
-    def __init__(self, lm: Any) -> None:
+    def __init__(self, lm: Any, state: Any = None, n_done: int = 0) -> None:
         self.lm = lm
-        model = lm.model
-        self.base = getattr(model, "model", None) or model.get_decoder()
-        self.lm_head = model.get_output_embeddings()
-        self.cache: Any = None
-        self.n_done = 0
+        self.state = state if state is not None else new_state(lm)
+        self.n_done = n_done
         self.hidden: Any = None
         self.logits: Any = None
         self.forwards = 0
@@ -44,17 +43,11 @@ class ModelStream:
 
     def advance(self, ids: Sequence[int]) -> None:
         """Run the model over ``ids[n_done:]`` in one forward (no-op when it is up to date)."""
-        import torch
-
         new = list(ids[self.n_done:])
         if not new:
             return
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = self.base(input_ids=torch.tensor([new], dtype=torch.long), past_key_values=self.cache, use_cache=True)
-            self.cache = out.past_key_values
-            self.hidden = out.last_hidden_state[0, -1]
-            self.logits = self.lm_head(self.hidden)
+        self.hidden, self.logits = self.state.run(new)
         self.n_done = len(ids)
         self.forwards += 1
         self.positions += len(new)
@@ -62,6 +55,12 @@ class ModelStream:
 
     def greedy(self) -> int:
         return int(self.logits.argmax())
+
+    def branch(self, n_prefix: int) -> ModelStream:
+        """A separate stream that continues after the first ``n_prefix`` tokens of this one's sequence
+        (a cropped copy of the cache on transformers; a fresh generator that prefills it on ONNX)."""
+        state, n_done = self.state.branch(n_prefix)
+        return ModelStream(self.lm, state, n_done)
 
 
 @dataclass
@@ -127,7 +126,6 @@ def decode(
     ids = prompt_ids(pair, messages)
     n_prompt = len(ids)
     small, large = ModelStream(pair.small), ModelStream(pair.large)
-    embeddings = pair.small.model.get_input_embeddings()
     controller.reset()
     sources: list[str] = []
     router_s = 0.0
@@ -143,7 +141,7 @@ def decode(
             proposals += 1
             r0 = time.perf_counter()
             step = Step(proposed=proposed, hidden=small.hidden, logits=small.logits,
-                        embed=lambda t=proposed: embeddings.weight[t], tokenizer=tokenizer)
+                        embed=lambda t=proposed: token_embeddings(pair.small, [t])[0], tokenizer=tokenizer)
             to_large = controller.hand_over(step)
             router_s += time.perf_counter() - r0
             if to_large:

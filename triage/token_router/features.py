@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 FEATURE_VERSION = "tr-features-1"
 DEFAULT_TOP_K = 16
 
@@ -19,8 +21,17 @@ def feature_dim(hidden_size: int, top_k: int = DEFAULT_TOP_K) -> int:
     return 2 * hidden_size + top_k + 1
 
 
+def _log_softmax_np(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float32)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 def entropy_from_logits(logits: Any) -> Any:
-    """Entropy (nats) over the last dimension of a logits tensor."""
+    """Entropy (nats) over the last dimension of a logits tensor (torch) or array (numpy)."""
+    if isinstance(logits, np.ndarray):
+        logp = _log_softmax_np(logits)
+        return -(np.exp(logp) * logp).sum(axis=-1)
     import torch
 
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -28,7 +39,11 @@ def entropy_from_logits(logits: Any) -> Any:
 
 
 def router_features(hidden: Any, logits: Any, token_embedding: Any, top_k: int = DEFAULT_TOP_K) -> Any:
-    """Features for ``n`` positions: tensors (n, H), (n, V), (n, H) -> float32 numpy (n, 2H + k + 1)."""
+    """Features for ``n`` positions: (n, H), (n, V), (n, H) -> float32 numpy (n, 2H + k + 1).
+
+    Torch tensors (transformers engine) or numpy arrays (ONNX engine: :func:`router_features_np`)."""
+    if isinstance(logits, np.ndarray):
+        return router_features_np(hidden, logits, token_embedding, top_k)
     import torch
 
     with torch.inference_mode():
@@ -37,3 +52,14 @@ def router_features(hidden: Any, logits: Any, token_embedding: Any, top_k: int =
         top = torch.topk(logp, top_k, dim=-1).values
         feats = torch.cat([hidden.float(), token_embedding.float(), top, ent], dim=-1)
     return feats.numpy().astype("float32", copy=False)
+
+
+def router_features_np(hidden: np.ndarray, logits: np.ndarray, token_embedding: np.ndarray,
+                       top_k: int = DEFAULT_TOP_K) -> np.ndarray:
+    """The numpy twin of :func:`router_features` (same layout, top-k sorted descending)."""
+    logp = _log_softmax_np(logits)
+    ent = -(np.exp(logp) * logp).sum(axis=-1, keepdims=True)
+    top = np.partition(logp, logp.shape[-1] - top_k, axis=-1)[..., -top_k:]
+    top = -np.sort(-top, axis=-1)
+    parts = [np.asarray(hidden, dtype=np.float32), np.asarray(token_embedding, dtype=np.float32), top, ent]
+    return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)

@@ -28,6 +28,7 @@ from triage.token_router.features import FEATURE_VERSION
 CARD_FILE = "card.json"
 HEAD_FILE = "router_head.onnx"
 SCHEMA_VERSION = 1
+LEGACY_ENGINE = "transformers-fp32"
 ONNX_OPSET = 17
 
 
@@ -53,6 +54,8 @@ class RouterHeadCard(BaseModel):
     hidden_size: int = Field(gt=0)
     top_k: int = Field(gt=0)
     input_dim: int = Field(gt=0)
+    # Cards written before the ONNX engine lack it: their features all came from transformers fp32.
+    engine: str = Field(default=LEGACY_ENGINE, description="Engine tag of the features (triage.lm.engine_tag).")
     small_model: dict[str, str]
     large_model: dict[str, str]
     head: dict[str, Any]
@@ -138,6 +141,13 @@ class RouterHead:
         if sha256 is not None and self.card.small_model.get("sha256") not in (None, sha256):
             raise RouterHeadError(f"router head {self.version} was trained on {self.card.small_model.get('name')} "
                                   f"(sha256 {self.card.small_model['sha256'][:12]}), not on this {name!r}")
+
+    def check_engine(self, engine: str) -> None:
+        """Refuse features from another engine than the head's (int4 and fp32 hidden states differ)."""
+        if engine != self.card.engine:
+            raise RouterHeadError(f"router head {self.version} was trained on {self.card.engine} features, the "
+                                  f"models run on {engine}; retrain it on this engine with `triage token-router "
+                                  "label` and `triage token-router train`")
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -278,6 +288,7 @@ def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None 
             hidden_size=_hidden_size(manifest, X.shape[1]),
             top_k=top_k,
             input_dim=int(X.shape[1]),
+            engine=manifest.get("engine") or manifest["settings"].get("engine") or LEGACY_ENGINE,
             small_model=manifest["small_model"],
             large_model=manifest["large_model"],
             head={"file": HEAD_FILE, "opset": ONNX_OPSET, "kind": "torch-mlp", "hidden": hidden, "epochs": epochs,

@@ -21,7 +21,6 @@ per-position tokens) land in ``<cache_dir>/token_router/labels/``, so an interru
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from triage.token_router.decode import ModelStream, prompt_ids
+from triage.token_router.engine import teacher_forced, token_embeddings
 from triage.token_router.features import DEFAULT_TOP_K, FEATURE_VERSION, router_features
 from triage.token_router.gsm8k import Problem, extract_answer, messages_for, same_answer
 
@@ -62,36 +62,28 @@ def _rejoins(cont: Sequence[int], ref_after: Sequence[int], window: int) -> bool
     return any(list(ref_after[i:i + window]) == tail for i in range(len(ref_after) - window + 1))
 
 
-def _continue(large: ModelStream, n_prefix: int, first: int, ref: list[int], ref_after: list[int],
+def _continue(large: ModelStream, prefix: list[int], first: int, ref: list[int], ref_after: list[int],
               eos: frozenset[int], s: LabelSettings, decode_text: Callable[[list[int]], str],
               ref_answer: float | None) -> tuple[int, int]:
-    """Category of one differing position, and the large-model tokens it cost."""
-    import torch
-
-    cache = copy.deepcopy(large.cache)
-    drop = cache.get_seq_length() - n_prefix
-    if drop > 0:
-        cache.crop(-drop)  # transformers 5: a negative count removes that many trailing positions
+    """Category of one differing position, and the large-model tokens it cost. ``prefix``: prompt +
+    reference tokens before the position; the large model's stream is branched there."""
+    branch = large.branch(len(prefix))
     cont = [first]
     steps = 0
-    with torch.inference_mode():
-        while len(cont) <= s.cont_tokens:
-            if cont[-1] in eos:
-                answer = extract_answer(decode_text(ref + cont))
-                return (NEUTRAL if same_answer(answer, ref_answer) else DIVERGENT), steps
-            if _rejoins(cont, ref_after, s.merge_window):
-                return NEUTRAL, steps
-            out = large.base(input_ids=torch.tensor([[cont[-1]]]), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            cont.append(int(large.lm_head(out.last_hidden_state[0, -1]).argmax()))
-            steps += 1
+    while len(cont) <= s.cont_tokens:
+        if cont[-1] in eos:
+            answer = extract_answer(decode_text(ref + cont))
+            return (NEUTRAL if same_answer(answer, ref_answer) else DIVERGENT), steps
+        if _rejoins(cont, ref_after, s.merge_window):
+            return NEUTRAL, steps
+        branch.advance(prefix + cont)
+        cont.append(branch.greedy())
+        steps += 1
     return UNRESOLVED, steps
 
 
 def label_problem(pair: Any, problem: Problem, s: LabelSettings) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Features (n, d), categories (n,) and a JSON record for one prompt."""
-    import torch
-
     t0 = time.perf_counter()
     tok = pair.tokenizer
     eos = pair.eos_ids
@@ -109,14 +101,11 @@ def label_problem(pair: Any, problem: Problem, s: LabelSettings) -> tuple[np.nda
             break
     ref_text = decode_text(ref)
     ref_answer = extract_answer(ref_text)
-    small = pair.small.model
-    with torch.inference_mode():
-        out = ModelStream(pair.small).base(input_ids=torch.tensor([ids[:-1]]), use_cache=False)
-        hidden = out.last_hidden_state[0, n_prompt - 1:]
-        logits = small.get_output_embeddings()(hidden)
-        s_tok = logits.argmax(dim=-1)
-        feats = router_features(hidden, logits, small.get_input_embeddings().weight[s_tok], s.top_k)
-    s_tok_list = [int(x) for x in s_tok]
+    # Teacher forcing: one forward of the small model over prompt + reference path (torch tensors on
+    # transformers, numpy arrays on ONNX); row j is the state before the reference's token j.
+    hidden, logits = teacher_forced(pair.small, ids[:-1], n_prompt - 1)
+    s_tok_list = [int(x) for x in logits.argmax(-1)]
+    feats = router_features(hidden, logits, token_embeddings(pair.small, s_tok_list), s.top_k)
     cats = np.zeros(len(ref), dtype=np.int8)
     differing = [j for j, (st, lt) in enumerate(zip(s_tok_list, ref, strict=True)) if st != lt]
     cats[differing] = UNRESOLVED
@@ -125,8 +114,8 @@ def label_problem(pair: Any, problem: Problem, s: LabelSettings) -> tuple[np.nda
         differing = [differing[i] for i in sorted(set(picks.tolist()))]
     cont_cost = 0
     for j in differing:
-        cats[j], cost = _continue(large, n_prompt + j, s_tok_list[j], ref[:j], ref[j + 1:], eos, s, decode_text,
-                                  ref_answer)
+        cats[j], cost = _continue(large, ids[:n_prompt + j], s_tok_list[j], ref[:j], ref[j + 1:], eos, s,
+                                  decode_text, ref_answer)
         cont_cost += cost
     record = {
         "index": problem.index,
@@ -146,7 +135,7 @@ def label_problem(pair: Any, problem: Problem, s: LabelSettings) -> tuple[np.nda
 
 
 def _same_features(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
-    keys = ("feature_version", "top_k", "max_new_tokens")
+    keys = ("feature_version", "top_k", "max_new_tokens", "engine")
     return a is not None and all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -161,7 +150,9 @@ def run_labels(pair: Any, problems: Sequence[Problem], s: LabelSettings, *, out_
     """Label ``problems`` (resuming: prompts already in ``out_dir/prompts`` are kept). Returns the manifest."""
     out = Path(out_dir or labels_dir())
     (out / "prompts").mkdir(parents=True, exist_ok=True)
-    settings_json = {**s.__dict__, "feature_version": FEATURE_VERSION}
+    # The engine is part of the features: int4 ONNX and fp32 hidden states differ, so rows of one never
+    # resume or train a head for the other.
+    settings_json = {**s.__dict__, "feature_version": FEATURE_VERSION, "engine": pair.engine}
     for p in problems:
         npz, js = out / "prompts" / f"{p.index}.npz", out / "prompts" / f"{p.index}.json"
         if npz.is_file() and js.is_file() and _same_features(json.loads(js.read_text()).get("settings"), settings_json):
@@ -201,6 +192,7 @@ def collect(out: Path, indices: Sequence[int], *, command: str, source: str, pai
         "small_model": {"name": pair.small.name, "sha256": pair.small.sha256},
         "large_model": {"name": pair.large.name, "sha256": pair.large.sha256},
         "settings": settings,
+        "engine": settings.get("engine"),
         "positions": int(len(y)),
         "feature_dim": int(X.shape[1]),
         "counts": {CATEGORY_NAMES[c]: int((y == c).sum()) for c in CATEGORY_NAMES},

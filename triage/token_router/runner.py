@@ -38,6 +38,15 @@ def controller_for(method: str, *, head_dir: Path | None = None, threshold: floa
     return make_controller(method)
 
 
+def check_head_fits(controller: Controller, pair: Any) -> None:
+    """A router head must have been trained on this small model's features, from this engine
+    (:class:`~triage.token_router.head.RouterHeadError`, one line, otherwise)."""
+    head = getattr(controller, "head", None)
+    if head is not None:
+        head.check_small_model(pair.small.name, pair.small.hidden_size, pair.small.sha256)
+        head.check_engine(pair.engine)
+
+
 class TokenRoutingConfig(BaseModel):
     """The ``token_routing:`` block of a ``token-routed`` strategy in a policy file (local models only)."""
 
@@ -101,9 +110,7 @@ class TokenRoutedExecutor:
 
         pair = self._ready()
         controller = controller_for(self.method, head_dir=self.head_dir, threshold=self.threshold, tau=self.tau)
-        if self.method == "token-router":
-            head = controller.head  # type: ignore[attr-defined]
-            head.check_small_model(pair.small.name, pair.small.hidden_size, pair.small.sha256)
+        check_head_fits(controller, pair)
         r = decode(pair, messages, controller, max_new_tokens=max_tokens)
         return TokenRoutedResponse(
             text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens, completion_tokens=r.n_tokens,

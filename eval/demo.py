@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from triage.eval.evaluation import EvaluationResult, evaluate
+from triage.eval.demo_local_pair import DEFAULT_QUESTIONS as DEFAULT_LOCAL_PAIR_QUESTIONS
 from triage.eval.evaluation.table import print_frontier
 from triage.replay import ReplayData, write_replay
 
@@ -49,6 +50,7 @@ class DemoContext:
     console: Console
     n_boot: int = 1000
     seed: int = 0
+    local_pair_questions: int = DEFAULT_LOCAL_PAIR_QUESTIONS  # GSM8K questions of the `local-pair` step; 0 skips it
     datasets: dict[str, tuple[DemoDataset, ReplayData]] = field(default_factory=dict)
     results: dict[str, EvaluationResult] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
@@ -93,9 +95,20 @@ def step_probe(ctx: DemoContext) -> None:
 
 def step_route(ctx: DemoContext) -> None:
     """Route real easy and hard queries through the local model with policies/examples/local.yaml."""
+    from triage.eval.local_builds import ensure_policy_models
+    from triage.policies.loader import DEFAULT_POLICY
     from triage.router.sdk.demo import demo_step
 
+    # Serving never builds; the demo is an offline tool, so it builds the int4 ONNX model once.
+    ensure_policy_models(DEFAULT_POLICY, lambda line: ctx.console.print(f"  {line}", highlight=False))
     demo_step(ctx)
+
+
+def step_local_pair(ctx: DemoContext) -> None:
+    """GSM8K through policies/examples/local_pair.yaml: Qwen2.5-Coder 0.5B (easy, normal) / 1.5B (hard)."""
+    from triage.eval.demo_local_pair import local_pair_step
+
+    local_pair_step(ctx)
 
 
 def step_evaluate(ctx: DemoContext) -> None:
@@ -120,6 +133,8 @@ STEPS: list[Step] = [
     Step("probe", "the default difficulty probe (built from ../shared/data on first use)", step_probe),
     Step("evaluate", "replay baselines and routers; frontier tables", step_evaluate),
     Step("route", "route real queries through the local model (no API key)", step_route),
+    Step("local-pair", "query-level routing between two local models, Qwen2.5-Coder 0.5B / 1.5B, on GSM8K",
+         step_local_pair),
     Step("report", "HTML report with cost-accuracy frontiers", step_report),
 ]
 
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None, help="shared data (default: TRIAGE_DATA_DIR)")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--local-pair-questions", type=int, default=DEFAULT_LOCAL_PAIR_QUESTIONS, metavar="N",
+                    help="GSM8K test questions for the local-pair step (0 skips it and its 1.6 GB install)")
     args = ap.parse_args(argv)
     data_dir = args.data_dir or get_settings().data_dir
     if not Path(data_dir).is_dir():
@@ -157,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=160)
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(out=args.out, data_dir=Path(data_dir), console=console, n_boot=args.bootstrap, seed=args.seed)
+    ctx = DemoContext(out=args.out, data_dir=Path(data_dir), console=console, n_boot=args.bootstrap, seed=args.seed,
+                      local_pair_questions=args.local_pair_questions)
     started = time.perf_counter()
     run(ctx)
     console.print(f"[bold green]demo done[/] in {time.perf_counter() - started:.1f} s; "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from triage.errors import ConfigError
+from tests.support.cache import TEST_CACHE_DIR
 from tests.support.sidecar import LOCAL_POLICY, REPO
 
 
@@ -22,6 +23,10 @@ def _env(cache: Path) -> dict[str, str]:
 
 def test_sidecar_with_an_unbuilt_probe_exits_2_naming_the_build_command(tmp_path: Path) -> None:
     empty_cache = tmp_path / "empty-cache"
+    # The local model's int4 build is there (it is checked first: tests/test_lm_onnx.py covers its
+    # refusal); only the probe is missing.
+    (empty_cache / "models").mkdir(parents=True)
+    (empty_cache / "models" / "onnx").symlink_to(TEST_CACHE_DIR / "models" / "onnx", target_is_directory=True)
     proc = subprocess.run(
         [sys.executable, "-m", "triage.router.cli.main", "serve", "--policy", str(LOCAL_POLICY), "--port", "0",
          "--ledger", str(tmp_path / "l.sqlite")],

@@ -125,7 +125,8 @@ def run_accuracy(name: str, n: int, *, max_tokens: int = 256, chunk: int = 8, ch
                      "int4_hit_cap": g.finish_reason == "length", "fp32_hit_cap": len(v.tokens) >= max_tokens,
                      "fp32_forwards": v.forwards, "top1_agreement": round(v.agreed / max(v.compared, 1), 4),
                      "same_prompt_ids": list(int4.encode_chat(msgs)[0]) == ids,
-                     "int4_s": round(t1 - t0, 1), "fp32_s": round(t2 - t1, 1)})
+                     "int4_s": round(t1 - t0, 1), "fp32_s": round(t2 - t1, 1),
+                     "int4_tail": g.text[-160:], "fp32_tail": text32[-160:]})
         print(f"[accuracy] q{p.index}: ref {p.answer} int4 {a4} fp32 {a32} "
               f"agree {rows[-1]['top1_agreement']} ({t2 - t0:.0f} s)", file=sys.stderr, flush=True)
         if check_exact and exact is None:

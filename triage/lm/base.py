@@ -107,6 +107,15 @@ class ChatLM:
                 _, old = self._prefills.popitem(last=False)
                 self._discard_state(old)
 
+    def _candidate(self, ids: list[int], prefill: PrefillResult | None) -> PrefillResult | None:
+        """The prefill a generation on ``ids`` may continue from: the caller's, else the one
+        remembered for exactly these ids; None when it is another model's."""
+        cand = prefill
+        if cand is None:
+            with self._lock:
+                cand = self._prefills.get(tuple(ids))
+        return cand if cand is not None and cand.model_name == self.name else None
+
     def _discard_state(self, prefill: PrefillResult) -> None:
         """Free what an evicted prefill holds (engines with native state override this)."""
 

@@ -143,11 +143,8 @@ class OnnxLM(ChatLM):
         return None
 
     def _begin(self, ids: list[int], prefill: PrefillResult | None, max_new: int) -> tuple[Any, Any, bool]:
-        cand = prefill
-        if cand is None:
-            with self._lock:
-                cand = self._prefills.get(tuple(ids))
-        if cand is not None and cand.model_name == self.name:
+        cand = self._candidate(ids, prefill)
+        if cand is not None:
             dec = self._take(cand)
             if dec is not None:
                 common = 0

@@ -106,11 +106,8 @@ class LocalLM(ChatLM):
         return result
 
     def _begin(self, ids: list[int], prefill: PrefillResult | None, max_new: int) -> tuple[Any, Any, bool]:
-        cand = prefill
-        if cand is None:
-            with self._lock:
-                cand = self._prefills.get(tuple(ids))
-        if cand is not None and cand.past_key_values is not None and cand.model_name == self.name:
+        cand = self._candidate(ids, prefill)
+        if cand is not None and cand.past_key_values is not None:
             old = cand.input_ids
             common = 0
             for x, y in zip(old, ids, strict=False):

@@ -41,9 +41,18 @@ class CandidateKey(str, Enum):
     model = "model"
 
 
-def _open(url: str | None) -> Any:
-    from triage.router.ledger.store import open_ledger
+def _open(url: str | None, *, existing: bool = False) -> Any:
+    """The ledger at ``url`` (default: the settings'). ``existing``: commands that only read or
+    annotate records refuse a SQLite file that is not there, instead of creating an empty ledger
+    and reporting nothing (a mistyped ``--ledger`` looked like a ledger with no traffic)."""
+    from triage.router.ledger.sqlite_store import sqlite_path
+    from triage.router.ledger.store import LedgerError, open_ledger, url_scheme
+    from triage.settings import get_settings
 
+    url = url or get_settings().ledger_url
+    if existing and url and url_scheme(url) == "sqlite" and not sqlite_path(url).is_file():
+        raise LedgerError(f"no ledger at {sqlite_path(url)}: check --ledger (or TRIAGE_LEDGER_URL); "
+                          "commands that only read a ledger do not create one")
     return open_ledger(url)
 
 
@@ -77,7 +86,7 @@ def report_cmd(
     from triage.router.ledger.report import ledger_report, parse_since
 
     since_dt = parse_since(since) if since else None
-    with _open(ledger) as store:
+    with _open(ledger, existing=True) as store:
         report = ledger_report(store, by=by.value, since=since_dt, baseline=baseline)
         where = store.where
     if as_json:
@@ -118,7 +127,7 @@ def export_cmd(
 
     since_dt = parse_since(since) if since else None
     export = export_jsonl if fmt == ExportFormat.jsonl else export_parquet
-    with _open(ledger) as store:
+    with _open(ledger, existing=True) as store:
         try:
             res = export(store, out, since=since_dt, candidate=candidate.value)
         except OSError as exc:
@@ -145,7 +154,7 @@ def feedback_cmd(
     except ValidationError as exc:  # a bad source or request id
         err = exc.errors()[0]
         fail(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    with _open(ledger) as store:
+    with _open(ledger, existing=True) as store:
         store.add_outcome(outcome)
         where = store.where
     console.print(f"recorded score {score:g} ({source}) for {request_id} in {where}")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from triage.lm.decoding import log_softmax_np
+
 FEATURE_VERSION = "tr-features-1"
 DEFAULT_TOP_K = 16
 
@@ -21,16 +23,10 @@ def feature_dim(hidden_size: int, top_k: int = DEFAULT_TOP_K) -> int:
     return 2 * hidden_size + top_k + 1
 
 
-def _log_softmax_np(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float32)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 def entropy_from_logits(logits: Any) -> Any:
     """Entropy (nats) over the last dimension of a logits tensor (torch) or array (numpy)."""
     if isinstance(logits, np.ndarray):
-        logp = _log_softmax_np(logits)
+        logp = log_softmax_np(logits)
         return -(np.exp(logp) * logp).sum(axis=-1)
     import torch
 
@@ -57,7 +53,7 @@ def router_features(hidden: Any, logits: Any, token_embedding: Any, top_k: int =
 def router_features_np(hidden: np.ndarray, logits: np.ndarray, token_embedding: np.ndarray,
                        top_k: int = DEFAULT_TOP_K) -> np.ndarray:
     """The numpy twin of :func:`router_features` (same layout, top-k sorted descending)."""
-    logp = _log_softmax_np(logits)
+    logp = log_softmax_np(logits)
     ent = -(np.exp(logp) * logp).sum(axis=-1, keepdims=True)
     top = np.partition(logp, logp.shape[-1] - top_k, axis=-1)[..., -top_k:]
     top = -np.sort(-top, axis=-1)

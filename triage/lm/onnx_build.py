@@ -36,7 +36,12 @@ from triage.lm.onnx_card import (
     read_card,
     verify_build,
 )
-from triage.lm.specs import ModelLoadError, ResolvedModel, resolve_model
+from triage.lm.specs import (
+    ModelLoadError,
+    ResolvedModel,
+    require_free_space,
+    resolve_model,
+)
 
 #: Graph output carrying the middle layer's residual stream (the builder's name for it).
 MIDDLE_OUTPUT = "aux_hidden_states"
@@ -60,11 +65,19 @@ def hf_folder(resolved: ResolvedModel) -> Path:
     from triage.lm.loading import _MARKER, cache_folder, load_model
 
     folder = cache_folder(resolved, resolved.sha256())
+    reason = None
     if not (folder / _MARKER).is_file():
-        load_model(resolved)  # de-quantizes once and writes the safetensors cache
+        reason = load_model(resolved).cache_error  # de-quantizes once and writes the safetensors cache
     if not (folder / _MARKER).is_file():
-        raise ModelLoadError(f"could not write the safetensors cache for {resolved.name!r} in {folder}")
+        raise ModelLoadError(f"could not write the safetensors cache for {resolved.name!r} in {folder}"
+                             + (f": {reason}" if reason else ""))
     return folder
+
+
+def _folder_dtype(folder: Path) -> str | None:
+    """The dtype the transformers folder stores (float16 for de-quantized GGUF caches)."""
+    cfg = json.loads((folder / "config.json").read_text())
+    return cfg.get("torch_dtype") or cfg.get("dtype")
 
 
 def _model_shape(folder: Path) -> dict[str, Any]:
@@ -108,6 +121,10 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
     src = hf_folder(resolved)
     shape = _model_shape(src)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # An int4 build with its fp32 embedding table is ~55% of the float16 folder (1.8 of 3.4 GB for
+    # the 1.5B); the builder also writes temporary files next to it.
+    src_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    require_free_space(folder.parent, int(src_bytes * 0.75), f"building {resolved.name} as int4 ONNX")
     tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:
@@ -120,7 +137,8 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
         card = {
             "card_version": CARD_VERSION,
             "name": resolved.name,
-            "source": {"kind": resolved.kind, "path": str(resolved.path), "sha256": source_sha},
+            "source": {"kind": resolved.kind, "path": str(resolved.path), "sha256": source_sha,
+                       "transformers_dtype": _folder_dtype(src)},
             "builder": {"package": "onnxruntime-genai", "version": metadata.version("onnxruntime-genai"),
                         "command": "python -m onnxruntime_genai.models.builder -p int4 -e cpu",
                         "extra_options": _extra_options(q, shape["middle_layer"])},

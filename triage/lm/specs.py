@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,24 @@ class ModelNotInstalledError(UnknownLocalModelError):
 
 class ModelLoadError(LocalModelError):
     """The model files exist but transformers could not load them."""
+
+
+class InsufficientDiskError(LocalModelError):
+    """Not enough free disk for a model step (assembling chunks, de-quantizing, building)."""
+
+
+def require_free_space(folder: Path, need_bytes: int, step: str) -> None:
+    """Refuse a multi-GB write up front, with what it needs and where, instead of failing halfway
+    through it with ENOSPC (and leaving a partial file for the next run to trip over)."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise InsufficientDiskError(
+            f"{step} needs about {need_bytes / 1e9:.1f} GB free in {folder}, and {free / 1e9:.1f} GB are "
+            "left; free some disk or point TRIAGE_CACHE_DIR at a larger one"
+        )
 
 
 class PromptTooLongError(LocalModelError):
@@ -213,6 +232,7 @@ def _assemble_chunks(spec: ModelSpec, dirs: list[Path], out_dir: Path | None = N
         if out.is_file() and out.stat().st_size == expected:
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
+        require_free_space(out.parent, expected, f"assembling {spec.name} from its chunks")
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         with tmp.open("wb") as dst:
             for c in chunks:

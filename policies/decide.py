@@ -137,7 +137,7 @@ def decide(policy: Policy, out: ProbeOutput) -> Decision:
         expected_cost_usd=policy.expected_cost_usd(strategy, tier),
         utilities=utilities,
         cascade=cascade,
-        fallback=policy.fallback if policy.fallback != strategy else None,
+        fallback=next(iter(policy.fallback_chain(strategy)), None),
     )
 
 
@@ -190,10 +190,17 @@ def token_uncertainty(token_logprobs: list[tuple[float, list[float]] | tuple[flo
     )
 
 
-def should_escalate(plan: CascadePlan, uncertainty: Uncertainty, truncated: bool) -> str | None:
-    """Why the cascade escalates (``truncated``, ``entropy``, ``logprob``), or None to keep the answer."""
+def should_escalate(plan: CascadePlan, uncertainty: Uncertainty, truncated: bool,
+                    calls_tools: bool = False) -> str | None:
+    """Why the cascade escalates (``truncated``, ``entropy``, ``logprob``), or None to keep the answer.
+
+    ``calls_tools``: the answer is a tool call. Providers give logprobs for text only, so a tool
+    call has no tokens to judge; it is an answer, not an empty one (the agent's next turn is routed
+    afresh), so the token tests cannot escalate it - truncation still can."""
     if truncated and plan.escalate_on_truncation:
         return "truncated"
+    if uncertainty.tokens == 0 and calls_tools:
+        return None
     if uncertainty.tokens == 0:
         # An empty answer from the cheap model is no answer; escalate when an uncertainty test is set.
         return "empty" if (plan.max_mean_entropy is not None or plan.min_token_logprob is not None) else None

@@ -165,7 +165,11 @@ class Policy(BaseModel):
     expected_cost: dict[str, ExpectedCost] = Field(
         default_factory=dict, description="Per-strategy expected cost of a query (filled by calibrate)."
     )
-    fallback: str | None = Field(default=None, description="Strategy used when the chosen one's provider fails.")
+    fallback: str | list[str] | None = Field(
+        default=None,
+        description="Strategy, or ordered list of strategies, tried when the chosen one's provider fails "
+        "(a strategy's own `fallbacks` overrides it).",
+    )
     calibration: Calibration | None = None
 
     @field_validator("version", mode="before")
@@ -197,9 +201,19 @@ class Policy(BaseModel):
 
         for tier in TIERS:
             check(f"tiers.{tier}", self.tiers.get(tier))
-        check("fallback", self.fallback)
+        policy_chain = self._policy_chain()
+        for i, name in enumerate(policy_chain):
+            check("fallback" if isinstance(self.fallback, str) else f"fallback.{i}", name)
+        if len(set(policy_chain)) != len(policy_chain):
+            raise ValueError("fallback: a strategy is listed twice")
         for name, strategy in known.items():
             check(f"strategies.{name}.escalate_to", strategy.escalate_to)
+            for i, target in enumerate(strategy.fallbacks or []):
+                check(f"strategies.{name}.fallbacks.{i}", target)
+                if target == name:
+                    raise ValueError(f"strategies.{name}.fallbacks.{i}: a strategy cannot fall back to itself")
+            if strategy.fallbacks and len(set(strategy.fallbacks)) != len(strategy.fallbacks):
+                raise ValueError(f"strategies.{name}.fallbacks: a strategy is listed twice")
         for name in self.expected_cost:
             check(f"expected_cost.{name}", name)
         rule = self.rule
@@ -226,6 +240,22 @@ class Policy(BaseModel):
 
     def strategy(self, name: str) -> Strategy:
         return self.strategies[name]
+
+    def _policy_chain(self) -> list[str]:
+        fallback = self.fallback
+        return [fallback] if isinstance(fallback, str) else list(fallback or [])
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """Strategies tried, in order, when ``name``'s provider fails: its own ``fallbacks``, else the
+        policy's ``fallback`` (``name`` itself left out)."""
+        own = self.strategies[name].fallbacks
+        chain = own if own is not None else self._policy_chain()
+        return [n for n in chain if n != name]
+
+    def fallback_names(self) -> list[str]:
+        """Every strategy any fallback chain can run (policy-wide and per-strategy), each once."""
+        names = self._policy_chain() + [n for s in self.strategies.values() for n in (s.fallbacks or [])]
+        return list(dict.fromkeys(names))
 
     def candidates(self) -> list[str]:
         """Strategies the expected-utility rule chooses between (order = tie-break order)."""

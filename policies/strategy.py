@@ -43,6 +43,39 @@ class Price(BaseModel):
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
+class Deployment(BaseModel):
+    """One endpoint serving a strategy's model (several of them are load-balanced, like litellm's router).
+
+    Where a call goes and with which key come from the policy only: a deployment names its base URL
+    and the environment variable holding its key, never the key itself.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_base: str = Field(min_length=1, description="Base URL of this deployment (http:// or https://).")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding this deployment's API key (never the key itself)."
+    )
+    weight: float = Field(default=1.0, gt=0.0, description="Share of the traffic, relative to the other deployments.")
+    model: str | None = Field(default=None, min_length=1,
+                              description="The model string this deployment is called with; default: the strategy's.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        for key in data if isinstance(data, dict) else ():
+            if key in _SECRET_KWARGS:
+                raise ValueError(f"'{key}' must not be written in a policy file; use api_key_env: NAME_OF_ENV_VAR")
+        return data
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("api_base must be an http:// or https:// URL")
+        return value
+
+
 def _kind_option_schemas(schema: dict[str, Any]) -> None:
     """The policy-file schema lists each kind's options key as if it were a field."""
     props = schema.setdefault("properties", {})
@@ -92,6 +125,18 @@ class Strategy(BaseModel):
         default=None, description="Name of the environment variable holding the API key (never the key itself)."
     )
     timeout_s: float = Field(default=120.0, gt=0.0, description="Per-call timeout; no call waits longer.")
+    deployments: list[Deployment] | None = Field(
+        default=None, min_length=1,
+        description="Several endpoints of this model, load-balanced by weight; a failing one cools down and "
+        "the others are tried before the fallback chain (replaces the strategy's api_base/api_key_env).",
+    )
+    cooldown_s: float = Field(default=30.0, ge=0.0, description="How long a failing deployment gets no traffic.")
+    allowed_fails: int = Field(default=1, ge=1, description="Consecutive failures before a deployment cools down.")
+    fallbacks: list[str] | None = Field(
+        default=None,
+        description="This strategy's own fallback chain, tried in order on a provider failure (overrides the "
+        "policy's `fallback`; `[]`: none).",
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="Further litellm keyword arguments (top_p, seed...).")
     # The kind's validated options (its own key in the policy file, e.g. `token_routing:`).
     _options: BaseModel | None = PrivateAttr(default=None)
@@ -125,6 +170,22 @@ class Strategy(BaseModel):
                 raise ValueError(
                     f"retry_max_tokens ({self.retry_max_tokens}) must be larger than max_tokens ({self.max_tokens})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _deployments_own_the_destination(self) -> "Strategy":
+        if self.deployments is None:
+            if {"cooldown_s", "allowed_fails"} & self.model_fields_set:
+                raise ValueError("cooldown_s and allowed_fails apply only to a strategy with deployments")
+            return self
+        if self.api_base is not None or self.api_key_env is not None:
+            raise ValueError("with deployments, set api_base and api_key_env on each deployment, not on the strategy")
+        kind = kind_of(self.model)
+        if kind.is_local:
+            raise ValueError(f"deployments apply to remote models only, not to '{self.model}'")
+        for i, dep in enumerate(self.deployments):
+            if dep.model is not None and kind_of(dep.model) is not kind:
+                raise ValueError(f"deployments.{i}.model: '{dep.model}' is not the same kind of model as '{self.model}'")
         return self
 
     @model_validator(mode="wrap")

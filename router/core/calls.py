@@ -35,6 +35,7 @@ class Step:
     max_tokens: int | None
     reasoning_effort: str | None = None
     want_logprobs: int | None = None  # top-k alternatives requested (cascade), None = no logprobs
+    deployment: int | None = None  # index into the strategy's deployments (None: it has none)
 
 
 @dataclass
@@ -85,7 +86,13 @@ def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
     kwargs: dict[str, Any] = dict(_DEFAULTS)
     kwargs.update(strategy.extra)
     kwargs.update({k: v for k, v in caller.items() if k not in _ROUTER_KWARGS})
-    kwargs["model"] = strategy.model
+    # Where the call goes and with which key: the strategy's, or the chosen deployment's (never the caller's).
+    model, api_base, api_key_env = strategy.model, strategy.api_base, strategy.api_key_env
+    if step.deployment is not None:
+        assert strategy.deployments is not None
+        dep = strategy.deployments[step.deployment]
+        model, api_base, api_key_env = dep.model or strategy.model, dep.api_base, dep.api_key_env
+    kwargs["model"] = model
     kwargs["messages"] = strategy.apply_to_messages(messages)
     caller_max = caller.get("max_tokens")
     budget = step.max_tokens
@@ -97,21 +104,21 @@ def build_kwargs(strategy: Strategy, step: Step, messages: list[dict[str, Any]],
         kwargs["temperature"] = strategy.temperature
     if strategy.stop is not None:
         kwargs["stop"] = list(strategy.stop)
-    if strategy.api_base is not None:
-        kwargs["api_base"] = strategy.api_base
-    if strategy.api_key_env is not None:
-        key = os.environ.get(strategy.api_key_env)
+    if api_base is not None:
+        kwargs["api_base"] = api_base
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env)
         if not key:  # unset since start-up: never let litellm pick another provider's key
-            raise ConfigError(f"strategy '{strategy.name}': environment variable {strategy.api_key_env} "
+            raise ConfigError(f"strategy '{strategy.name}': environment variable {api_key_env} "
                               "(api_key_env) is not set")
         kwargs["api_key"] = key
-    elif strategy.api_base is not None and not kind.is_local:
+    elif api_base is not None and not kind.is_local:
         kwargs["api_key"] = NO_KEY
     timeout = float(strategy.timeout_s)
     if caller.get("timeout") is not None:
         timeout = min(timeout, float(caller["timeout"]))
     kwargs["timeout"] = timeout
-    if step.reasoning_effort is not None and (kind.is_local or supports_reasoning(strategy.model)):
+    if step.reasoning_effort is not None and (kind.is_local or supports_reasoning(model)):
         kwargs["reasoning_effort"] = step.reasoning_effort
     else:
         kwargs.pop("reasoning_effort", None)
@@ -185,6 +192,14 @@ def message_text(response: Any) -> str:
     if not choices:
         return ""
     return _get(_get(choices[0], "message"), "content") or ""
+
+
+def tool_calls_of(response: Any) -> list[Any]:
+    """The first choice's tool calls (empty when the answer is text)."""
+    choices = _get(response, "choices") or []
+    if not choices:
+        return []
+    return list(_get(_get(choices[0], "message"), "tool_calls") or [])
 
 
 def finish_reason_of(response: Any) -> str | None:

@@ -8,7 +8,8 @@ receipt and the record are the same whichever way a request was made.
 
 How the plan applies to a stream:
 
-* a provider failure before the first chunk with an answer -> the policy's fallback streams instead
+* a provider failure before the first chunk with an answer -> another deployment, or the next
+  strategy of the fallback chain, streams instead
   (a failure after text has reached the caller raises :class:`TriageProviderError` mid-stream);
 * the cheap step of a cascade runs without streaming (its whole answer is needed to judge its
   uncertainty); an accepted answer is replayed as chunks, an escalation is streamed;
@@ -27,12 +28,14 @@ from triage.router.core.calls import (
     Attempt,
     Step,
     build_kwargs,
+    classify,
     cost_of,
     finish_reason_of,
     is_provider_error,
     provider_error,
     usage_of,
 )
+from triage.router.core.deployments import DeploymentPool, host_of
 from triage.router.core.errors import EmptyUpstreamStreamError, TriageProviderError
 from triage.router.core.plan import CallPlan
 from triage.router.core.receipt import ledger_record, triage_info
@@ -94,7 +97,8 @@ class Execution:
 
     def __init__(self, policy: Policy, routed: Routed, *, request_id: str, started: float,
                  caller: dict[str, Any], ledger_fields: dict[str, Any] | None = None,
-                 store_prompts: bool = False, stream: bool = False) -> None:
+                 store_prompts: bool = False, stream: bool = False,
+                 deployments: DeploymentPool | None = None) -> None:
         self.policy = policy
         self.routed = routed
         self.request_id = request_id
@@ -105,10 +109,12 @@ class Execution:
         self.stream = stream
         # The usage-only final chunk (no choices) goes to callers who asked for it, as OpenAI does.
         self.include_usage = bool(_get(caller.get("stream_options"), "include_usage"))
-        self.plan = CallPlan(policy, routed.decision, request_id)
+        self.plan = CallPlan(policy, routed.decision, request_id, deployments)
         self.step: Step | None = self.plan.first()
         self._streaming = routed.decision.cascade is None
         self._t0 = time.perf_counter()
+        # The step begun last and the max_tokens its call was sent (the budget, or the caller's tighter cap).
+        self._sent: tuple[Step | None, int | None] = (None, None)
         self.tally = StreamTally()
         self.final_response: Any = None
         self.error: BaseException | None = None
@@ -141,6 +147,7 @@ class Execution:
         self.tally = StreamTally()
         strategy = self.policy.strategies[self.step.strategy]
         kwargs = build_kwargs(strategy, self.step, self.routed.messages, self.caller)
+        self._sent = (self.step, kwargs.get("max_tokens"))
         if self.streams_this_step():
             self._streaming = True
             kwargs["stream"] = True
@@ -208,6 +215,8 @@ class Execution:
                                 sent_chunks=t.content_chunks)
         self.plan.attempts.append(attempt)
         raised: BaseException | None = None
+        if error is None or is_provider_error(error):  # what the stream says about its deployment
+            self.plan.deployment_outcome(self.step, None if error is None else classify(error)[0])
         if error is not None and is_provider_error(error):
             raised = provider_error(error, self.policy.strategies[self.step.strategy], self.plan.attempts,
                                     " (mid-stream)", self.request_id)
@@ -227,7 +236,13 @@ class Execution:
         assert self.step is not None
         strategy = self.policy.strategies[self.step.strategy]
         a = Attempt(strategy=self.step.strategy, model=strategy.model, reason=self.step.reason,
-                    max_tokens=self.step.max_tokens, latency_s=time.perf_counter() - self._t0)
+                    max_tokens=self._sent[1] if self._sent[0] is self.step else self.step.max_tokens,
+                    latency_s=time.perf_counter() - self._t0)
+        if self.step.deployment is not None and strategy.deployments is not None:
+            # Which endpoint was called: its index and host, never its URL's path or its key.
+            dep = strategy.deployments[self.step.deployment]
+            a.model = dep.model or strategy.model
+            a.extra.update({"deployment": self.step.deployment, "api_base_host": host_of(dep)})
         a.prompt_tokens, a.completion_tokens, a.reasoning_tokens = usage_of(usage)
         if usage is None and sent_chunks:
             # A stream cut before its usage chunk: count what reached the caller (one token per

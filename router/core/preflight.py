@@ -24,15 +24,18 @@ def check_policy_credentials(policy: Policy) -> None:
     """Raise :class:`ConfigError` naming the first ``api_key_env`` variable that is unset or empty;
     register every configured key (and provider keys in the environment) for scrubbing."""
     for strategy in policy.strategies.values():
-        env = strategy.api_key_env
-        if env is None:
-            continue
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(
-                f"policy '{policy.name}': strategy '{strategy.name}' reads its API key from the environment "
-                f"variable {env} (api_key_env), which is not set; set it, or remove api_key_env")
-        register_secret(value)
+        envs = [(f"strategy '{strategy.name}'", strategy.api_key_env)] + [
+            (f"strategy '{strategy.name}' (deployment {i})", d.api_key_env)
+            for i, d in enumerate(strategy.deployments or [])]
+        for where, env in envs:
+            if env is None:
+                continue
+            value = os.environ.get(env)
+            if not value:
+                raise ConfigError(
+                    f"policy '{policy.name}': {where} reads its API key from the environment "
+                    f"variable {env} (api_key_env), which is not set; set it, or remove api_key_env")
+            register_secret(value)
     # Strategies without api_key_env (and litellm itself) read the providers' default variables.
     register_env_secrets()
 
@@ -62,6 +65,8 @@ def model_problem(model: str, *, installed: bool = False) -> str | None:
 def check_policy_models(policy: Policy, *, installed: bool = False) -> None:
     """Raise :class:`ConfigError` naming the first strategy whose model cannot be called."""
     for strategy in policy.strategies.values():
-        problem = model_problem(strategy.model, installed=installed)
-        if problem is not None:
-            raise ConfigError(f"policy '{policy.name}': strategy '{strategy.name}': {problem}")
+        overrides = [d.model for d in strategy.deployments or [] if d.model is not None]
+        for model in [strategy.model, *overrides]:
+            problem = model_problem(model, installed=installed)
+            if problem is not None:
+                raise ConfigError(f"policy '{policy.name}': strategy '{strategy.name}': {problem}")

@@ -8,8 +8,9 @@
 ``strategy``/``model`` the strategy and model whose answer is returned (differs from the decision's
                       after an escalation or a fallback)
 ``attempts``          every call made, in order: strategy, model, reason (primary, retry, escalation,
-                      fallback), max_tokens, tokens, cost_usd, latency_s, finish_reason, truncated,
-                      error, escalated_because, uncertainty
+                      fallback), max_tokens (the cap the call was sent: the step's budget, or the
+                      caller's tighter max_tokens), tokens, cost_usd, latency_s, finish_reason,
+                      truncated, error, escalated_because, uncertainty
 ``prompt_tokens``, ``completion_tokens``, ``reasoning_tokens``, ``cost_usd``  sums over attempts
 ``truncated``         whether the returned answer was cut by its token budget
 ``escalated``, ``retried``, ``fell_back``   whether an escalation, a retry or the fallback happened
@@ -90,6 +91,11 @@ def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, l
         metadata.setdefault("expected_cost_usd", d.expected_cost_usd)
     for key, value in _kind_metadata(attempts).items():  # e.g. a token-routed pair's token split
         metadata.setdefault(key, value)
+    if any("deployment" in a.extra for a in attempts):
+        # Which deployment each attempt called (index and host; None: a strategy without deployments).
+        metadata.setdefault("deployments", [
+            {"deployment": a.extra["deployment"], "host": a.extra.get("api_base_host")} if "deployment" in a.extra
+            else None for a in attempts])
     return LedgerRecord(
         request_id=request_id,
         policy_name=d.policy,

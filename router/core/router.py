@@ -24,6 +24,7 @@ from triage.policies.decide import Decision, decide
 from triage.policies.loader import load_policy
 from triage.policies.policy import Policy
 from triage.policies.pricing import import_litellm
+from triage.router.core.deployments import DeploymentPool
 from triage.router.core.drivers import aopen_stream, arun, open_stream, run
 from triage.router.core.execution import Execution
 from triage.router.core.messages import normalize_messages, probe_text
@@ -64,6 +65,8 @@ class Router:
         self.ledger = ledger
         self._probe = ProbeRunner(policy, self.policy_path, probe)
         self._providers_ready = False
+        # Cooldown state of the policy's deployments, shared by every request this router serves.
+        self.deployments = DeploymentPool()
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, **kwargs: Any) -> "Router":
@@ -120,7 +123,8 @@ class Router:
         return Execution(self.policy, routed, request_id=request_id or uuid.uuid4().hex,
                          started=time.perf_counter() if started is None else started,
                          caller=dict(caller or {}),
-                         ledger_fields=ledger_fields, store_prompts=self.store_prompts, stream=stream)
+                         ledger_fields=ledger_fields, store_prompts=self.store_prompts, stream=stream,
+                         deployments=self.deployments)
 
     def execute(self, routed: Routed, *, request_id: str | None = None,
                 ledger_fields: dict[str, Any] | None = None, started: float | None = None,

@@ -22,12 +22,18 @@ def replay_chunks(response: Any) -> list[Any]:
     """A finished answer as two litellm stream chunks (text, then finish reason and usage)."""
     from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
 
-    from triage.router.core.calls import message_text
+    from triage.router.core.calls import _get, message_text, tool_calls_of
 
     choice = response.choices[0]
+    # Tool calls travel whole in the first chunk (index per call, as OpenAI streams them).
+    calls = [{"index": i, "id": _get(c, "id"), "type": "function",
+              "function": {"name": _get(_get(c, "function"), "name"),
+                           "arguments": _get(_get(c, "function"), "arguments") or ""}}
+             for i, c in enumerate(tool_calls_of(response))]
+    delta = Delta(content=message_text(response) or (None if calls else ""), role="assistant",
+                  tool_calls=calls or None)
     first = ModelResponseStream(id=response.id, model=response.model, created=response.created,
-                                choices=[StreamingChoices(index=0, delta=Delta(content=message_text(response),
-                                                                               role="assistant"))])
+                                choices=[StreamingChoices(index=0, delta=delta)])
     last = ModelResponseStream(id=response.id, model=response.model, created=response.created,
                                choices=[StreamingChoices(index=0, delta=Delta(), finish_reason=choice.finish_reason)])
     if getattr(response, "usage", None) is not None:

@@ -8,7 +8,7 @@ unset). The bound is the sum, over every call the router's plan can make for thi
 
 * the calls: the chosen strategy; the cascade's ``escalate_to``; each strategy a truncated answer
   escalates to (``on_truncation: escalate``, transitively); a retry with ``retry_max_tokens``
-  (``on_truncation: retry``); the policy's ``fallback`` (once more when it can also run otherwise);
+  (``on_truncation: retry``); every strategy of the fallback chains (once more when it can also run otherwise);
 * completion budget: the larger of the strategy's ``max_tokens`` and its tier budget, tightened by
   the caller's ``max_tokens``; no budget at all makes the bound infinite (when output costs money);
 * prompt tokens: the request body's UTF-8 bytes plus the strategy's system prompt and template
@@ -88,11 +88,14 @@ def request_cost_bound(policy: Policy, decision: Decision, *, prompt_tokens: int
     start = [decision.strategy] + ([decision.cascade.escalate_to] if decision.cascade is not None else [])
     names = _reachable(policy, start)
     total = sum(_strategy_bound(policy, n, decision.tier, prompt_tokens, caller_max_tokens) for n in names)
-    fallback = policy.fallback
-    if fallback is not None and fallback in policy.strategies:
-        # The fallback runs at most once as such, and may also have run before as an ordinary step.
-        again = [fallback] if fallback in names else []
-        for n in again + [m for m in _reachable(policy, [fallback]) if m not in names]:
+    # Each strategy of any fallback chain runs at most once as a fallback, and may also have run
+    # before as an ordinary step. (Failed calls on other deployments answer nothing and bill nothing.)
+    seen = set(names)
+    for fallback in policy.fallback_names():
+        again = [fallback] if fallback in seen else []
+        fresh = [m for m in _reachable(policy, [fallback]) if m not in seen]
+        seen.update(fresh)
+        for n in again + fresh:
             total += _strategy_bound(policy, n, decision.tier, prompt_tokens, caller_max_tokens)
     return total
 

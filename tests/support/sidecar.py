@@ -203,11 +203,12 @@ def record_of(ledger: Path, request_id: str) -> Any:
 
 
 @contextmanager
-def stub_upstream() -> Iterator[str]:
+def stub_upstream(*args: str) -> Iterator[str]:
     """The benchmark's stub upstream (eval/bench/stub_upstream.py) in its own process on a free
-    loopback port; yields its base URL (``http://127.0.0.1:PORT``, the OpenAI API under ``/v1``)."""
+    loopback port; yields its base URL (``http://127.0.0.1:PORT``, the OpenAI API under ``/v1``).
+    ``args`` go to its command line (fault injection: ``--fail-rate 1``...)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "stub upstream on" in (proc.stdout.readline() if proc.stdout else "")

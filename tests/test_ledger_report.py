@@ -242,3 +242,45 @@ def test_cli_refuses_a_newer_ledger(tmp_path: Path) -> None:
     res = _cli("report", "--ledger", url)
     assert res.exit_code == 2
     assert "schema version 42" in res.output and "schema version 1" in res.output
+
+
+def _timed(rid: str, strategy: str, model: str, tier: str, latency_s: float | None) -> LedgerRecord:
+    return LedgerRecord(request_id=rid, strategy=strategy, model=model, tier=tier, time=T0, latency_s=latency_s,
+                        attempts=[Attempt(model=model, prompt_tokens=10, completion_tokens=10, cost_usd=0.001)])
+
+
+def test_latency_percentiles_per_tier_strategy_and_model(ledger_url: str, tmp_path: Path) -> None:
+    # cheap/m1/easy: 0.1 .. 1.0 s (10 records) plus one without a latency (not counted);
+    # big/m2/hard: 2.0 and 4.0 s. Linear interpolation: p50 0.55 / 0.955 and 3.0 / 3.9.
+    recs = [_timed(f"c{i}", "cheap", "m1", "easy", round(0.1 * i, 1)) for i in range(1, 11)]
+    recs += [_timed("c-none", "cheap", "m1", "easy", None),
+             _timed("b1", "big", "m2", "hard", 4.0), _timed("b2", "big", "m2", "hard", 2.0)]
+    with open_ledger(ledger_url) as store:
+        store.write_records(recs)
+        reports = {by: ledger_report(store, by=by) for by in ("tier", "strategy", "model")}
+    for by, (cheap, big) in {"tier": ("easy", "hard"), "strategy": ("cheap", "big"), "model": ("m1", "m2")}.items():
+        g = {x["key"]: x["latency"] for x in reports[by]["groups"]}
+        assert g[cheap]["n"] == 10 and g[cheap]["p50_s"] == pytest.approx(0.55)
+        assert g[cheap]["p95_s"] == pytest.approx(0.955)
+        assert g[big] == {"n": 2, "p50_s": pytest.approx(3.0), "p95_s": pytest.approx(3.9)}
+        overall = reports[by]["overall"]["latency"]
+        assert overall["n"] == 12 and overall["p50_s"] == pytest.approx(0.65)  # 12 values: mean of 0.6, 0.7
+    if ledger_url.startswith("postgres"):
+        return
+    res = _cli("report", "--ledger", ledger_url, "--by", "strategy")
+    assert res.exit_code == 0, res.output
+    assert "p50 s" in res.stdout and "p95 s" in res.stdout
+    [big_row] = [ln for ln in res.stdout.splitlines() if "big" in ln]
+    assert "3.00" in big_row and "3.90" in big_row
+    doc = json.loads(_cli("report", "--ledger", ledger_url, "--json").stdout)
+    assert {g["key"]: g["latency"]["n"] for g in doc["groups"]} == {"big": 2, "cheap": 10}
+
+
+def test_latency_of_a_group_without_latencies_is_none(tmp_path: Path) -> None:
+    url = str(tmp_path / "l.sqlite")
+    with open_ledger(url) as store:
+        store.write_records([_timed("x", "cheap", "m1", "easy", None)])
+        rep = ledger_report(store, by="strategy")
+    assert rep["groups"][0]["latency"] == {"n": 0, "p50_s": None, "p95_s": None}
+    res = _cli("report", "--ledger", url)
+    assert res.exit_code == 0, res.output

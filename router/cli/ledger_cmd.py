@@ -82,7 +82,8 @@ def report_cmd(
     baseline: Annotated[str | None, typer.Option("--baseline", help="Strategy TEP is measured against.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Requests, accuracy, tokens, accuracy per 1k tokens, cost, cost-of-pass, TEP, escalation, truncation."""
+    """Requests, accuracy, tokens, accuracy per 1k tokens, cost, cost-of-pass, TEP, escalation, truncation,
+    p50/p95 latency."""
     from triage.router.ledger.report import ledger_report, parse_since
 
     since_dt = parse_since(since) if since else None
@@ -95,7 +96,7 @@ def report_cmd(
     window = f" since {report['since']}" if report["since"] else ""
     table = Table(title=f"ledger {where}: {report['n']:,} requests{window}, by {report['by']}")
     for col in ("", "req", "scored", "acc", "tokens p/c/r", "acc/1k tok", "cost $", "$/pass",
-                f"TEP vs {baseline}" if baseline else "TEP", "esc", "trunc"):
+                f"TEP vs {baseline}" if baseline else "TEP", "esc", "trunc", "p50 s", "p95 s"):
         table.add_column(col, justify="left" if not col else "right")
     for row in [*report["groups"], {"key": "[bold]all[/]", **report["overall"]}]:
         tok = row["tokens"]
@@ -107,6 +108,7 @@ def report_cmd(
             "/".join(_compact(tok[k]) for k in ("prompt", "completion", "reasoning")),
             _fmt(row["accuracy_per_1k_tokens"]), _fmt(row["total_cost"], ",.4f"), _fmt(cop, ",.5f"),
             _fmt(row["tep"], ",.2f"), _fmt(row["escalation_rate"], ".0%"), _fmt(row["truncation_rate"], ".0%"),
+            _fmt(row["latency"]["p50_s"], ",.2f"), _fmt(row["latency"]["p95_s"], ",.2f"),
         )
     # Piped output has no terminal width to respect; don't squeeze the table into 80 columns.
     (console if console.is_terminal else Console(width=140)).print(table)

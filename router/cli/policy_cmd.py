@@ -1,4 +1,4 @@
-"""`triage policy ...` commands: schema, validate, calibrate."""
+"""`triage policy ...` commands: init, schema, validate, calibrate."""
 
 from __future__ import annotations
 
@@ -13,6 +13,54 @@ import typer
 from triage.router.cli.common import console, fail, user_errors
 
 app = typer.Typer(help="Policy files: schema, validation, calibration on replay data.", no_args_is_help=True)
+
+
+@app.command("init")
+@user_errors
+def init_cmd(
+    cheap: Annotated[str, typer.Option("--cheap", help="Model for easy and normal queries (litellm string, "
+                                                        "e.g. openai/gpt-4o-mini, or local/<name>).")],
+    strong: Annotated[str, typer.Option("--strong", help="Model for hard queries (e.g. openai/gpt-4o).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")] = Path("my-policy.yaml"),
+    name: Annotated[str, typer.Option("--name", help="Policy name (the sidecar's triage/<name>).")] = "my-policy",
+    cheap_key_env: Annotated[str | None, typer.Option("--cheap-key-env", help="Variable holding the cheap "
+                                                      "model's key (default: its provider's, e.g. OPENAI_API_KEY).")] = None,
+    strong_key_env: Annotated[str | None, typer.Option("--strong-key-env", help="Same for the strong model.")] = None,
+    cheap_api_base: Annotated[str | None, typer.Option("--cheap-api-base", help="Endpoint URL (self-hosted).")] = None,
+    strong_api_base: Annotated[str | None, typer.Option("--strong-api-base", help="Endpoint URL (self-hosted).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Write a commented starter policy for your own cheap and strong models, validated before it is written."""
+    from triage.router.cli.policy_init import (
+        ENV_NAME,
+        POLICY_NAME,
+        StrategySpec,
+        guess_key_env,
+        next_steps,
+        render_policy,
+        write_policy,
+    )
+
+    if not POLICY_NAME.match(name):
+        fail(f"--name {name!r}: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if out.exists() and not force:  # before anything slow (the model checks import litellm)
+        fail(f"{out} already exists; pass --force to overwrite it")
+    specs = []
+    for flag, model, key_env, base, max_tokens in (("--cheap", cheap, cheap_key_env, cheap_api_base, 1024),
+                                                    ("--strong", strong, strong_key_env, strong_api_base, 2048)):
+        model = model.strip()
+        if not model or any(c.isspace() for c in model):
+            fail(f"{flag} {model!r}: a model string has no spaces, e.g. openai/gpt-4o-mini")
+        if key_env is not None and not ENV_NAME.match(key_env):
+            fail(f"{flag}-key-env {key_env!r}: give the NAME of an environment variable, not a key")
+        specs.append(StrategySpec(model=model, key_env=key_env if key_env is not None else guess_key_env(model),
+                                  api_base=base, max_tokens=max_tokens))
+    write_policy(out, render_policy(name, specs[0], specs[1]), force=force)
+    envs = list(dict.fromkeys(s.key_env for s in specs if s.key_env))
+    console.print(f"wrote {out}: policy '{name}', cheap {specs[0].model}, strong {specs[1].model}. Next:",
+                  highlight=False, soft_wrap=True)
+    for step in next_steps(out, name, envs):
+        console.print(f"  {step}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("schema")

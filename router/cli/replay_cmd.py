@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -92,6 +91,8 @@ def _with_progress(items: Iterable, label: str) -> Iterator:
 
 def _summary(records: list, *, title: str) -> list[Table]:
     """One table per task (pooled accuracy across benchmarks means little): runs, accuracy, cost, tokens."""
+    import numpy as np  # here, not at module level: `triage --help` and the other commands need none of it
+
     from triage.replay import ReplayData
 
     data = ReplayData.from_records(records, keep_records=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -81,6 +80,8 @@ def check_settings_models(settings: Any) -> None:
 
 def run_server(settings: Any) -> None:
     """Validate, load, then serve until interrupted (one process, or ``workers`` processes)."""
+    import asyncio  # here: the CLI's other commands (and --help) need no event loop
+
     import uvicorn
 
     from triage.policies.loader import load_policy
@@ -90,7 +91,7 @@ def run_server(settings: Any) -> None:
         register_settings_secrets,
     )
     from triage.router.sidecar.app import RESOLVED_ENV, configure_protocol, create_app
-    from triage.router.sidecar.services import Services
+    from triage.router.sidecar.services import Services, check_model_aliases
     from triage.router.sidecar.settings import is_loopback
 
     if not settings.api_keys and not settings.anonymous_allowed:
@@ -124,10 +125,13 @@ def run_server(settings: Any) -> None:
         finally:
             services.close()  # commits what is queued; the app drained its in-flight responses first
         return
+    loaded = {}
     for path in settings.policies:  # fail here, once, rather than in every worker
         policy = load_policy(path)
         check_policy_credentials(policy)
         check_policy_models(policy, installed=True)
+        loaded[policy.name] = policy
+    check_model_aliases(settings, loaded)
     os.environ[RESOLVED_ENV] = settings.model_dump_json()
     uvicorn.run("triage.router.sidecar.app:app_from_env", factory=True, workers=settings.workers, **common)
 
@@ -145,6 +149,8 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="YAML or TOML settings file."),
         ledger: str = typer.Option(None, "--ledger", help="Ledger: SQLite path or postgresql:// URL."),
         log_level: str = typer.Option(None, "--log-level", help="debug, info, warning, error."),
+        alias: list[str] = typer.Option(None, "--alias", help="NAME=TARGET: serve model NAME as TARGET "
+                                        "(triage/<policy> or a served model); repeat for several."),
     ) -> None:
         """Serve the OpenAI-compatible sidecar: POST /v1/chat/completions with model=triage/<policy>.
 
@@ -153,9 +159,17 @@ def register(app: typer.Typer) -> None:
         from triage.logging import configure_logging
         from triage.router.sidecar.settings import load_sidecar_settings
 
+        aliases = None
+        if alias:  # given on the command line: replaces the environment's / file's table, like any flag
+            aliases = {}
+            for item in alias:
+                name, sep, target = item.partition("=")
+                if not sep or not name.strip() or not target.strip():
+                    fail(f"--alias {item!r}: expected NAME=TARGET, e.g. gpt-4o=triage/default")
+                aliases[name.strip()] = target.strip()
         settings = load_sidecar_settings(
             config_file=config, policies=list(policy) if policy else None, host=host, port=port,
-            workers=workers, ledger_url=ledger, log_level=log_level,
+            workers=workers, ledger_url=ledger, log_level=log_level, model_aliases=aliases,
         )
         configure_logging(json=settings.log_json, level=settings.log_level)
         run_server(settings)

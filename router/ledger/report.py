@@ -7,6 +7,10 @@ replay format (:mod:`triage.router.ledger.export`) reports the same figures eith
 Rows without an outcome count for requests, tokens, cost, escalation and truncation; accuracy,
 accuracy per 1k tokens and cost-of-pass use the scored rows only (``n_scored`` says how many).
 The latest outcome of a request is the one that counts.
+
+Latency (``latency``: p50 and p95 of the whole request's wall time, in seconds) uses the records
+that have one (``latency.n`` says how many); percentiles interpolate linearly between records,
+numpy's default.
 """
 
 from __future__ import annotations
@@ -61,12 +65,23 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def latency_summary(latency_s: np.ndarray) -> dict[str, Any]:
+    """p50 / p95 seconds over the recorded latencies (None when there are none)."""
+    known = latency_s[np.isfinite(latency_s)]
+    if known.size == 0:
+        return {"n": 0, "p50_s": None, "p95_s": None}
+    p50, p95 = np.percentile(known, [50.0, 95.0])
+    return {"n": int(known.size), "p50_s": float(p50), "p95_s": float(p95)}
+
+
 def summarize_rows(rows: ReportRows, idx: np.ndarray | None = None) -> dict[str, Any]:
-    """``summarize_outcomes`` over the rows ``idx`` (all rows when None)."""
+    """``summarize_outcomes`` over the rows ``idx`` (all rows when None), plus latency percentiles."""
     sel = slice(None) if idx is None else idx
-    return summarize_outcomes(rows.score[sel], rows.cost[sel], rows.prompt_tokens[sel],
-                              rows.completion_tokens[sel], rows.reasoning_tokens[sel],
-                              rows.truncated[sel], escalated=rows.escalated[sel])
+    out = summarize_outcomes(rows.score[sel], rows.cost[sel], rows.prompt_tokens[sel],
+                             rows.completion_tokens[sel], rows.reasoning_tokens[sel],
+                             rows.truncated[sel], escalated=rows.escalated[sel])
+    out["latency"] = latency_summary(rows.latency_s[sel])
+    return out
 
 
 def _keys(rows: ReportRows, by: str) -> list[str]:

@@ -228,7 +228,7 @@ class SQLLedgerStore(LedgerStore):
         where = f"{t} >= ?" + (" AND r.tenant = ?" if tenant is not None else "")
         sql = self._q(
             f"SELECT {t}, r.tier, r.strategy, r.model, r.cost_usd, r.prompt_tokens, r.completion_tokens, "
-            f"r.reasoning_tokens, r.truncated, r.escalated, lo.score FROM ledger_records r "
+            f"r.reasoning_tokens, r.truncated, r.escalated, lo.score, r.latency_s FROM ledger_records r "
             f"{self._latest_outcome_join()} WHERE {where} ORDER BY {t}, r.request_id")
         lo = -1e18 if since is None else as_utc(since).timestamp()
         params = (lo,) if tenant is None else (lo, tenant)

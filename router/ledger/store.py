@@ -77,6 +77,7 @@ class ReportRows:
     reasoning_tokens: np.ndarray
     truncated: np.ndarray
     escalated: np.ndarray
+    latency_s: np.ndarray  # wall time of the whole request; NaN when not recorded
 
     @property
     def n(self) -> int:
@@ -84,15 +85,15 @@ class ReportRows:
 
     @classmethod
     def from_tuples(cls, rows: Sequence[tuple]) -> "ReportRows":
-        """Rows of (time_unix, tier, strategy, model, cost, pt, ct, rt, truncated, escalated, score)."""
-        cols = list(zip(*rows)) if rows else [()] * 11
+        """Rows of (time_unix, tier, strategy, model, cost, pt, ct, rt, truncated, escalated, score, latency_s)."""
+        cols = list(zip(*rows)) if rows else [()] * 12
         f = lambda i: np.array([np.nan if v is None else float(v) for v in cols[i]], dtype=float)  # noqa: E731
         return cls(
             time_unix=f(0), tier=list(cols[1]), strategy=list(cols[2]), model=list(cols[3]),
             cost=f(4), prompt_tokens=f(5), completion_tokens=f(6), reasoning_tokens=f(7),
             truncated=np.array([bool(v) for v in cols[8]], dtype=bool),
             escalated=np.array([bool(v) for v in cols[9]], dtype=bool),
-            score=f(10),
+            score=f(10), latency_s=f(11),
         )
 
 

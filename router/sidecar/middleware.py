@@ -4,7 +4,8 @@ For every HTTP request it
 
 * assigns the request id and puts ``x-triage-request-id``, ``x-triage-tier`` and
   ``x-triage-strategy`` on the response, whatever produced it (routes set tier and strategy in
-  ``request.state``; responses without a decision say ``none``);
+  ``request.state``; responses without a decision say ``none``), and ``x-triage-alias`` /
+  ``x-triage-alias-target`` when the request named a model alias;
 * enforces the body size limit (413 before the body is read when Content-Length says so; chunked
   bodies are counted as they arrive) and the body read time (408 when a body has not fully arrived
   ``body_timeout_s`` after the headers: a client that sends half a body cannot hold a connection);
@@ -32,6 +33,8 @@ from triage.router.sidecar.errors import error_body
 REQUEST_ID = "x-triage-request-id"
 TIER = "x-triage-tier"
 STRATEGY = "x-triage-strategy"
+ALIAS = "x-triage-alias"  # the alias a request named ...
+ALIAS_TARGET = "x-triage-alias-target"  # ... and the policy or model it resolved to
 NONE = "none"
 
 
@@ -80,6 +83,10 @@ class SidecarMiddleware:
                 headers.append((REQUEST_ID.encode(), request_id.encode()))
                 headers.append((TIER.encode(), str(state.get("triage_tier") or NONE).encode("latin-1", "replace")))
                 headers.append((STRATEGY.encode(), str(state.get("triage_strategy") or NONE).encode("latin-1", "replace")))
+                if state.get("triage_alias"):  # only when the caller used an alias (ASCII: settings check it)
+                    headers.append((ALIAS.encode(), str(state["triage_alias"]).encode("latin-1", "replace")))
+                    headers.append((ALIAS_TARGET.encode(),
+                                    str(state.get("triage_alias_target")).encode("latin-1", "replace")))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -192,6 +192,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "triage"
+    target: str | None = Field(default=None, description="An alias's target (`triage/<policy>` or a model).")
 
 
 class ModelList(BaseModel):

@@ -61,15 +61,22 @@ async def caller_of(request: Request,
     return caller
 
 
-def _ledger_fields(caller: Caller, endpoint: str, requested: str, stream: bool) -> dict[str, Any]:
-    return {"tenant": caller.tenant, "api_key_id": caller.key_id,
-            "metadata": {"endpoint": endpoint, "requested_model": requested, "stream": stream}}
+def _ledger_fields(caller: Caller, endpoint: str, requested: str, stream: bool,
+                   target: Any = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"endpoint": endpoint, "requested_model": requested, "stream": stream}
+    if target is not None and target.alias is not None:  # what the alias pointed to when it was used
+        metadata["alias"] = target.alias
+        metadata["alias_target"] = target.name
+    return {"tenant": caller.tenant, "api_key_id": caller.key_id, "metadata": metadata}
 
 
 async def _decide(request: Request, services: Services, caller: Caller, model: str | None,
                   messages: list[dict[str, Any]]) -> tuple[Any, Any]:
     target = services.resolve(model or "triage")
-    authorize_model(caller, target.name)
+    if target.alias is not None:  # echoed as x-triage-alias / x-triage-alias-target
+        request.state.triage_alias = target.alias
+        request.state.triage_alias_target = target.name
+    authorize_model(caller, target.name)  # a key's `models` restrict what is called, whatever its name
     try:
         routed = await asyncio.to_thread(target.route, messages)
     except DecisionError as exc:  # the policy and its probe do not fit: the server's fault, said plainly
@@ -104,7 +111,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                                prompt_tokens=prompt_tokens_bound(await request.body()),
                                caller_max_tokens=kwargs.get("max_tokens"))
     request_id = request.state.request_id
-    fields = _ledger_fields(caller, "chat.completions", body.model, body.stream)
+    fields = _ledger_fields(caller, "chat.completions", body.model, body.stream, target)
     reservation = services.spend.reserve(caller, bound)
     try:
         if body.stream:
@@ -159,20 +166,24 @@ async def feedback(body: FeedbackRequest, request: Request, caller: Caller = Dep
     return FeedbackResponse(request_id=body.request_id)
 
 
-@api.get("/v1/models", response_model=ModelList, tags=["openai"], responses=ERROR_RESPONSES)
+@api.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, tags=["openai"],
+         responses=ERROR_RESPONSES)
 async def models(request: Request, caller: Caller = Depends(caller_of)) -> ModelList:
-    """Policies as `triage/<name>`, then the concrete models that may be called as-is."""
+    """Policies as `triage/<name>`, then aliases (owned_by `triage-alias`, `target` = what they point
+    to), then the concrete models that may be called as-is."""
     services = services_of(request)
-    names = services.policy_models() + services.concrete_models()
+    aliases = services.alias_models()
+    cards = [ModelCard(id=n, owned_by="triage") for n in services.policy_models()]
+    cards += [ModelCard(id=a, owned_by="triage-alias", target=t) for a, t in aliases.items()]
+    cards += [ModelCard(id=n, owned_by="upstream") for n in services.concrete_models() if n not in aliases]
     allowed = []
-    for name in names:
+    for card in cards:
         try:
-            authorize_model(caller, name)
+            authorize_model(caller, card.target or card.id)  # an alias is listed when its target may be used
         except SidecarError:
             continue
-        allowed.append(name)
-    return ModelList(data=[ModelCard(id=n, owned_by="triage" if n.startswith("triage/") else "upstream")
-                           for n in allowed])
+        allowed.append(card)
+    return ModelList(data=allowed)
 
 
 @api.get("/v1/ledger/summary", tags=["triage"], responses=ERROR_RESPONSES)

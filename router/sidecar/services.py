@@ -11,7 +11,10 @@ Model names resolve to a :class:`Target`:
 * a concrete model that a policy's strategy uses, or that matches ``settings.models`` -> a
   pass-through router: a one-strategy policy calling that model as-is (with the connection
   settings, api_key_env and price of the policy strategy that uses it). The default policy's
-  probe still reads the request, so the ledger records its tier like any other request.
+  probe still reads the request, so the ledger records its tier like any other request;
+* an alias (``settings.model_aliases``) -> its target's router, resolved as above. Aliases do not
+  chain (a target is never looked up as an alias) and win over a concrete model of the same name.
+  Every alias is resolved once at start-up, so a typo fails ``triage serve`` rather than a request.
 """
 
 from __future__ import annotations
@@ -40,7 +43,29 @@ POLICY_PREFIX = "triage/"
 PASSTHROUGH = "passthrough"
 MAX_PASSTHROUGH = 256
 LEDGER_RETRY_AFTER_S = 5  # a down ledger is retried every 2 s by the writer; 5 s lets it catch up
-_CONNECTION_FIELDS = ("api_base", "api_key_env", "timeout_s", "price", "replay_candidate")
+_CONNECTION_FIELDS = ("api_base", "api_key_env", "timeout_s", "price", "replay_candidate", "deployments")
+
+
+def check_model_aliases(settings: SidecarSettings, policies: dict[str, Policy]) -> None:
+    """``settings.model_aliases`` against the loaded policies (by name): one ConfigError line per problem.
+
+    An alias may not carry a policy's name, and must point at ``triage``, ``triage/<policy>``, a
+    model a policy's strategy uses, or a model ``settings.models`` admits.
+    """
+    used = {s.model for p in policies.values() for s in p.strategies.values()}
+    for alias, target in settings.model_aliases.items():
+        where = f"sidecar settings: model_aliases: alias '{alias}'"
+        if alias in policies:
+            raise ConfigError(f"{where} is also a policy's name (served as {POLICY_PREFIX}{alias}); pick another alias")
+        if target == "triage":
+            continue
+        if target.startswith(POLICY_PREFIX):
+            if target[len(POLICY_PREFIX):] not in policies:
+                raise ConfigError(f"{where} points at unknown policy '{target}'; policies: "
+                                  f"{', '.join(POLICY_PREFIX + n for n in policies)}")
+        elif target not in used and not any(fnmatchcase(target, p) for p in settings.models):
+            raise ConfigError(f"{where} points at unknown model '{target}': not used by a policy nor "
+                              "admitted by the `models` setting")
 
 
 @dataclass
@@ -51,6 +76,7 @@ class Target:
     router: Router
     policy_router: Router  # whose probe decides the tier (itself, or the default for pass-through)
     passthrough: bool = False
+    alias: str | None = None  # the alias the caller used; ``name`` is then what it points to
 
     def route(self, messages: list[dict[str, Any]]) -> Routed:
         """Probe + decision (CPU work: run it in a worker thread)."""
@@ -102,7 +128,22 @@ class Services:
                        writer=writer, metrics=metrics, keyring=keyring, limiter=RateLimiter(),
                        spend=SpendTracker(settings.budget_status))
         services.warm = {name: "loading" for name in routers}
+        try:
+            services.check_aliases()
+        except BaseException:
+            services.close()
+            raise
         return services
+
+    def check_aliases(self) -> None:
+        """Every alias must point at a served policy or model and not hide a policy; ConfigError if not."""
+        check_model_aliases(self.settings, {name: r.policy for name, r in self.routers.items()})
+        for alias, target in self.settings.model_aliases.items():
+            try:  # builds a concrete target's pass-through router now: a glob may admit a name no provider serves
+                self._resolve_direct(target)
+            except SidecarError as exc:
+                raise ConfigError(f"sidecar settings: model_aliases: alias '{alias}' -> '{target}': "
+                                  f"{exc.message}") from None
 
     async def warm_up(self) -> None:
         """Load every policy's probe and providers (worker threads) before serving; seed budgets.
@@ -147,8 +188,28 @@ class Services:
                     return strategy
         return None
 
+    def alias_models(self) -> dict[str, str]:
+        """Alias -> what it points to (``triage/<policy>`` spelled out for a bare ``triage``)."""
+        return {a: (POLICY_PREFIX + self.default_policy if t == "triage" else t)
+                for a, t in self.settings.model_aliases.items()}
+
+    def _unknown_hint(self) -> str:
+        aliases = list(self.settings.model_aliases)
+        if not aliases:
+            return "use triage/<policy> or a model listed by GET /v1/models"
+        shown = ", ".join(aliases[:8]) + (", ..." if len(aliases) > 8 else "")
+        return f"use triage/<policy>, an alias ({shown}) or a model listed by GET /v1/models"
+
     def resolve(self, model: str) -> Target:
-        """The target of a request's ``model``; 404 when the sidecar does not serve it."""
+        """The target of a request's ``model`` (an alias: of what it points to); 404 when not served."""
+        target = self.settings.model_aliases.get(model)
+        if target is None:
+            return self._resolve_direct(model)
+        resolved = self._resolve_direct(target)
+        resolved.alias = model
+        return resolved
+
+    def _resolve_direct(self, model: str) -> Target:
         if model == "triage" or model.startswith(POLICY_PREFIX):
             name = model[len(POLICY_PREFIX):] if model.startswith(POLICY_PREFIX) else self.default_policy
             router = self.routers.get(name)
@@ -160,9 +221,8 @@ class Services:
         if router is None:
             source = self._strategy_for_model(model)
             if source is None and not any(fnmatchcase(model, p) for p in self.settings.models):
-                raise SidecarError(
-                    404, f"unknown model '{model}': use triage/<policy> or a model listed by GET /v1/models",
-                    code="model_not_found", param="model")
+                raise SidecarError(404, f"unknown model '{model}': {self._unknown_hint()}",
+                                   code="model_not_found", param="model")
             try:
                 router = self._passthrough_router(model, source)
             except (ConfigError, ValueError) as exc:  # a glob admitted a name no provider serves
@@ -177,6 +237,8 @@ class Services:
         spec: dict[str, Any] = {"model": model}
         if source is not None:
             spec.update({f: getattr(source, f) for f in _CONNECTION_FIELDS if getattr(source, f) is not None})
+            if source.deployments:  # the same endpoints, cooled down the same way
+                spec.update(cooldown_s=source.cooldown_s, allowed_fails=source.allowed_fails)
         policy = Policy.model_validate({
             "name": PASSTHROUGH, "version": "1", "description": f"{model} called as-is",
             "strategies": {PASSTHROUGH: spec},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,8 @@ from triage.errors import ConfigError
 
 ENV_PREFIX = "TRIAGE_SIDECAR_"
 KEY_ID_PATTERN = r"^[A-Za-z0-9_.:@\-]{1,64}$"
+# Aliases and their targets are echoed in x-triage-alias* headers: printable ASCII, no spaces, bounded.
+ALIAS_PATTERN = re.compile(r"^[!-~]{1,200}$")
 
 
 class ApiKeySpec(BaseModel):
@@ -78,6 +81,12 @@ class SidecarSettings(BaseSettings):
     models: list[str] = Field(
         default_factory=list,
         description="Concrete models callable as-is besides those the policies use (fnmatch globs allowed).",
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Client-facing model names -> `triage/<policy>` or a served concrete model, e.g. "
+        "{\"gpt-4o\": \"triage/default\"}: a client with a hard-coded model name is routed unchanged. "
+        "Checked at start-up against the loaded policies.",
     )
     ledger_url: str | None = Field(default=None, description="SQLite path or postgresql:// URL; default: the ledger's.")
     store_prompts: bool = Field(default=False, description="Keep prompt text in the ledger (a hash is always kept).")
@@ -132,6 +141,18 @@ class SidecarSettings(BaseSettings):
         for p in value:
             if not p.is_file():
                 raise ValueError(f"policy file not found: {p}")
+        return value
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, target in value.items():
+            if not ALIAS_PATTERN.match(alias):
+                raise ValueError(f"alias {alias[:60]!r}: 1-200 printable ASCII characters without spaces")
+            if alias == "triage" or alias.startswith("triage/"):
+                raise ValueError(f"alias {alias!r} would shadow the policies' names (triage, triage/<policy>)")
+            if not ALIAS_PATTERN.match(target) or target == alias:
+                raise ValueError(f"alias {alias!r}: the target must be triage/<policy> or another model's name")
         return value
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -21,6 +22,8 @@ from triage.eval.evaluation import EvaluationResult, evaluate
 from triage.eval.demo_local_pair import DEFAULT_QUESTIONS as DEFAULT_LOCAL_PAIR_QUESTIONS
 from triage.eval.evaluation.table import print_frontier
 from triage.replay import ReplayData, write_replay
+
+NOISE_LOG = "library.log"  # OUT/library.log: the libraries' warnings and progress bars (eval/library_noise.py)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class DemoContext:
     n_boot: int = 1000
     seed: int = 0
     local_pair_questions: int = DEFAULT_LOCAL_PAIR_QUESTIONS  # GSM8K questions of the `local-pair` step; 0 skips it
+    wide: bool = False  # every table column (--wide); by default the tables fit 100-120 columns
     datasets: dict[str, tuple[DemoDataset, ReplayData]] = field(default_factory=dict)
     results: dict[str, EvaluationResult] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
@@ -84,7 +88,12 @@ def step_probe(ctx: DemoContext) -> None:
 
     path = default_probe_path()
     if not (path / "card.json").is_file():
+        from triage.console import StepProgress, progress_bar
+        from triage.eval.default_probe import build_default_probe
+
         ctx.console.print(f"  building the default probe into {path} (first run only; a few minutes on 2 cores)")
+        with progress_bar(ctx.console, transient=False) as bar:
+            build_default_probe(out_dir=path, progress=StepProgress(bar))
     probe = load_probe(ensure_default_probe())
     success = probe.card.metrics.get("calibrated", {}).get("success", {})
     auroc = ", ".join(f"{label} {m['auroc']['value']:.3f}" for label, m in success.items())
@@ -100,8 +109,17 @@ def step_route(ctx: DemoContext) -> None:
     from triage.router.sdk.demo import demo_step
 
     # Serving never builds; the demo is an offline tool, so it builds the int4 ONNX model once.
-    ensure_policy_models(DEFAULT_POLICY, lambda line: ctx.console.print(f"  {line}", highlight=False))
+    with ctx.console.status("checking the local model build", spinner="dots") as status:
+        ensure_policy_models(DEFAULT_POLICY, _say_with(ctx, status))
     demo_step(ctx)
+
+
+def _say_with(ctx: DemoContext, status: Any) -> Callable[[str], None]:
+    """Print a build line and show it on the spinner while the next (long) part runs."""
+    def say(line: str) -> None:
+        ctx.console.print(f"  {line}", highlight=False)
+        status.update(line)
+    return say
 
 
 def step_local_pair(ctx: DemoContext) -> None:
@@ -113,10 +131,15 @@ def step_local_pair(ctx: DemoContext) -> None:
 
 def step_evaluate(ctx: DemoContext) -> None:
     """Evaluate baselines and the dataset's routers; print the frontier table of each."""
+    from triage.console import progress_bar
+
     for name, (spec, data) in ctx.datasets.items():
-        result = evaluate(data, list(spec.routers), n_boot=ctx.n_boot, seed=ctx.seed)
+        with progress_bar(ctx.console) as bar:
+            bar.add_task(f"{name}: {len(spec.routers)} routers + baselines, {ctx.n_boot} bootstrap replicates",
+                         total=None)
+            result = evaluate(data, list(spec.routers), n_boot=ctx.n_boot, seed=ctx.seed)
         ctx.results[name] = result
-        print_frontier(ctx.console, result)
+        print_frontier(ctx.console, result, wide=ctx.wide)
 
 
 def step_report(ctx: DemoContext) -> None:
@@ -157,6 +180,8 @@ def run(ctx: DemoContext, steps: list[Step] | None = None) -> DemoContext:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from triage.console import output_width
+    from triage.eval.library_noise import library_noise_to
     from triage.settings import get_settings
 
     ap = argparse.ArgumentParser(description="Triage demo: replay evaluation on shared datasets.")
@@ -166,20 +191,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--local-pair-questions", type=int, default=DEFAULT_LOCAL_PAIR_QUESTIONS, metavar="N",
                     help="GSM8K test questions for the local-pair step (0 skips it and its 1.6 GB install)")
+    ap.add_argument("--wide", action="store_true", help="print every table column (default: fit 100-120 columns)")
+    ap.add_argument("--steps", default=None, metavar="A,B",
+                    help=f"run only these steps, in the demo's order ({', '.join(s.name for s in STEPS)})")
     args = ap.parse_args(argv)
+    steps = STEPS
+    if args.steps:
+        wanted = [n.strip() for n in args.steps.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {s.name for s in STEPS})
+        if unknown:
+            ap.error(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(s.name for s in STEPS)}")
+        steps = [s for s in STEPS if s.name in wanted]
     data_dir = args.data_dir or get_settings().data_dir
     if not Path(data_dir).is_dir():
         ap.error(f"shared data folder not found: {data_dir} (set TRIAGE_DATA_DIR or --data-dir)")
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
+    console = Console(width=output_width(console))  # COLUMNS, the terminal's, or 120 when piped
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=args.out, data_dir=Path(data_dir), console=console, n_boot=args.bootstrap, seed=args.seed,
-                      local_pair_questions=args.local_pair_questions)
+                      local_pair_questions=args.local_pair_questions, wide=args.wide)
+    noise_path = args.out / NOISE_LOG
+    console.print(f"[dim]warnings and progress bars of torch, transformers, scikit-learn, ... go to {noise_path}[/]",
+                  highlight=False)
     started = time.perf_counter()
-    run(ctx)
-    console.print(f"[bold green]demo done[/] in {time.perf_counter() - started:.1f} s; "
-                  f"report: {ctx.artifacts.get('report')}")
+    with library_noise_to(noise_path) as noise:
+        run(ctx, steps)
+    done = f"[bold green]demo done[/] in {time.perf_counter() - started:.1f} s"
+    if "report" in ctx.artifacts:
+        done += f"; report: {ctx.artifacts['report']}"
+    if noise.written():
+        done += f"; library output: {noise_path} ({noise.written():,} bytes)"
+    console.print(done, highlight=False)
     return 0
 
 

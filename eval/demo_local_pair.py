@@ -196,19 +196,25 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def pair_table(run: PairRun) -> Table:
+def pair_table(run: PairRun, *, wide: bool = False) -> Table:
+    """The step's table; the model column (long names, also in the caption) only with ``wide``."""
+    from triage.console import Col, make_table
+
     names = list(run.strategies)
-    table = Table(title=f"GSM8K, {len(run.questions)} test questions: policy {run.policy} "
-                        f"(probe {run.probe_version}); exact match on the final number")
-    for col in ("row", "model", "n", "accuracy", *(f"acc {s}-only" for s in names), "mean tokens", "seconds",
-                f"-> {run.large}"):
-        table.add_column(col, justify="left" if col in ("row", "model") else "right")
+    cols = [Col("row"), Col("model", wide_only=True), Col("n", "right"), Col("accuracy", "right"),
+            *(Col(f"acc {s}-only", "right") for s in names), Col("mean tokens", "right"), Col("seconds", "right"),
+            Col(f"-> {run.large}", "right")]
+    rows = []
     for r in run.rows:
         per = [_fmt(r.get(f"accuracy_{s}_only"), ".2f") if r["kind"] == "tier" else "" for s in names]
-        table.add_row(r["row"], r["model"], str(r["n"]), _fmt(r["accuracy"], ".2f"), *per,
-                      _fmt(r["mean_completion_tokens"], ".0f"), f"{r['seconds']:.1f}", _fmt(r["share_large"], ".0%"),
-                      end_section=r["row"] == "tier hard")
-    return table
+        rows.append({"cells": [r["row"], r["model"], r["n"], _fmt(r["accuracy"], ".2f"), *per,
+                               _fmt(r["mean_completion_tokens"], ".0f"), f"{r['seconds']:.1f}",
+                               _fmt(r["share_large"], ".0%")],
+                     "end_section": r["row"] == "tier hard"})
+    caption = ", ".join(f"{s} = {m}" for s, m in run.strategies.items())
+    return make_table(cols, rows, wide=wide, caption=caption,
+                      title=f"GSM8K, {len(run.questions)} test questions: policy {run.policy} "
+                            f"(probe {run.probe_version}); exact match on the final number")
 
 
 def write_json(run: PairRun, path: Path, *, data: dict[str, Any], timing: dict[str, float]) -> Path:
@@ -235,18 +241,30 @@ def local_pair_step(ctx: Any, *, policy_path: str | Path = DEFAULT_POLICY, reuse
         return None
     say = lambda line: console.print(f"  {line}", highlight=False)  # noqa: E731
     t0 = time.perf_counter()
-    build_s = ensure_policy_models(policy_path, say)
+    with console.status("checking the local model builds", spinner="dots") as status:
+        build_s = ensure_policy_models(policy_path, lambda line: (say(line), status.update(line)))
     data_file = Path(ctx.data_dir) / "gsm8k" / "test.jsonl"
     problems = load_problems(data_file, 0, n)
     ledger = Path(ctx.out) / LEDGER_NAME
     for suffix in ("", "-wal", "-shm"):  # this run's calls only
         Path(f"{ledger}{suffix}").unlink(missing_ok=True)
     t1 = time.perf_counter()
-    run = run_pair(problems, policy_path=policy_path, ledger_path=ledger, reuse=reuse,
-                   say=lambda line: console.print(f"  [dim]{line}[/]", highlight=False))
+    from triage.console import print_table, progress_bar
+
+    # Model calls: one routed per question, plus each strategy's own (minus the reused routed one).
+    calls = len(problems) * (len(_strategy_order(load_policy(Path(policy_path)))) + (0 if reuse else 1))
+    with progress_bar(console) as bar:
+        task = bar.add_task("answering GSM8K questions", total=calls)
+
+        def progress(line: str) -> None:
+            console.print(f"  [dim]{line}[/]", highlight=False)
+            bar.update(task, advance=1, description=line.split(":")[0])
+
+        run = run_pair(problems, policy_path=policy_path, ledger_path=ledger, reuse=reuse, say=progress)
     timing = {"builds": round(build_s, 1), "answers": round(time.perf_counter() - t1, 1),
               "step": round(time.perf_counter() - t0, 1)}
-    console.print(pair_table(run))
+    wide = bool(getattr(ctx, "wide", False))
+    print_table(console, pair_table(run, wide=wide), wide=wide)
     path = write_json(run, Path(ctx.out) / JSON_NAME, timing=timing,
                       data={"file": str(data_file), "start": 0, "count": len(problems)})
     console.print(f"  wrote {path}; {len(run.questions)} routed calls with their outcomes in the ledger:\n"

@@ -190,7 +190,10 @@ def test_cli_report_json_and_table(tmp_path: Path) -> None:
     assert doc["by"] == "tier" and doc["n"] == 60 and doc["baseline"] == "large-think"
     assert all(math.isfinite(g["accuracy"]) for g in doc["groups"])
     res = _cli("report", "--ledger", url, "--since", "2025-03-01T06:00:00")
-    assert res.exit_code == 0 and "large-think" in res.stdout and "acc/1k tok" in res.stdout
+    assert res.exit_code == 0 and "large-think" in res.stdout and "p95 s" in res.stdout
+    assert max(len(ln) for ln in res.stdout.splitlines()) <= 120 and "acc/1k tok" not in res.stdout
+    res = _cli("report", "--ledger", url, "--wide")
+    assert res.exit_code == 0 and "acc/1k tok" in res.stdout and "trunc" in res.stdout
 
 
 @pytest.mark.parametrize("args, message", [

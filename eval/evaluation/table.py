@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from triage.console import print_table
 from triage.eval.evaluation.result import EvaluationResult, RouterResult
 
 __all__ = ["format_cost", "frontier_rows", "frontier_table", "print_frontier"]
@@ -70,7 +71,12 @@ def frontier_rows(result: EvaluationResult) -> list[dict[str, str]]:
     return out
 
 
-def frontier_table(result: EvaluationResult) -> Table:
+#: Printed with ``--wide`` only (the HTML report and ``--json`` always have them): the table fits 100
+#: columns without them.
+WIDE_ONLY = ("tokens/query", "AIQ", "cost ratio at best acc")
+
+
+def frontier_table(result: EvaluationResult, *, wide: bool = False) -> Table:
     rows = frontier_rows(result)
     proto = result.protocol
     how = (f"train/test split: scored on {proto['n_eval']:,} test queries" if proto["kind"] == "split"
@@ -82,23 +88,25 @@ def frontier_table(result: EvaluationResult) -> Table:
     caption.extend(result.notes)
     if result.budgets:
         caption.append("budgets: " + ", ".join(f"{k}={v}" for k, v in result.budgets.items()))
+    if not wide:
+        caption.append("--wide adds " + ", ".join(WIDE_ONLY))
     table = Table(title=f"{result.dataset}: {result.n:,} queries, {len(result.candidates)} candidates",
                   caption="\n".join(caption))
     if not rows:
         return table
+    skip = {"kind"} if wide else {"kind", *WIDE_ONLY}
     for col in rows[0]:
-        if col == "kind":
+        if col in skip:
             continue
         # Wrap at spaces rather than cut: "0.638 [0.612, 0.664]" becomes two lines when narrow.
         table.add_column(col, justify="left" if col == "router" else "right", overflow="fold")
     for row in rows:
         style = {"candidate": None, "baseline": "cyan", "router": "bold"}[row["kind"]]
-        table.add_row(*[v for k, v in row.items() if k != "kind"], style=style)
+        table.add_row(*[v for k, v in row.items() if k not in skip], style=style)
     return table
 
 
-def print_frontier(console: Console, result: EvaluationResult) -> None:
-    """Print the table at the terminal's width, or 160 columns when piped (no 80-column squeeze)."""
-    if not console.is_terminal:
-        console = Console(file=console.file, width=max(console.width, 160), no_color=console.no_color)
-    console.print(frontier_table(result))
+def print_frontier(console: Console, result: EvaluationResult, *, wide: bool = False) -> None:
+    """Print the table at ``COLUMNS``, the terminal's width, or 120 columns when piped (not rich's 80);
+    ``wide``: every column, up to 200 columns."""
+    print_table(console, frontier_table(result, wide=wide), wide=wide)

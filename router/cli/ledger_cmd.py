@@ -10,9 +10,8 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
+from triage.console import Col, make_table, print_table
 from triage.router.cli.common import console, fail, user_errors
 
 app = typer.Typer(help="The ledger of routed calls: reports, exports, outcomes, schema.", no_args_is_help=True)
@@ -81,9 +80,11 @@ def report_cmd(
     since: Annotated[str | None, typer.Option("--since", help="Only records since: 7d, 12h, 30m or an ISO date.")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Strategy TEP is measured against.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column (scored, accuracy per 1k tokens, "
+                                       "escalation and truncation rates), whatever the width.")] = False,
 ) -> None:
     """Requests, accuracy, tokens, accuracy per 1k tokens, cost, cost-of-pass, TEP, escalation, truncation,
-    p50/p95 latency."""
+    p50/p95 latency (the table fits 120 columns; --wide for all of them, --json for everything)."""
     from triage.router.ledger.report import ledger_report, parse_since
 
     since_dt = parse_since(since) if since else None
@@ -94,24 +95,27 @@ def report_cmd(
         typer.echo(json.dumps({"ledger": where, **report}, indent=2))
         return
     window = f" since {report['since']}" if report["since"] else ""
-    table = Table(title=f"ledger {where}: {report['n']:,} requests{window}, by {report['by']}")
-    for col in ("", "req", "scored", "acc", "tokens p/c/r", "acc/1k tok", "cost $", "$/pass",
-                f"TEP vs {baseline}" if baseline else "TEP", "esc", "trunc", "p50 s", "p95 s"):
-        table.add_column(col, justify="left" if not col else "right")
+    columns = [Col(""), Col("req", "right"), Col("scored", "right", wide_only=True), Col("acc", "right"),
+               Col("tokens p/c/r", "right"), Col("acc/1k tok", "right", wide_only=True), Col("cost $", "right"),
+               Col("$/pass", "right"), Col(f"TEP vs {baseline}" if baseline else "TEP", "right"),
+               Col("esc", "right", wide_only=True), Col("trunc", "right", wide_only=True),
+               Col("p50 s", "right"), Col("p95 s", "right")]
+    rows = []
     for row in [*report["groups"], {"key": "[bold]all[/]", **report["overall"]}]:
         tok = row["tokens"]
         cop = row["cost_of_pass"]
         if cop is None and row["n_scored"] and row["expected_correct"] == 0 and row["total_cost"] is not None:
             cop = math.inf
-        table.add_row(
+        rows.append([
             str(row["key"]), f"{row['requests']:,}", f"{row['n_scored']:,}", _fmt(row["accuracy"]),
             "/".join(_compact(tok[k]) for k in ("prompt", "completion", "reasoning")),
             _fmt(row["accuracy_per_1k_tokens"]), _fmt(row["total_cost"], ",.4f"), _fmt(cop, ",.5f"),
             _fmt(row["tep"], ",.2f"), _fmt(row["escalation_rate"], ".0%"), _fmt(row["truncation_rate"], ".0%"),
             _fmt(row["latency"]["p50_s"], ",.2f"), _fmt(row["latency"]["p95_s"], ",.2f"),
-        )
-    # Piped output has no terminal width to respect; don't squeeze the table into 80 columns.
-    (console if console.is_terminal else Console(width=140)).print(table)
+        ])
+    title = f"ledger {where}: {report['n']:,} requests{window}, by {report['by']}"
+    caption = None if wide else "--wide: 4 more columns (scored, accuracy per 1k tokens, escalation, truncation)"
+    print_table(console, make_table(columns, rows, wide=wide, title=title, caption=caption), wide=wide)
 
 
 @app.command("export")

@@ -30,6 +30,7 @@ def evaluate_cmd(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Report and skip bad lines instead of failing.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds and bootstrap.")] = 0,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0: no intervals).")] = 1000,
+    wide: Annotated[bool, typer.Option("--wide", help="Print every column (tokens/query, AIQ, cost ratio).")] = False,
 ) -> None:
     """Replay logged outcomes through baselines and routers; print the frontier table."""
     from triage.eval.evaluation import apply_budgets, parse_budget
@@ -79,7 +80,7 @@ def evaluate_cmd(
     if json_out:
         typer.echo(json.dumps(result.to_json()))
     else:
-        print_frontier(console, result)
+        print_frontier(console, result, wide=wide)
     if report is not None:
         from triage.eval.report import write_report
 

@@ -17,6 +17,7 @@ from triage.replay import ReplayData, read_replay
 from triage.router.cli.main import app
 from triage.router.ledger import LedgerWriter, OutcomeRecord, open_ledger
 from triage.router.ledger.export import export_jsonl
+from triage.router.ledger.migrations import latest_version
 from triage.router.ledger.records import Attempt, LedgerRecord
 from triage.router.ledger.report import ledger_report, parse_since
 from triage.errors import TriageError
@@ -221,16 +222,17 @@ def test_cli_feedback_export_and_migrate(tmp_path: Path) -> None:
     # A path longer than any console: the summary line must stay one line whatever the width.
     out = tmp_path / ("d" * 150) / "o.jsonl"
     out.parent.mkdir()
-    res = _cli("export", "--format", "jsonl", "-o", str(out), "--ledger", url)
+    res = _cli("export", "--format", "jsonl", "-o", str(out), "--ledger", url, "--without-prompts")
     assert res.exit_code == 0, res.output
     [line] = [ln for ln in res.stdout.splitlines() if "wrote 1 records" in ln]
     assert str(out) in line and "11 without an outcome" in line
     [rec] = read_replay(out)
     assert rec.id == "req-000004" and next(iter(rec.outcomes.values())).score == 1.0
-    res = _cli("export", "--format", "parquet", "-o", str(tmp_path / "o.parquet"), "--ledger", url)
+    res = _cli("export", "--format", "parquet", "-o", str(tmp_path / "o.parquet"), "--ledger", url,
+               "--without-prompts")
     assert res.exit_code == 0 and (tmp_path / "o.parquet").exists()
     res = _cli("migrate", "--ledger", str(tmp_path / "new.sqlite"))
-    assert res.exit_code == 0 and "schema version 0 -> 1" in res.stdout
+    assert res.exit_code == 0 and f"schema version 0 -> {latest_version()}" in res.stdout
     res = _cli("migrate", "--ledger", str(tmp_path / "new.sqlite"))
     assert res.exit_code == 0 and "up to date" in res.stdout
 
@@ -244,7 +246,7 @@ def test_cli_refuses_a_newer_ledger(tmp_path: Path) -> None:
         conn.execute("INSERT INTO triage_schema_version (version, description) VALUES (42, 'future')")
     res = _cli("report", "--ledger", url)
     assert res.exit_code == 2
-    assert "schema version 42" in res.output and "schema version 1" in res.output
+    assert "schema version 42" in res.output and f"schema version {latest_version()}" in res.output
 
 
 def _timed(rid: str, strategy: str, model: str, tier: str, latency_s: float | None) -> LedgerRecord:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from triage.console import Col, make_table, print_table
 from triage.router.cli.common import console, fail, user_errors
+from triage.router.cli.ledger_grade_cmd import grade_cmd
 
 app = typer.Typer(help="The ledger of routed calls: reports, exports, outcomes, schema.", no_args_is_help=True)
 
@@ -116,6 +117,9 @@ def report_cmd(
     title = f"ledger {where}: {report['n']:,} requests{window}, by {report['by']}"
     caption = None if wide else "--wide: 4 more columns (scored, accuracy per 1k tokens, escalation, truncation)"
     print_table(console, make_table(columns, rows, wide=wide, title=title, caption=caption), wide=wide)
+    stored = report["stored"]
+    console.print(f"stored for training: prompts {stored['prompts']:,} / features {stored['features']:,} "
+                  f"of {stored['records']:,} records ({stored['neither']:,} with neither)", highlight=False)
 
 
 @app.command("export")
@@ -126,8 +130,12 @@ def export_cmd(
     ledger: LedgerOpt = None,
     since: Annotated[str | None, typer.Option("--since", help="Only records since: 7d, 12h or an ISO date.")] = None,
     candidate: Annotated[CandidateKey, typer.Option("--candidate", help="Name the replay candidate by strategy or model.")] = CandidateKey.strategy,
+    without_prompts: Annotated[bool, typer.Option(
+        "--without-prompts", help="Export records that kept neither prompt text nor probe features "
+        "(refused by default: nothing can be trained on them).")] = False,
 ) -> None:
-    """Write records that have outcomes as replay data (for `triage replay evaluate` and recalibration)."""
+    """Write records that have outcomes as replay data (for `triage replay evaluate`, recalibration and
+    training); each row's `logged` field holds the logged action, its propensity and the probe output."""
     from triage.router.ledger.export import export_jsonl, export_parquet
     from triage.router.ledger.report import parse_since
 
@@ -135,7 +143,7 @@ def export_cmd(
     export = export_jsonl if fmt == ExportFormat.jsonl else export_parquet
     with _open(ledger, existing=True) as store:
         try:
-            res = export(store, out, since=since_dt, candidate=candidate.value)
+            res = export(store, out, since=since_dt, candidate=candidate.value, require_prompts=not without_prompts)
         except OSError as exc:
             fail(f"cannot write {out}: {exc.strerror or exc}")
     console.print(f"wrote {res.written:,} records to {res.path} ({fmt.value}); "
@@ -216,3 +224,4 @@ def recover_cmd(
     if result.rejected or result.corrupt_lines:
         console.print(f"{result.rejected:,} records refused by the ledger and {result.corrupt_lines:,} unreadable "
                       f"lines were set aside in {target.rejected_path}")
+app.command("grade")(grade_cmd)

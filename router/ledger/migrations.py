@@ -133,8 +133,14 @@ _V1_POSTGRES = (
     "CREATE INDEX ledger_outcomes_request ON ledger_outcomes (request_id, time, outcome_id)",
 )
 
+# Version 2: what a grader says about its verdict (grader version, a judge's prompt version,
+# tokens and cost), as JSON text; NULL for outcomes from people and older ledgers.
+_V2_SQLITE = ("ALTER TABLE ledger_outcomes ADD COLUMN detail_json TEXT",)
+_V2_POSTGRES = ("ALTER TABLE ledger_outcomes ADD COLUMN detail_json TEXT",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records and outcomes", _V1_SQLITE, _V1_POSTGRES),
+    Migration(2, "outcome details (graders)", _V2_SQLITE, _V2_POSTGRES),
 )
 
 

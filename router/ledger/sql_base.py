@@ -6,6 +6,7 @@ fragments (how time is stored, how JSON is passed); everything else lives here.
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
@@ -147,9 +148,10 @@ class SQLLedgerStore(LedgerStore):
         if not outcomes:
             return
         ids = sorted({o.request_id for o in outcomes})
-        rows = [(o.request_id, o.score, o.source, self._time_param(o.time)) for o in outcomes]
-        insert = self._q(f"INSERT INTO ledger_outcomes (request_id, score, source, {self.time_column}) "
-                         "VALUES (?, ?, ?, ?)")
+        rows = [(o.request_id, o.score, o.source, self._time_param(o.time),
+                 json.dumps(o.detail, default=str) if o.detail else None) for o in outcomes]
+        insert = self._q(f"INSERT INTO ledger_outcomes (request_id, score, source, {self.time_column}, "
+                         "detail_json) VALUES (?, ?, ?, ?, ?)")
 
         def go() -> None:
             with self._transaction():
@@ -181,9 +183,10 @@ class SQLLedgerStore(LedgerStore):
 
         def go() -> list[OutcomeRecord]:
             rows = self._conn.execute(self._q(
-                f"SELECT request_id, score, source, {t} FROM ledger_outcomes o WHERE request_id = ? "
+                f"SELECT request_id, score, source, {t}, detail_json FROM ledger_outcomes o WHERE request_id = ? "
                 f"ORDER BY {t}, outcome_id"), (request_id,)).fetchall()
-            return [OutcomeRecord(request_id=r[0], score=r[1], source=r[2], time=_from_unix(r[3])) for r in rows]
+            return [OutcomeRecord(request_id=r[0], score=r[1], source=r[2], time=_from_unix(r[3]),
+                                  detail=json.loads(r[4]) if r[4] else {}) for r in rows]
 
         return self._run(go)
 
@@ -193,7 +196,7 @@ class SQLLedgerStore(LedgerStore):
     def _latest_outcome_join(self) -> str:
         t = self._time_sql("o")
         return (
-            "LEFT JOIN (SELECT o.request_id, o.score, o.source, "
+            "LEFT JOIN (SELECT o.request_id, o.score, o.source, o.detail_json, "
             f"{t} AS o_time, ROW_NUMBER() OVER (PARTITION BY o.request_id ORDER BY {t} DESC, "
             "o.outcome_id DESC) AS rn FROM ledger_outcomes o) lo ON lo.request_id = r.request_id AND lo.rn = 1"
         )
@@ -201,7 +204,7 @@ class SQLLedgerStore(LedgerStore):
     def iter_entries(self, since: datetime | None = None) -> Iterator[LedgerEntry]:
         t = self.time_unix_sql
         lo = -1e18 if since is None else as_utc(since).timestamp()
-        base = (f"SELECT {t} AS tu, r.request_id, {self.json_text_sql}, lo.score, lo.source, lo.o_time "
+        base = (f"SELECT {t} AS tu, r.request_id, {self.json_text_sql}, lo.score, lo.source, lo.o_time, lo.detail_json "
                 f"FROM ledger_records r {self._latest_outcome_join()} ")
         # Keyset pagination: the lock is held per page, never across the caller's loop.
         first = self._q(base + f"WHERE {t} >= ? ORDER BY {t}, r.request_id LIMIT {_PAGE}")
@@ -214,9 +217,10 @@ class SQLLedgerStore(LedgerStore):
             else:
                 params = (lo, last[0], last[0], last[1])
                 rows = self._run(lambda p=params: self._conn.execute(nxt, p).fetchall())
-            for tu, rid, js, score, source, otime in rows:
+            for tu, rid, js, score, source, otime, detail in rows:
                 rec = LedgerRecord.model_validate_json(js)
-                out = (OutcomeRecord(request_id=rid, score=score, source=source, time=_from_unix(otime))
+                out = (OutcomeRecord(request_id=rid, score=score, source=source, time=_from_unix(otime),
+                                     detail=json.loads(detail) if detail else {})
                        if score is not None else None)
                 yield LedgerEntry(rec, out)
             if len(rows) < _PAGE:

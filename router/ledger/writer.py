@@ -193,9 +193,10 @@ class LedgerWriter:
 
     # --- outcomes --------------------------------------------------------------------------------
     def feedback(self, request_id: str, score: float, *, source: str = "user",
-                 time: datetime | None = None) -> OutcomeRecord:
-        """Attach an outcome to a request. Raises UnknownRequestError for an id the ledger lacks."""
-        outcome = OutcomeRecord(request_id=request_id, score=score, source=source,
+                 time: datetime | None = None, detail: dict[str, Any] | None = None) -> OutcomeRecord:
+        """Attach an outcome to a request. Raises UnknownRequestError for an id the ledger lacks.
+        ``detail``: what a grader says about its verdict (stored with the outcome)."""
+        outcome = OutcomeRecord(request_id=request_id, score=score, source=source, detail=detail or {},
                                 **({"time": time} if time is not None else {}))
         with self._cond:
             queued = self._pending_ids.get(request_id)
@@ -210,8 +211,8 @@ class LedgerWriter:
         return outcome
 
     async def afeedback(self, request_id: str, score: float, *, source: str = "user",
-                        time: datetime | None = None) -> OutcomeRecord:
-        return await asyncio.to_thread(self.feedback, request_id, score, source=source, time=time)
+                        time: datetime | None = None, detail: dict[str, Any] | None = None) -> OutcomeRecord:
+        return await asyncio.to_thread(self.feedback, request_id, score, source=source, time=time, detail=detail)
 
     # --- health ------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:

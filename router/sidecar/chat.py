@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from triage.router.core.errors import TriageProviderError
 from triage.router.core.fields import UnsupportedFieldError, caller_fields
+from triage.router.core.grading import gold_of
 from triage.router.sidecar.errors import SidecarError, error_body, upstream_error
 from triage.router.sidecar.openai_schema import ChatCompletionRequest
 
@@ -27,11 +28,15 @@ def upstream_kwargs(body: ChatCompletionRequest, timeout_s: float) -> dict[str, 
     """The caller's fields to pass to the upstream call, or 400 naming one that is not accepted.
 
     Only OpenAI chat-completions fields (:mod:`triage.router.core.fields`, shared with the SDK) get through;
-    ``store``/``metadata`` are dropped. Checked before routing, so a refused request calls nothing
+    ``store``/``metadata`` are dropped (``metadata.gold`` goes to the ledger record only, see
+    :mod:`triage.router.core.grading`). Checked before routing, so a refused request calls nothing
     and records nothing.
     """
     try:
-        kwargs = caller_fields(body.passthrough(), internal=())
+        passed = body.passthrough()
+        kwargs = caller_fields(passed, internal=())
+        if gold_of(passed.get("metadata")) is not None:  # metadata.gold: recorded, never forwarded
+            kwargs["metadata"] = {"gold": passed["metadata"]["gold"]}
     except UnsupportedFieldError as exc:
         raise SidecarError(400, str(exc), code="unsupported_field", param=exc.field) from None
     kwargs["timeout"] = timeout_s  # the router takes the smaller of this and the strategy's

@@ -1,6 +1,7 @@
 """Policies: strategies, tiers and the decision rule that maps a probe output to a strategy."""
 
-from triage.policies.decide import CascadePlan, Decision, DecisionError, decide
+from triage.policies.decide import CascadePlan, Decision, DecisionError, action_distribution, decide
+from triage.policies.exploration import Exploration
 from triage.policies.loader import DEFAULT_POLICY, load_policy, policy_from_dict
 from triage.policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
 from triage.policies.strategy import Price, Strategy
@@ -12,10 +13,12 @@ __all__ = [
     "Decision",
     "DecisionError",
     "ExpectedUtilityRule",
+    "Exploration",
     "Policy",
     "Price",
     "Strategy",
     "ThresholdsRule",
+    "action_distribution",
     "decide",
     "load_policy",
     "policy_from_dict",

@@ -2,8 +2,9 @@
 
 The SDK, the sidecar and replay evaluation all call this and nothing else to turn a probe output into
 a choice, so one policy file gives one decision wherever it runs. It is pure: no I/O, no clock, no
-randomness; the same policy and probe output always give the same Decision (ties break by a fixed
-order: tiers easy->hard, expected-utility candidates in the order the policy lists them).
+hidden randomness; the same policy, probe output and request id always give the same Decision (ties
+break by a fixed order: tiers easy->hard, expected-utility candidates in the order the policy lists
+them; exploration draws from a hash of the request id, :mod:`triage.policies.exploration`).
 
 What happens *after* the first call (cascade escalation on uncertainty, retry or escalation on
 truncation) is decided by :func:`should_escalate` and :func:`truncation_action`, also pure.
@@ -12,10 +13,12 @@ truncation) is decided by :func:`should_escalate` and :func:`truncation_action`,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from triage.policies.exploration import explorable, explore, sample, uniform_draw
 from triage.policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
 from triage.probes.types import TIERS, ProbeOutput
 from triage.errors import TriageError
@@ -59,6 +62,12 @@ class Decision(BaseModel):
     utilities: dict[str, float] | None = Field(default=None, description="expected_utility: score per candidate.")
     cascade: CascadePlan | None = None
     fallback: str | None = None
+    propensity: float = Field(default=1.0, description="P(this strategy as the first call) under the "
+                              "policy's exploration; 1.0 without exploration.")
+    greedy_strategy: str | None = Field(default=None, description="What the rule picks without exploration.")
+    explored: bool = Field(default=False, description="The draw chose another strategy than the greedy one.")
+    candidates: list[str] = Field(default_factory=list, description="Strategies with probability > 0.")
+    candidate: str | None = Field(default=None, description="The chosen strategy's probe success label.")
 
 
 def _tier_probs(out: ProbeOutput) -> dict[str, float]:
@@ -84,42 +93,94 @@ def success_probability(policy: Policy, strategy_name: str, out: ProbeOutput) ->
     return float(out.success[label])
 
 
-def decide(policy: Policy, out: ProbeOutput) -> Decision:
-    """Choose the strategy for one query from its probe output."""
+@dataclass(frozen=True)
+class _Greedy:
+    """What the rule itself picks, before exploration."""
+
+    probs: dict[str, float]
+    tier: str
+    strategy: str
+    utilities: dict[str, float] | None
+
+
+def _greedy(policy: Policy, out: ProbeOutput) -> _Greedy:
     probs = _tier_probs(out)
     argmax_tier = max(TIERS, key=lambda t: probs[t])  # first maximum: ties go to the easier tier
     rule = policy.rule
     utilities: dict[str, float] | None = None
-    cascade: CascadePlan | None = None
-
     if isinstance(rule, ThresholdsRule):
         tier = rule.tier_for(probs)
         strategy = policy.tiers.get(tier)
     elif isinstance(rule, ExpectedUtilityRule):
         tier = argmax_tier
-        utilities = {}
-        for name in policy.candidates():
-            cost = policy.expected_cost_usd(name, tier) if rule.lambda_ > 0 else 0.0
-            utilities[name] = success_probability(policy, name, out) - rule.lambda_ * (cost or 0.0)
+        utilities = {name: _utility(policy, rule, name, tier, out) for name in policy.candidates()}
         strategy = max(utilities, key=lambda n: utilities[n])  # first maximum in candidate order
     elif isinstance(rule, CascadeRule):
         tier = argmax_tier
-        target = policy.cascade_target()
-        if rule.skip_threshold is not None and probs["hard"] >= rule.skip_threshold:
-            strategy = target
-        else:
-            strategy = policy.cascade_start()
-            cascade = CascadePlan(
-                escalate_to=target,
-                max_mean_entropy=rule.max_mean_entropy,
-                min_token_logprob=rule.min_token_logprob,
-                first_k_tokens=rule.first_k_tokens,
-                top_logprobs=rule.top_logprobs,
-                escalate_on_truncation=rule.escalate_on_truncation,
-            )
+        skip = rule.skip_threshold is not None and probs["hard"] >= rule.skip_threshold
+        strategy = policy.cascade_target() if skip else policy.cascade_start()
     else:  # pragma: no cover - the Rule union is closed
         raise DecisionError(f"unknown rule {rule!r}")
+    return _Greedy(probs, tier, strategy, utilities)
 
+
+def _utility(policy: Policy, rule: ExpectedUtilityRule, name: str, tier: str, out: ProbeOutput) -> float:
+    cost = policy.expected_cost_usd(name, tier) if rule.lambda_ > 0 else 0.0
+    return success_probability(policy, name, out) - rule.lambda_ * (cost or 0.0)
+
+
+def _softmax_scores(policy: Policy, g: _Greedy, out: ProbeOutput) -> dict[str, float] | None:
+    """Scores softmax exploration weighs (see :mod:`triage.policies.exploration`); None for epsilon."""
+    exp = policy.exploration
+    if exp is None or exp.type != "softmax":
+        return None
+    names = list(dict.fromkeys([*explorable(policy), g.strategy]))
+    rule = policy.rule
+    if isinstance(rule, ExpectedUtilityRule):
+        known = g.utilities or {}
+        return {n: known[n] if n in known else _utility(policy, rule, n, g.tier, out) for n in names}
+    at = TIERS.index(g.tier)  # thresholds: minus the tier steps to the nearest tier a strategy serves
+    return {n: -float(min(abs(i - at) for i, t in enumerate(TIERS) if policy.tiers.get(t) == n)) for n in names}
+
+
+def _distribution(policy: Policy, g: _Greedy, out: ProbeOutput) -> dict[str, float]:
+    return explore(policy, g.strategy, g.tier, _softmax_scores(policy, g, out))
+
+
+def action_distribution(policy: Policy, out: ProbeOutput) -> dict[str, float]:
+    """The probability the policy gives each strategy as the first call for this probe output.
+
+    Off-policy evaluation reads a new policy through this (its ``pi(a|x)``), and the ledger records
+    the chosen strategy's entry as the logged propensity. Sums to 1; strategies with no mass are
+    left out. A policy without exploration puts all mass on the greedy choice.
+    """
+    return _distribution(policy, _greedy(policy, out), out)
+
+
+def decide(policy: Policy, out: ProbeOutput, *, request_id: str | None = None) -> Decision:
+    """Choose the strategy for one query from its probe output.
+
+    A policy with ``exploration`` draws the first call from :func:`action_distribution` with a
+    number fixed by ``request_id`` and the policy version (no request id: the greedy choice, no
+    draw). ``propensity`` is the chosen strategy's probability under that distribution.
+    """
+    g = _greedy(policy, out)
+    dist = _distribution(policy, g, out)
+    strategy = g.strategy
+    if request_id is not None and len(dist) > 1:
+        strategy = sample(dist, uniform_draw(request_id, policy.name, policy.version))
+    rule = policy.rule
+    cascade: CascadePlan | None = None
+    if isinstance(rule, CascadeRule) and strategy == policy.cascade_start():
+        cascade = CascadePlan(
+            escalate_to=policy.cascade_target(),
+            max_mean_entropy=rule.max_mean_entropy,
+            min_token_logprob=rule.min_token_logprob,
+            first_k_tokens=rule.first_k_tokens,
+            top_logprobs=rule.top_logprobs,
+            escalate_on_truncation=rule.escalate_on_truncation,
+        )
+    tier = g.tier
     chosen = policy.strategies[strategy]
     return Decision(
         policy=policy.name,
@@ -127,7 +188,7 @@ def decide(policy: Policy, out: ProbeOutput) -> Decision:
         probe_version=out.probe_version,
         rule=rule.type,
         tier=tier,  # type: ignore[arg-type]
-        tier_probs=probs,
+        tier_probs=g.probs,
         success={k: float(v) for k, v in out.success.items()},
         strategy=strategy,
         model=chosen.model,
@@ -135,9 +196,14 @@ def decide(policy: Policy, out: ProbeOutput) -> Decision:
         temperature=chosen.temperature,
         reasoning_effort=policy.reasoning_effort_for(strategy, tier),
         expected_cost_usd=policy.expected_cost_usd(strategy, tier),
-        utilities=utilities,
+        utilities=g.utilities,
         cascade=cascade,
         fallback=next(iter(policy.fallback_chain(strategy)), None),
+        propensity=dist.get(strategy, 0.0),
+        greedy_strategy=g.strategy,
+        explored=strategy != g.strategy,
+        candidates=list(dist),
+        candidate=chosen.candidate,
     )
 
 

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from triage.policies.exploration import Exploration, check_exploration
+from triage.policies.grading import GraderSpec
 from triage.policies.pricing import token_price
 from triage.policies.strategy import ReasoningEffort, Strategy
 from triage.probes.types import TIERS
@@ -148,6 +150,20 @@ class Calibration(BaseModel):
     reported_on: str | None = None
 
 
+class LedgerOptions(BaseModel):
+    """What this policy's records keep beyond the prompt's hash (``ledger:`` in the policy file).
+
+    ``store_prompts`` set here wins over the router's / sidecar's ``store_prompts`` for this policy's
+    records (the policy is the versioned statement of what is collected); unset, theirs applies.
+    ``store_features`` keeps the probe's feature vector, enough to retrain the head without the text.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_prompts: bool | None = Field(default=None, description="Keep prompt text (unset: the router's setting).")
+    store_features: bool = Field(default=False, description="Keep the probe's feature vector in each record.")
+
+
 class Policy(BaseModel):
     """A validated policy file."""
 
@@ -171,6 +187,11 @@ class Policy(BaseModel):
         "(a strategy's own `fallbacks` overrides it).",
     )
     calibration: Calibration | None = None
+    exploration: Exploration | None = Field(
+        default=None, description="Randomise the first call with a known propensity (off by default).")
+    ledger: LedgerOptions = Field(default_factory=LedgerOptions)
+    grader: GraderSpec | None = Field(
+        default=None, description="Grade each answer at request time against metadata.gold (or with a judge).")
 
     @field_validator("version", mode="before")
     @classmethod
@@ -234,6 +255,7 @@ class Policy(BaseModel):
                 raise ValueError("rule: a cascade needs max_mean_entropy, min_token_logprob or escalate_on_truncation")
             if self.cascade_start() == self.cascade_target():
                 raise ValueError("rule: cascade start and escalate_to are the same strategy")
+        check_exploration(self, expected_cost_optional=bool((info.context or {}).get("expected_cost_optional")))
         return self
 
     # -- lookups used by decide() and the router ------------------------------------------------

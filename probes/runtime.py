@@ -99,6 +99,12 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _clean_texts(texts: list[str]) -> list[str]:
+    if not all(isinstance(t, str) for t in texts):
+        raise ProbeInputError("probe inputs must be strings")
+    return [valid_unicode(t) for t in texts]  # lone surrogates would fail tokenizers and caches
+
+
 class Probe:
     """A loaded, verified probe. Thread-safe for concurrent :meth:`predict` calls."""
 
@@ -159,9 +165,7 @@ class Probe:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, len(TIERS)), np.float32)
-        if not all(isinstance(t, str) for t in texts):
-            raise ProbeInputError("probe inputs must be strings")
-        texts = [valid_unicode(t) for t in texts]  # lone surrogates would fail tokenizers and caches
+        texts = _clean_texts(texts)
         success, tier = self.head_proba(self.feature_matrix(texts, precomputed))
         return apply_all(self.card.calibration, success, tier)
 
@@ -169,6 +173,21 @@ class Probe:
         self, texts: Sequence[str], *, precomputed: Mapping[str, np.ndarray] | None = None
     ) -> list[ProbeOutput]:
         success, tier = self.predict_arrays(texts, precomputed=precomputed)
+        return self._outputs(list(texts), success, tier)
+
+    def predict_with_features(
+        self, texts: Sequence[str], *, precomputed: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[list[ProbeOutput], np.ndarray]:
+        """:meth:`predict` and the feature matrix the head read (one row per text), computed once:
+        what a ledger keeps so the head can be retrained without the prompts."""
+        texts = list(texts)
+        if not texts:
+            return [], np.zeros((0, sum(f.dim for f in self.card.features)), np.float32)
+        X = self.feature_matrix(_clean_texts(texts), precomputed)
+        success, tier = apply_all(self.card.calibration, *self.head_proba(X))
+        return self._outputs(texts, success, tier), X
+
+    def _outputs(self, texts: list[str], success: np.ndarray, tier: np.ndarray) -> list[ProbeOutput]:
         labels = self.labels
         version = self.version
         return [

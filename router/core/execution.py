@@ -37,6 +37,7 @@ from triage.router.core.calls import (
 )
 from triage.router.core.deployments import DeploymentPool, host_of
 from triage.router.core.errors import EmptyUpstreamStreamError, TriageProviderError
+from triage.router.core.grading import answer_text
 from triage.router.core.plan import CallPlan
 from triage.router.core.receipt import ledger_record, triage_info
 from triage.router.core.routed import Routed
@@ -270,6 +271,10 @@ class Execution:
 
     def record(self) -> Any:
         """The ledger record of this request (call once it is done)."""
+        fields = self.ledger_fields
+        answer = answer_text(self) if self.store_prompts else None
+        if answer is not None:  # kept with the prompt, for graders (triage.router.core.grading)
+            fields = {**(fields or {}), "metadata": {**dict((fields or {}).get("metadata") or {}), "answer": answer}}
         return ledger_record(self.routed, self.plan.attempts, request_id=self.request_id,
-                             latency_s=time.perf_counter() - self.started, ledger_fields=self.ledger_fields,
+                             latency_s=time.perf_counter() - self.started, ledger_fields=fields,
                              store_prompts=self.store_prompts, error=self.error)

@@ -118,5 +118,16 @@ class ProbeRunner:
         """The probe's output for one request's text (what the SDK, sidecar and replay all call)."""
         return self.probe.predict([text], precomputed=self.precompute([text]))[0]
 
+    def predict_with_features(self, text: str) -> tuple[ProbeOutput, tuple[float, ...] | None]:
+        """:meth:`predict` plus the feature row the probe's head read (None for a probe that does not
+        expose one), for policies that keep features in the ledger (``ledger.store_features``)."""
+        probe = self.probe
+        with_features = getattr(probe, "predict_with_features", None)
+        if with_features is None:
+            return self.predict(text), None
+        outs, X = with_features([text], precomputed=self.precompute([text]))
+        # 7 significant digits: the float32 the head reads, without 17-digit JSON per value.
+        return outs[0], tuple(float(f"{float(v):.7g}") for v in X[0])
+
     def predict_many(self, texts: list[str]) -> list[ProbeOutput]:
         return self.probe.predict(texts, precomputed=self.precompute(texts))

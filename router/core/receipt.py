@@ -100,7 +100,7 @@ def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, l
         request_id=request_id,
         policy_name=d.policy,
         policy_version=d.policy_version,
-        probe=ProbeRecord.from_output(routed.probe_output),
+        probe=ProbeRecord.from_output(routed.probe_output, routed.features),
         tier=d.tier,
         strategy=final.strategy if final else d.strategy,
         model=final.model if final else d.model,
@@ -120,6 +120,12 @@ def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, l
         prompt_sha256=prompt_sha256(routed.messages),
         prompt=routed.messages if store_prompts else None,
         metadata=metadata,
+        decided_strategy=d.strategy,
+        decided_candidate=d.candidate,
+        propensity=d.propensity,
+        greedy_strategy=d.greedy_strategy,
+        explored=d.explored,
+        candidates=list(d.candidates),
         **fields,
     )
 

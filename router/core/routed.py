@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from triage.policies.decide import Decision
@@ -18,3 +18,7 @@ class Routed:
     messages: list[dict[str, Any]]
     decision_latency_s: float
     self_probe: bool = False
+    features: tuple[float, ...] | None = None  # the probe's feature row, when the policy stores features
+    # The router bundle (policy + probe) that decided: executing and recording use it even when the
+    # router reloads in between (triage.router.core.reload). None: the executing router's current one.
+    bundle: Any = field(default=None, compare=False, repr=False)

@@ -5,7 +5,12 @@ candidate is the strategy (or model) that served it, scored by the latest outcom
 an outcome cannot be replay rows (a replay outcome needs a score) and are counted, not written.
 The prompt is the stored text when the ledger kept it, else ``""`` with ``prompt_sha256`` beside it.
 Ledger fields the replay format has no slot for (time, tier, probe probabilities, model, policy,
-escalation, outcome source) ride along as extra fields, which the format keeps.
+escalation, outcome source) ride along as extra fields, which the format keeps; ``logged`` holds the
+logged bandit data (action, propensity, candidates, probe output and features:
+:mod:`triage.router.ledger.logged`).
+
+``require_prompts=True`` (the CLI's default) refuses, before writing anything, an export where a
+record has neither prompt text nor probe features (:class:`~triage.router.ledger.logged.PromptsMissingError`).
 
 Parquet (with pyarrow) holds the same data flat, one row per record; :func:`read_parquet_replay`
 turns it back into replay records.
@@ -23,6 +28,7 @@ from typing import Any, Literal
 from triage.replay.io import write_replay
 from triage.replay.schema import Outcome, ReplayRecord
 from triage.errors import TriageError
+from triage.router.ledger.logged import logged_block, require_trainable
 from triage.router.ledger.store import LedgerEntry, LedgerStore
 
 CandidateKey = Literal["strategy", "model"]
@@ -65,6 +71,7 @@ def to_replay_record(entry: LedgerEntry, *, candidate: CandidateKey = "strategy"
         policy_version=rec.policy_version,
         tenant=rec.tenant,
         error=rec.error,
+        logged=logged_block(rec),
     )
 
 
@@ -84,7 +91,9 @@ def iter_replay_records(store: LedgerStore, *, since: datetime | None = None,
 
 
 def export_jsonl(store: LedgerStore, path: str | Path, *, since: datetime | None = None,
-                 candidate: CandidateKey = "strategy") -> ExportResult:
+                 candidate: CandidateKey = "strategy", require_prompts: bool = False) -> ExportResult:
+    if require_prompts:
+        require_trainable(store, since=since)
     counts: dict[str, int] = {}
     write_replay(iter_replay_records(store, since=since, candidate=candidate, counts=counts), path)
     return ExportResult(Path(path), counts.get("written", 0), counts.get("skipped_unscored", 0))
@@ -97,7 +106,7 @@ _OUTCOME_COLUMNS = ("score", "cost_usd", "prompt_tokens", "completion_tokens", "
                     "outcome_source", "outcome_time")
 _RECORD_COLUMNS = ("source", "prompt_sha256", "time", "tier", "probe_version", "policy_name",
                    "policy_version", "tenant", "error")
-_JSON_COLUMNS = ("tier_probs", "success_probs")
+_JSON_COLUMNS = ("tier_probs", "success_probs", "logged")
 
 
 def _pyarrow() -> Any:
@@ -118,7 +127,7 @@ def _schema(pa: Any) -> Any:
         ("escalated", b), ("attempts", i), ("outcome_source", s), ("outcome_time", s),
         ("source", s), ("prompt_sha256", s), ("time", s), ("tier", s), ("probe_version", s),
         ("policy_name", s), ("policy_version", s), ("tenant", s), ("error", s),
-        ("tier_probs", s), ("success_probs", s),
+        ("tier_probs", s), ("success_probs", s), ("logged", s),
     ])
 
 
@@ -139,8 +148,11 @@ def _flat(rr: ReplayRecord) -> dict[str, Any]:
 
 
 def export_parquet(store: LedgerStore, path: str | Path, *, since: datetime | None = None,
-                   candidate: CandidateKey = "strategy", row_group: int = 10_000) -> ExportResult:
+                   candidate: CandidateKey = "strategy", row_group: int = 10_000,
+                   require_prompts: bool = False) -> ExportResult:
     pa, pq = _pyarrow()
+    if require_prompts:
+        require_trainable(store, since=since)
     schema = _schema(pa)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

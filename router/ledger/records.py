@@ -56,17 +56,26 @@ class ProbeRecord(BaseModel):
     tier_probs: dict[str, float] = Field(default_factory=dict)
     success: dict[str, float] = Field(default_factory=dict)
     extras: dict[str, float] = Field(default_factory=dict)
+    features: list[float] | None = Field(
+        default=None, description="The feature row the probe's head read (policy ledger.store_features).")
 
     @classmethod
-    def from_output(cls, out: ProbeOutput) -> "ProbeRecord":
+    def from_output(cls, out: ProbeOutput, features: Any = None) -> "ProbeRecord":
         return cls(probe_version=out.probe_version, tier=out.tier, tier_probs=dict(out.tier_probs),
-                   success=dict(out.success), extras=dict(out.extras))
+                   success=dict(out.success), extras=dict(out.extras),
+                   features=list(features) if features is not None else None)
 
     @field_validator("extras", "tier_probs", "success")
     @classmethod
     def _finite(cls, value: dict[str, float]) -> dict[str, float]:
         # JSON has no NaN/inf; a probe that emits one is reported as missing rather than crashing.
         return {k: v for k, v in value.items() if math.isfinite(v)}
+
+    @field_validator("features")
+    @classmethod
+    def _finite_row(cls, value: list[float] | None) -> list[float] | None:
+        # A row with a NaN cannot train anything; dropped whole (a partial row would misalign).
+        return value if value is None or all(math.isfinite(v) for v in value) else None
 
 
 class Attempt(BaseModel):
@@ -122,6 +131,16 @@ class LedgerRecord(BaseModel):
     prompt: str | list[dict[str, Any]] | None = Field(
         default=None, description="Prompt text: kept only when the writer runs with store_prompts=True.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The logged bandit data (what learning from one outcome per query needs); None on records
+    # written before Triage logged them (propensity unknown, not 1).
+    decided_strategy: str | None = Field(default=None, description="The first call the decision chose "
+                                         "(the logged action; `strategy` is who answered).")
+    propensity: float | None = Field(default=None, ge=0.0, le=1.0,
+                                     description="P(decided_strategy) under the policy's exploration.")
+    decided_candidate: str | None = Field(default=None, description="decided_strategy's probe success label.")
+    greedy_strategy: str | None = Field(default=None, description="The rule's choice without exploration.")
+    explored: bool | None = None
+    candidates: list[str] | None = Field(default=None, description="Strategies that had probability > 0.")
 
     @field_validator("time")
     @classmethod
@@ -168,9 +187,11 @@ class LedgerRecord(BaseModel):
 
     def without_prompt_text(self) -> "LedgerRecord":
         """The record as stored by default: the prompt's hash, not its text."""
-        if self.prompt is None:
+        if self.prompt is None and "answer" not in self.metadata:
             return self
-        return self.model_copy(update={"prompt": None})
+        # The answer text (metadata.answer, kept for graders) is as private as the prompt.
+        meta = {k: v for k, v in self.metadata.items() if k != "answer"}
+        return self.model_copy(update={"prompt": None, "metadata": meta})
 
 
 OutcomeSource = str
@@ -186,6 +207,17 @@ class OutcomeRecord(BaseModel):
     source: str = Field(default="user", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
                         description="Who judged: user, judge, exact-match, ...")
     time: datetime = Field(default_factory=utcnow)
+    detail: dict[str, Any] = Field(
+        default_factory=dict, description="What a grader says about its verdict: grader and prompt versions, "
+        "a judge's model, tokens and cost (router/ledger/graders).")
+
+    @field_validator("detail")
+    @classmethod
+    def _scrub_detail(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # A judge's reply is model output: scrubbed like any free text, and kept small.
+        if len(json.dumps(value, default=str)) > 16_384:
+            raise ValueError("detail is larger than 16 KiB")
+        return scrub_value(value)
 
     @field_validator("score")
     @classmethod

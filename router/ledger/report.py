@@ -24,6 +24,7 @@ import numpy as np
 
 from triage.replay.summary import summarize_outcomes, tep
 from triage.errors import TriageError
+from triage.router.ledger.logged import stored_counts
 from triage.router.ledger.records import as_utc
 from triage.router.ledger.store import LedgerStore, ReportRows
 
@@ -153,6 +154,8 @@ def ledger_report(store: LedgerStore, *, by: str = "strategy", since: datetime |
     if by not in GROUP_BY:
         raise TriageError(f"cannot group by {by!r}; choose one of: {', '.join(GROUP_BY)}")
     report = build_report(store.report_rows(since, tenant=tenant), by=by, baseline=baseline, since=since)
+    # What training could use: records that kept the prompt text and/or the probe's features.
+    report["stored"] = stored_counts(store, since=since, tenant=tenant).as_dict()
     if tenant is not None:
         report["tenant"] = tenant
     return report

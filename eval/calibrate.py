@@ -182,6 +182,7 @@ def calibrate_tier_shares(policy: Policy, data: ReplayData, outputs: dict[str, P
         "objective": "tier shares easy/normal/hard = " + "/".join(f"{x:g}" for x in shares),
         "knob": {"thresholds": chosen},
         "tier_shares": achieved,
+        "distinct_outputs": int(np.unique(np.round(ph, 6)).size),
         "rows_selected": len(rows),
         "rows_reported": len(rows),
         "reported_on": "the selection rows",
@@ -192,6 +193,49 @@ def calibrate_tier_shares(policy: Policy, data: ReplayData, outputs: dict[str, P
         figures["command"] = command
     updates = {"rule": new_rule.model_dump(mode="json", by_alias=True, exclude_none=True), "calibration": figures}
     return CalibrationResult(policy=policy, updates=updates, figures=figures)
+
+
+# -- degenerate results ----------------------------------------------------------------------------
+
+#: Largest gap between an asked and an achieved tier share that still counts as "the shares asked".
+SHARE_TOLERANCE = 0.1
+#: Share of the selection rows above which a calibration "routes everything" to one strategy.
+ONE_STRATEGY_SHARE = 0.99
+
+
+def degenerate_reason(result: CalibrationResult, objective: Objective) -> str | None:
+    """Why a calibration result is useless as a router, or None. One line: what came out, why it is
+    degenerate, what to do (the CLI refuses to write it unless told to)."""
+    f = result.figures
+    knob = ", ".join(f"{k}={v}" for k, v in (f["knob"].get("thresholds") or f["knob"]).items())
+    if objective.tier_shares is not None:
+        asked = dict(zip(TIERS, objective.tier_shares))
+        got = f["tier_shares"]
+        worst = max(TIERS, key=lambda t: abs(got[t] - asked[t]))
+        edge = [t for t in ("normal", "hard") if 0 < asked[t] < 1
+                and not 1e-3 < f["knob"]["thresholds"][t] < 1.0]
+        if abs(got[worst] - asked[worst]) > SHARE_TOLERANCE or edge:
+            top = max(TIERS, key=lambda t: got[t])
+            return (f"degenerate calibration: thresholds {knob} put {got[top]:.0%} of the queries in '{top}' "
+                    f"('{worst}' asked {asked[worst]:.0%}, got {got[worst]:.0%}): the probe's outputs do not "
+                    f"spread over this data ({f.get('distinct_outputs', '?')} distinct P(hard) values) - check "
+                    "that the data has its prompts and that the probe fits this traffic; nothing written")
+        return None
+    if not f["target_met"]:
+        what = (f"best reachable accuracy {f['accuracy']:.4f} < target {objective.target_accuracy:g} x "
+                f"{f['best_single']['strategy']}" if objective.target_accuracy is not None
+                else f"cheapest setting costs {f['cost_per_query_usd']:.6g} USD/query > cap "
+                     f"{objective.max_cost_per_query:g}")
+        return (f"target unreachable on this data: {what}; lower the target / raise the cap, or add a strategy; "
+                "nothing written")
+    share = f.get("routed_share_selection") or f["routed_share"]
+    top = max(share, key=share.get)
+    if share[top] >= ONE_STRATEGY_SHARE and len(result.policy.strategies) > 1:
+        return (f"degenerate calibration: {knob} routes {share[top]:.0%} of the queries to '{top}': that is "
+                f"the single strategy '{top}', not routing - the probe does not separate this data's queries "
+                "(retrain it on this traffic) or the objective only the one strategy meets; nothing written "
+                "(--allow-degenerate writes it anyway)")
+    return None
 
 
 # -- the search ------------------------------------------------------------------------------------
@@ -390,6 +434,7 @@ def calibrate(policy: Policy, data: ReplayData, outputs: dict[str, ProbeOutput],
     acc = float(table.score[rep][r, picked[rep]].mean())
     cost = float(table.cost[rep][r, picked[rep]].mean())
     share = {n: float(np.mean(picked[rep] == k)) for n, k in col.items() if np.any(picked[rep] == k)}
+    share_sel = {n: float(np.mean(picked[sel] == k)) for n, k in col.items() if np.any(picked[sel] == k)}
     ref = singles[reference]
     if objective.target_accuracy is not None:
         goal = (f"accuracy >= {objective.target_accuracy:g} x {reference} "
@@ -408,6 +453,7 @@ def calibrate(policy: Policy, data: ReplayData, outputs: dict[str, ProbeOutput],
         "cost_share_of_best": round(cost / ref["cost_per_query_usd"], 6) if ref["cost_per_query_usd"] else None,
         "singles": {n: {k: float(f"{v:.6g}") for k, v in f.items()} for n, f in singles.items()},
         "routed_share": {n: round(v, 4) for n, v in share.items()},
+        "routed_share_selection": {n: round(v, 4) for n, v in share_sel.items()},
         "rows_selected": int(len(sel)),
         "rows_reported": int(len(rep)),
         "reported_on": table.reported_on,

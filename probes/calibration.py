@@ -29,16 +29,20 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def fit_binary(method: str, p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Calibration parameters (JSON-ready) for one binary label from predictions ``p`` and 0/1 ``y``."""
+def fit_binary(method: str, p: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> dict[str, Any]:
+    """Calibration parameters (JSON-ready) for one binary label from predictions ``p`` and 0/1 ``y``.
+
+    ``weight``: per-row weights (importance weights of logged bandit data); default 1.
+    """
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(y) if weight is None else np.asarray(weight, dtype=np.float64)
     if method == "none" or np.unique(y).size < 2:
         return {"method": "none"}
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y, sample_weight=w)
         return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
     z = _logit(p)
     from scipy.optimize import minimize
@@ -46,7 +50,7 @@ def fit_binary(method: str, p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     def nll(params: np.ndarray) -> float:
         a, b = (params[0], params[1]) if method == "platt" else (params[0], 0.0)
         q = np.clip(_sigmoid(a * z + b), _EPS, 1 - _EPS)
-        return float(-(y * np.log(q) + (1 - y) * np.log1p(-q)).mean())
+        return float(-(w * (y * np.log(q) + (1 - y) * np.log1p(-q))).sum() / w.sum())
 
     if method == "platt":
         res = minimize(nll, x0=np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(1e-3, 100.0), (-20.0, 20.0)])

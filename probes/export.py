@@ -76,7 +76,7 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
             )
         model = trained.head.to_onnx()
         onnx.save_model(model, str(tmp / HEAD_FILE))
-        if plot:
+        if plot and trained.labels.observed is None:  # logged data: no full label matrix to plot
             reliability_plot(trained.labels.candidates, trained.labels.success, trained.oof_success,
                              tmp / "reliability.png", title=f"{trained.data_name}: cross-fitted, calibrated")
         files = {
@@ -107,6 +107,9 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
                 "folds": trained.config.folds,
                 "seed": trained.config.seed,
                 **trained.data_fingerprint,
+                # which rows it saw: `replay evaluate` flags figures on them as in-sample
+                **({"rows": trained.training_rows} if trained.training_rows else {}),
+                **({"logged": _jsonable(trained.logged)} if trained.logged is not None else {}),
             },
             libraries=_libraries(),
             files=files,

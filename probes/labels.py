@@ -59,6 +59,9 @@ class ProbeLabels:
     rows: np.ndarray  # (n,) row indices into the source data
     mean_cost: list[float]  # per candidate, same order; NaN if unknown
     rule: LabelRule
+    #: (n, m) bool for logged bandit data (triage.probes.bandit): the one cell observed per row;
+    #: ``success`` is 0 in the others. None for full-information data (every cell observed).
+    observed: np.ndarray | None = None
 
     @property
     def tier_names(self) -> tuple[str, ...]:
@@ -93,7 +96,8 @@ def make_labels(data: ReplayData, rule: LabelRule | None = None) -> ProbeLabels:
         data = data.apply_budget(name, int(budget))
     rows = np.flatnonzero(~np.isnan(data.score).any(axis=1))
     if rows.size == 0:
-        raise ValueError(f"{data.name}: no query has an outcome for every candidate")
+        raise ValueError(f"{data.name}: no query has an outcome for every candidate (logged data with one "
+                         "outcome per query trains through triage.probes.bandit_training)")
     order, mean_cost = cost_order(data.subset(rows))
     success = (data.score[np.ix_(rows, order)] >= rule.threshold).astype(np.int8)
     cheap = success[:, : rule.easy_candidates].any(axis=1)

@@ -21,6 +21,7 @@ import numpy as np
 from triage.replay.matrix import ReplayData
 from triage.specs import parse_spec
 from triage.probes import calibration as cal
+from triage.probes.card import training_rows_block
 from triage.probes.evaluation import probe_metrics
 from triage.probes.features.base import Feature, make_feature
 from triage.probes.features.cache import FeatureCache
@@ -112,6 +113,9 @@ class TrainedProbe:
     X: np.ndarray
     data_name: str = "replay"
     data_fingerprint: dict[str, Any] = field(default_factory=dict)
+    training_rows: dict[str, Any] = field(default_factory=dict)  # card.training_rows_block of the texts
+    #: Trained on logged bandit data: estimator, weight clip, rows and ESS per label (into the card).
+    logged: dict[str, Any] | None = None
 
 
 def fold_ids(tier: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -204,6 +208,7 @@ def train_probe(
         oof_tier=cal_t,
         X=X,
         data_name=data.name,
+        training_rows=training_rows_block(texts),
     )
 
 

@@ -66,6 +66,44 @@ class LogRegHead(Head):
             self.tier_classes_ = present
         return self
 
+    def fit_logged(self, X: np.ndarray, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   tier_targets: np.ndarray | None) -> "LogRegHead":
+        """Fit from logged bandit data (:mod:`triage.probes.bandit`).
+
+        ``rows[j]`` = (row indices, 0/1 outcomes, sample weights) of label j: each success model sees
+        only the queries its label was observed on, importance-weighted. ``tier_targets`` (n, 3) are
+        soft tier labels (probabilities); the multinomial model fits them as three weighted copies of
+        every row (the cross-entropy to a soft target).
+        """
+        X = np.asarray(X, dtype=np.float32)
+        self.n_features_in_ = X.shape[1]
+        self.success_models_ = []
+        for idx, y, w in rows:
+            y = np.asarray(y).astype(int)
+            if np.unique(y).size < 2:
+                self.success_models_.append(_Constant(np.array([1.0 - y[0], float(y[0])])))
+            else:
+                self.success_models_.append(self._pipeline().fit(X[idx], y, logisticregression__sample_weight=w))
+        if tier_targets is None:  # cross-fitting folds need the success models only
+            self.tier_model_ = _Constant(np.full(len(TIERS), 1.0 / len(TIERS), dtype=np.float32))
+            self.tier_classes_ = np.arange(len(TIERS))
+            return self
+        n = X.shape[0]
+        t = np.repeat(np.arange(len(TIERS)), n)
+        w = np.asarray(tier_targets, dtype=np.float64).T.ravel()
+        keep = w > 1e-6
+        present = np.unique(t[keep])
+        if present.size < 2:
+            probs = np.zeros(len(TIERS), dtype=np.float32)
+            probs[present[0] if present.size else 1] = 1.0
+            self.tier_model_ = _Constant(probs)
+            self.tier_classes_ = np.arange(len(TIERS))
+        else:
+            Xt = np.tile(X, (len(TIERS), 1))[keep]
+            self.tier_model_ = self._pipeline().fit(Xt, t[keep], logisticregression__sample_weight=w[keep])
+            self.tier_classes_ = present
+        return self
+
     def predict_proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X = np.asarray(X, dtype=np.float32)
         success = np.column_stack([m.predict_proba(X)[:, 1] for m in self.success_models_])

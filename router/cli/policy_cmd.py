@@ -136,14 +136,22 @@ def calibrate_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of rewriting --policy.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the calibration figures as JSON.")] = False,
+    allow_degenerate: Annotated[bool, typer.Option(
+        "--allow-degenerate", help="Write a result that routes (almost) everything to one strategy or tier "
+                                   "(refused by default: exit 2).")] = False,
 ) -> None:
-    """Choose thresholds / lambda on replay data and write them back with the calibration figures."""
+    """Choose thresholds / lambda on replay data and write them back with the calibration figures.
+
+    Refuses (exit 2, nothing written) a degenerate result: tier shares far from those asked or
+    thresholds at the 0/1 edges, an unreachable target, or (almost) every query to one strategy.
+    """
     from triage.replay import ReplayData, read_replay
     from triage.eval.calibrate import (
         Objective,
         calibrate,
         calibrate_tier_shares,
         cross_fitted_outputs,
+        degenerate_reason,
         outputs_from_file,
         policy_probe_outputs,
     )
@@ -158,7 +166,8 @@ def calibrate_cmd(
     objective = Objective(target_accuracy=target_accuracy, of=of, max_cost_per_query=max_cost_per_query,
                           tier_shares=shares)  # type: ignore[arg-type]
     pol = load_policy(policy, for_calibration=True)
-    replay = ReplayData.from_records(read_replay(data), name=data.stem)
+    records = read_replay(data)
+    replay = ReplayData.from_records(records, name=data.stem)
     command = "triage policy calibrate " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None
     if objective.tier_shares is not None:
         if probe_outputs is not None:
@@ -167,6 +176,9 @@ def calibrate_cmd(
             outputs, label = policy_probe_outputs(pol, policy, replay)
         result = calibrate_tier_shares(pol, replay, outputs, objective.tier_shares, data_label=str(data),
                                        outputs_label=label, command=command)
+        reason = degenerate_reason(result, objective)
+        if reason and not allow_degenerate:
+            fail(reason)
         _write(result, policy, out)
         if as_json:
             typer.echo(json.dumps(result.figures, indent=2))
@@ -175,6 +187,14 @@ def calibrate_cmd(
             console.print(f"{out or policy}: thresholds {f['knob']['thresholds']}; tier shares {f['tier_shares']} "
                           f"on {f['rows_reported']} queries", highlight=False, soft_wrap=True)
         return
+    from triage.probes.bandit import is_logged
+
+    if is_logged(records):
+        # Choosing thresholds by accuracy/cost compares strategies on the same queries: logged data
+        # shows one strategy per query, so the search would see only the rows a policy already took.
+        fail(f"{data} is logged bandit data (one outcome per query): --target-accuracy / --max-cost-per-query "
+             "need every strategy's outcome on each query; use --tier-shares, estimate a policy with "
+             "`triage replay evaluate --logged`, or calibrate on full-information replay data")
     if probe_outputs is not None:
         outputs, label = outputs_from_file(probe_outputs), f"from {probe_outputs}"
     else:
@@ -194,6 +214,9 @@ def calibrate_cmd(
 
             outputs, label = cross_fitted_outputs(pol, policy, replay, folds=folds, seed=seed, progress=_Bar())
     result = calibrate(pol, replay, outputs, objective, data_label=str(data), outputs_label=label, command=command)
+    reason = degenerate_reason(result, objective)
+    if reason and not allow_degenerate:
+        fail(reason)
     target = _write(result, policy, out)
     f = result.figures
     if as_json:
@@ -205,7 +228,7 @@ def calibrate_cmd(
         f"{target}: {', '.join(f'{k}={v}' for k, v in f['knob'].items())}; accuracy {f['accuracy']:.4f} "
         f"(best single {best['strategy']}: {best['accuracy']:.4f}), cost/query ${f['cost_per_query_usd']:.6g} "
         f"(= {share} of {best['strategy']}'s) on {f['rows_reported']} rows, "
-        f"{f['reported_on']}" + ("" if f["target_met"] else "  [target NOT met: closest point written]"),
+        f"{f['reported_on']}" + ("" if f["target_met"] else "  [target NOT met: closest point written, --allow-degenerate]"),
         highlight=False, soft_wrap=True,
     )
 

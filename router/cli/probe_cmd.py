@@ -102,6 +102,8 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
         table.add_row(name, f"{m['base_rate']:.3f}", ci(m["auroc"]), f"{m['brier']['value']:.4f}",
                       f"{m['ece']['value']:.4f}")
     t = metrics["tier"]
+    if "accuracy" not in t:  # logged data: the tier is never observed
+        return table
     table.add_row("tier (argmax acc)", "", f"{t['accuracy']['value']:.3f}", f"{t['brier']['value']:.4f}", "")
     return table
 
@@ -123,8 +125,20 @@ def train_cmd(
     candidates: Annotated[str | None, typer.Option("--candidates", help="Comma-separated candidates to keep.")] = None,
     C: Annotated[float, typer.Option("--C", help="Inverse regularisation of the logreg head.")] = 0.02,
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, bootstrap and MLP init.")] = 0,
+    assume_propensity: Annotated[float | None, typer.Option(
+        "--assume-propensity", help="Logged data: propensity for records that have none (1 = treat the "
+                                    "logging policy as deterministic and weight rows equally).")] = None,
+    max_weight: Annotated[float, typer.Option(
+        "--max-weight", help="Logged data: clip of the inverse-propensity weights.")] = 20.0,
+    min_rows: Annotated[int, typer.Option(
+        "--min-rows", help="Logged data: fewest logged outcomes a label needs.")] = 30,
 ) -> None:
-    """Train a probe on replay outcomes and export it (ONNX + card) to OUT."""
+    """Train a probe on replay outcomes and export it (ONNX + card) to OUT.
+
+    DATA may be full-information replay data (every candidate's outcome per query) or a ledger
+    export (one logged outcome per query with its propensity): the latter trains inverse-propensity
+    weighted per-label models (see triage.probes.bandit_training).
+    """
     from triage.eval.evaluation import parse_budget
     from triage.probes.calibration import METHODS
     from triage.probes.export import export_probe
@@ -140,12 +154,16 @@ def train_cmd(
         fail(f"--folds must be at least 2, got {folds}")
     feats = parse_features(features)  # unknown feature -> one line, exit 2
     budgets = dict(parse_budget(b) for b in budget or [])
-    dataset = _load_data(data, split, candidates)
     head_params: dict[str, Any] = {"C": C} if head == "logreg" else {"seed": seed}
     config = TrainConfig(
         features=[f.name for f in feats], head=head, head_params=head_params, folds=folds, calibration=calibration,
         rule=LabelRule(threshold=threshold, budgets=budgets, easy_candidates=easy_candidates), seed=seed,
     )
+    logged = _load_logged(data, split, candidates, config.rule, assume_propensity, max_weight, min_rows)
+    if logged is not None:
+        _train_logged(ctx, logged, config, feats, data, split, out)
+        return
+    dataset = _load_data(data, split, candidates)
     with _progress() as progress:
         trained = train_probe(dataset, config, features=feats, progress=_RichProgress(progress))
     trained.data_fingerprint = file_fingerprint(data)
@@ -154,6 +172,50 @@ def train_cmd(
     console.print(_metrics_table(f"{card.probe_version} ({config.folds}-fold cross-fitted, calibrated)",
                                  card.metrics["calibrated"]))
     console.print(f"probe written to {out} ({len(trained.labels.rows)} queries, tiers {trained.labels.tier_counts()})")
+
+
+def _load_logged(path: Path, split: str, candidates: str | None, rule: Any, assume_propensity: float | None,
+                 max_weight: float, min_rows: int) -> Any:
+    """LoggedLabels when ``path`` holds logged bandit data (a ledger export), else None."""
+    from triage.probes.bandit import is_logged, make_logged_labels
+    from triage.replay import read_replay
+
+    if not path.is_file():
+        return None  # _load_data says what is wrong with it
+    records = read_replay(path)
+    if not is_logged(records):
+        return None
+    if split and split != "all":
+        records = [r for r in records if r.split == split]
+        if not records:
+            fail(f"{path}: no rows with split {split!r} (use --split all)")
+    keep = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+    return make_logged_labels(records, rule, assume_propensity=assume_propensity, max_weight=max_weight,
+                              min_rows=min_rows, candidates=keep)
+
+
+def _train_logged(ctx: typer.Context, labels: Any, config: Any, feats: list[Any], data: Path, split: str,
+                  out: Path) -> None:
+    from triage.probes.bandit_training import train_logged_probe
+    from triage.probes.export import export_probe
+    from triage.probes.training import file_fingerprint
+
+    with _progress() as progress:
+        trained = train_logged_probe(labels, config, features=feats, progress=_RichProgress(progress),
+                                     data_name=data.stem)
+    trained.data_fingerprint = file_fingerprint(data)
+    trained.data_fingerprint["split"] = split
+    card = export_probe(trained, out, command=_command_line(ctx))
+    console.print(_metrics_table(f"{card.probe_version} (logged data, {config.folds}-fold cross-fitted, calibrated)",
+                                 card.metrics["calibrated"]))
+    info = trained.logged
+    per = "; ".join(f"{name}: {v['rows']} rows, ESS {v['ess']:g}, {v['clipped_rows']} clipped"
+                    for name, v in info["labels"].items())
+    assumed = f", propensity {info['assumed_propensity']:g} assumed where missing" if info["assumed_propensity"] else ""
+    console.print(f"logged bandit data ({info['rows']} queries, one outcome each): {info['estimator']}, "
+                  f"weights clipped at {info['max_weight']:g}{assumed}; {per}", highlight=False, soft_wrap=True)
+    console.print(f"probe written to {out} ({info['rows']} queries, tiers from per-label success estimates)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("eval")

@@ -10,6 +10,7 @@ match it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,46 @@ def write_card(card: ProbeCard, folder: Path | str) -> Path:
     out = Path(folder) / CARD_FILE
     out.write_text(json.dumps(card.model_dump(mode="json"), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return out
+
+
+# -- training rows: which queries a probe has seen ------------------------------------------------
+# Replay evaluation must not print a probe's figures on rows it was trained on as if they were held
+# out. The card keeps a compact set of the training rows: a 6-byte sha256 prefix of each row's probe
+# text (the text is what the probe learned from; ids differ between a dataset and a ledger export of
+# the same queries). 6 bytes keep 15k rows at ~120 kB of base64 while two different texts collide
+# with probability 2^-48 (a chance of about 1e-6 between two 15k-row sets).
+ROW_DIGEST_BYTES = 6
+
+
+def text_digest(text: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).digest()[:ROW_DIGEST_BYTES]
+
+
+def training_rows_block(texts: Sequence[str]) -> dict[str, Any]:
+    """The card's ``training_data["rows"]``: the digests of the training texts (the training code
+    calls this with the texts it fitted on)."""
+    import base64
+
+    digests = sorted({text_digest(t) for t in texts})
+    return {"key": f"sha256[:{ROW_DIGEST_BYTES}] of the probe text", "count": len(digests),
+            "digests": base64.b64encode(b"".join(digests)).decode("ascii")}
+
+
+def training_row_digests(card: ProbeCard) -> set[bytes] | None:
+    """The digests of the texts ``card``'s probe was trained on; None when the card does not record them
+    (probes trained before cards kept their rows)."""
+    import base64
+    import binascii
+
+    block = card.training_data.get("rows")
+    if not isinstance(block, dict) or not isinstance(block.get("digests"), str):
+        return None
+    try:
+        raw = base64.b64decode(block["digests"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProbeArtifactError("probe card: training_data.rows.digests is not base64") from None
+    if len(raw) % ROW_DIGEST_BYTES:
+        raise ProbeArtifactError("probe card: training_data.rows.digests has a partial digest")
+    return {raw[i:i + ROW_DIGEST_BYTES] for i in range(0, len(raw), ROW_DIGEST_BYTES)}

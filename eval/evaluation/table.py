@@ -40,6 +40,15 @@ def _acc(m: dict[str, Any]) -> str:
     return f"{text} [{_num(ci[0])}, {_num(ci[1])}]" if ci else text
 
 
+def _in_sample_mark(flag: Any) -> str:
+    """A policy whose probe trained on evaluated rows: its figures are not held-out results."""
+    if flag == "unknown":
+        return " [in-sample?]"
+    if isinstance(flag, dict):
+        return f" [IN-SAMPLE {flag['rows']:,}/{flag['of']:,}]"
+    return ""
+
+
 def _ordered(result: EvaluationResult) -> list[RouterResult]:
     """Candidates by mean cost, then baselines, then the routers asked for."""
     rank = {"candidate": 0, "baseline": 1, "router": 2}
@@ -54,7 +63,8 @@ def frontier_rows(result: EvaluationResult) -> list[dict[str, str]]:
     for r in _ordered(result):
         m = r.metrics
         row = {
-            "router": r.name + (f" ({m['candidate']})" if r.name == "best-single" and m.get("candidate") else ""),
+            "router": r.name + (f" ({m['candidate']})" if r.name == "best-single" and m.get("candidate") else "")
+            + _in_sample_mark(m.get("in_sample")),
             "kind": r.kind,
             "accuracy [95% CI]": _acc(m),
             "cost/query": format_cost(m.get("mean_cost"), unit),

@@ -15,7 +15,8 @@ from triage.router.cli.replay_cmd import app
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
-    data: Annotated[Path, typer.Argument(help="Replay JSON Lines file (see `triage replay schema`).")],
+    data: Annotated[Path | None, typer.Argument(
+        help="Replay JSON Lines file (see `triage replay schema`); omit with --logged.")] = None,
     router: Annotated[list[str] | None, typer.Option(
         "--router", "-r", help="Router spec NAME or NAME:key=value,... (repeatable), e.g. threshold:score=digits.")] = None,
     policy: Annotated[list[Path] | None, typer.Option(
@@ -31,8 +32,36 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds and bootstrap.")] = 0,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0: no intervals).")] = 1000,
     wide: Annotated[bool, typer.Option("--wide", help="Print every column (tokens/query, AIQ, cost ratio).")] = False,
+    exclude_trained: Annotated[bool, typer.Option(
+        "--exclude-trained", help="Drop the rows a policy's probe was trained on (else they are flagged in-sample).")] = False,
+    logged: Annotated[Path | None, typer.Option(
+        "--logged", help="Off-policy evaluation of one --policy from logged bandit data (`triage ledger export`).")] = None,
+    reward_model: Annotated[str, typer.Option(
+        "--reward-model", help="--logged: DR reward model, `probe` (the target probe's P(success)) or `fitted`.")] = "probe",
+    support_tolerance: Annotated[float, typer.Option(
+        "--support-tolerance", help="--logged: share of target decisions allowed without logged support.")] = 0.01,
+    null_propensity_as_one: Annotated[bool, typer.Option(
+        "--null-propensity-as-one", help="--logged: records without a propensity were chosen with probability 1.")] = False,
 ) -> None:
-    """Replay logged outcomes through baselines and routers; print the frontier table."""
+    """Replay logged outcomes through baselines and routers; print the frontier table.
+
+    With --logged: estimate one policy's accuracy and cost from logged bandit data (one outcome per
+    query) by IPS, self-normalised IPS and doubly-robust estimators."""
+    if logged is not None:
+        from triage.router.cli.replay_ope_cmd import run_logged
+
+        if data is not None or router or len(policy or []) != 1:
+            fail("--logged evaluates exactly one --policy and takes no replay file or --router")
+        assert policy is not None
+        if not policy[0].is_file():
+            fail(f"policy file not found: {policy[0]}")
+        run_logged(logged, policy[0], reward_model=reward_model, tolerance=support_tolerance,
+                   null_as_one=null_propensity_as_one, n_boot=bootstrap, seed=seed, json_out=json_out,
+                   skip_invalid=skip_invalid)
+        return
+    if data is None:
+        fail("give a replay file (or --logged EXPORT --policy P for off-policy evaluation)")
+    assert data is not None
     from triage.eval.evaluation import apply_budgets, parse_budget
     from triage.eval.evaluation.table import print_frontier
     from triage.replay import ReplayData, read_replay
@@ -74,9 +103,11 @@ def evaluate_cmd(
             fail("--candidates is empty")
         dataset = dataset.select_candidates(names)
     dataset = apply_budgets(dataset, budgets)
+    dataset, flags = _trained_rows(dataset, specs, exclude=exclude_trained, folds=folds, seed=seed)
     result = _run(dataset, specs, folds=folds, seed=seed, n_boot=bootstrap, baseline=baseline,
                   budgets=dict(budgets), quiet=json_out)
 
+    _flag_in_sample(result, flags)
     if json_out:
         typer.echo(json.dumps(result.to_json()))
     else:
@@ -101,3 +132,44 @@ def _run(dataset, specs, *, quiet: bool, **kwargs):  # noqa: ANN001, ANN202
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
         task = progress.add_task(f"evaluating {dataset.name}", total=n_routers)
         return evaluate(dataset, specs, progress=lambda name: progress.advance(task), **kwargs)
+
+
+def _trained_rows(dataset, specs, *, exclude: bool, folds: int, seed: int):  # noqa: ANN001, ANN202
+    """Policies whose probe trained on evaluated rows: drop those rows (``exclude``) or return the flags."""
+    import numpy as np
+
+    from triage.eval.evaluation import make_protocol
+    from triage.eval.insample import trained_rows
+
+    flags = trained_rows(specs, dataset)
+    if not flags:
+        return dataset, []
+    full_rows = np.flatnonzero(~np.isnan(dataset.score).any(axis=1))  # evaluate() scores complete rows only
+    if exclude:
+        seen = np.zeros(dataset.n, dtype=bool)
+        for f in flags:
+            seen |= f.mask
+        if seen.any():
+            keep = np.flatnonzero(~seen)
+            if not np.isin(full_rows, keep).any():
+                fail(f"--exclude-trained: the policies' probes were trained on every evaluated query of {dataset.name}")
+            err_console.print(f"--exclude-trained: {int(seen[full_rows].sum()):,} queries a policy's probe was "
+                              "trained on are left out", highlight=False)
+            dataset = dataset.subset(keep)
+        return dataset, [f for f in flags if not f.known]
+    full = dataset.subset(full_rows)
+    evaluated = full_rows[make_protocol(full, folds=folds, seed=seed).eval_rows]
+    return dataset, [(f, evaluated) for f in flags if not f.known or f.mask[evaluated].any()]
+
+
+def _flag_in_sample(result, flags) -> None:  # noqa: ANN001
+    """Mark in-sample policy rows (the table prints the mark, --json carries ``in_sample``)."""
+    import numpy as np
+
+    for item in flags:
+        flag, evaluated = item if isinstance(item, tuple) else (item, np.zeros(0, dtype=np.int64))
+        result.notes.append(flag.describe(evaluated))
+        for r in result.routers.values():
+            if r.spec == flag.spec:
+                r.metrics["in_sample"] = ({"rows": int(flag.mask[evaluated].sum()), "of": int(len(evaluated)),
+                                           "probe": flag.probe} if flag.known else "unknown")

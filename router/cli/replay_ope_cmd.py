@@ -1,0 +1,81 @@
+"""`triage replay evaluate --logged EXPORT --policy P`: off-policy evaluation (called from replay_eval_cmd.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from triage.router.cli.common import console, err_console, fail
+
+from triage.console import Col, make_table, print_table
+
+COLUMNS = (Col("estimator"), Col("accuracy", "right"), Col("95% CI", "right", no_wrap=True),
+           Col("cost/query", "right"), Col("cost 95% CI", "right", no_wrap=True), Col("ESS", "right"))
+LABELS = {"ips": "IPS", "snips": "self-normalised IPS", "dr": "doubly robust"}
+
+
+def run_logged(logged: Path, policy_path: Path, *, reward_model: str, tolerance: float, null_as_one: bool,
+               n_boot: int, seed: int, json_out: bool, skip_invalid: bool) -> None:
+    from triage.eval.ope import check_support, estimate
+    from triage.eval.ope_data import bandit_arrays, parse_logged
+    from triage.policies.loader import load_policy
+
+    from triage.replay.io import SkippedLines
+
+    if not logged.is_file():
+        fail(f"logged data not found: {logged}")
+    if not 0.0 <= tolerance < 1.0:
+        fail(f"--support-tolerance must be in [0, 1), got {tolerance}")
+    policy = load_policy(policy_path)
+    skipped = SkippedLines()
+    from triage.replay import read_replay
+
+    records = read_replay(logged, skip_invalid=skip_invalid, skipped=skipped)
+    if skipped.errors:
+        err_console.print(f"[yellow]skipped {len(skipped.errors)} invalid line(s); first: {skipped.errors[0]}[/]",
+                          highlight=False, soft_wrap=True)
+    if not records:
+        fail(f"{logged}: no valid records")
+    rows = parse_logged(records, null_propensity_as_one=null_as_one)
+    view = bandit_arrays(rows, policy, str(policy_path), reward_model=reward_model, seed=seed)
+    unsupported = check_support(view.arrays, tolerance, policy.name)  # SupportError -> one line, exit 2
+    result = estimate(view.arrays, n_boot=n_boot, seed=seed, reward_model=view.reward_model)
+    result.notes[:0] = view.notes
+    if json_out:
+        doc = {"policy": policy.name, "policy_version": policy.version, "logged": str(logged),
+               "probe_outputs": view.probe_source, **result.to_json()}
+        typer.echo(json.dumps(doc))
+        return
+    print_table(console, _table(result, policy, logged, view.probe_source, unsupported))
+
+
+def _fmt(v: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _ci(ci: list[float | None] | None, fmt: str = "{:.3f}") -> str:
+    return "-" if not ci else f"[{_fmt(ci[0], fmt)}, {_fmt(ci[1], fmt)}]"
+
+
+def _money(v: float | None) -> str:
+    return "-" if v is None else (f"${v:,.2f}" if v >= 100 else f"${v:.4g}")
+
+
+def _table(result, policy, logged: Path, probe_source: str, unsupported: float):
+    rows = []
+    ess = f"{result.ess:,.0f} ({100 * result.ess / result.n:.0f}%)"
+    for name, est in result.estimates.items():
+        acc, cost = est["accuracy"], est["cost"]
+        label = LABELS[name] + (f" ({result.reward_model} model)" if name == "dr" else "")
+        rows.append([label, _fmt(acc.value), _ci(acc.ci), _money(cost.value),
+                     "-" if not cost.ci else f"[{_money(cost.ci[0])}, {_money(cost.ci[1])}]", ess])
+    logged_est = result.logged
+    rows.append({"cells": ["logged policy (on-policy)", _fmt(logged_est["accuracy"].value), "-",
+                           _money(logged_est["cost"].value), "-", f"{result.n:,}"], "style": "dim"})
+    caption = [f"{result.n:,} logged queries; target = logging choice on {100 * result.match_rate:.0f}%; "
+               f"unsupported target mass {100 * unsupported:.2f}%; {result.bootstrap['n_boot']} bootstrap replicates "
+               f"(percentile, seed {result.bootstrap['seed']}); ESS: Kish, of the IPS weights",
+               f"target probe: {probe_source}", *result.notes]
+    return make_table(COLUMNS, rows, title=f"off-policy estimate of {policy.name} v{policy.version} from {logged.name}",
+                      caption="\n".join(caption))

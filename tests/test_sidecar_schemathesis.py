@@ -58,6 +58,7 @@ def app(stub, tmp_path_factory):
 OPERATIONS = [
     ("POST", "/v1/chat/completions"), ("POST", "/v1/route"), ("POST", "/v1/feedback"), ("GET", "/v1/models"),
     ("GET", "/v1/ledger/summary"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
+    ("POST", "/v1/admin/reload"),
 ]
 
 

@@ -133,7 +133,36 @@ def run_server(settings: Any) -> None:
         loaded[policy.name] = policy
     check_model_aliases(settings, loaded)
     os.environ[RESOLVED_ENV] = settings.model_dump_json()
-    uvicorn.run("triage.router.sidecar.app:app_from_env", factory=True, workers=settings.workers, **common)
+    serve_workers(settings.workers, common)
+
+
+def serve_workers(workers: int, common: dict[str, Any]) -> None:
+    """uvicorn's multi-process supervisor, except that SIGHUP reloads the policies in every worker
+    (forwarded to each; triage.router.sidecar.reload) instead of replacing the worker processes."""
+    import signal
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from triage.router.sidecar.reload import MASTER_PID_ENV
+
+    class ReloadingMultiprocess(Multiprocess):
+        def handle_hup(self) -> None:
+            logging.getLogger("uvicorn.error").info("Received SIGHUP, reloading the policies in every worker.")
+            for process in self.processes:
+                try:
+                    os.kill(process.pid, signal.SIGHUP)
+                except (OSError, TypeError):  # gone (restarted by the supervisor) or not started
+                    pass
+
+    os.environ[MASTER_PID_ENV] = str(os.getpid())  # a worker's POST /v1/admin/reload signals us
+    config = uvicorn.Config("triage.router.sidecar.app:app_from_env", factory=True, workers=workers, **common)
+    try:
+        ReloadingMultiprocess(config, sockets=[config.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
+    if config.uds and os.path.exists(config.uds):
+        os.remove(config.uds)
 
 
 def register(app: typer.Typer) -> None:
@@ -151,6 +180,8 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option(None, "--log-level", help="debug, info, warning, error."),
         alias: list[str] = typer.Option(None, "--alias", help="NAME=TARGET: serve model NAME as TARGET "
                                         "(triage/<policy> or a served model); repeat for several."),
+        watch_policies: float = typer.Option(None, "--watch-policies", help="Reload the policy files (and "
+                                             "their probes) when they change, polling every this many seconds."),
     ) -> None:
         """Serve the OpenAI-compatible sidecar: POST /v1/chat/completions with model=triage/<policy>.
 
@@ -170,6 +201,7 @@ def register(app: typer.Typer) -> None:
         settings = load_sidecar_settings(
             config_file=config, policies=list(policy) if policy else None, host=host, port=port,
             workers=workers, ledger_url=ledger, log_level=log_level, model_aliases=aliases,
+            watch_policies_s=watch_policies,
         )
         configure_logging(json=settings.log_json, level=settings.log_level)
         run_server(settings)

@@ -27,10 +27,12 @@ from triage.policies.pricing import import_litellm
 from triage.router.core.deployments import DeploymentPool
 from triage.router.core.drivers import aopen_stream, arun, open_stream, run
 from triage.router.core.execution import Execution
+from triage.router.core.grading import RequestGrading, with_gold
 from triage.router.core.messages import normalize_messages, probe_text
 from triage.router.core.preflight import check_policy_credentials, check_policy_models
 from triage.router.core.probing import ProbeLike, ProbeRunner
 from triage.router.core.receipt import LedgerLike, awrite_record, write_record
+from triage.router.core.reload import ReloadResult, RouterBundle, make_bundle, prepare_bundle, versions
 from triage.router.core.routed import Routed
 from triage.logging import get_logger
 
@@ -45,7 +47,9 @@ class Router:
     The probe is loaded on first use (or by :meth:`warm`). ``ledger``, when given, receives one
     record per routed call, committed before the answer is returned: a ledger URL or path (opened
     with :func:`triage.router.ledger.open_ledger` behind a :class:`~triage.router.ledger.LedgerWriter`, closed by
-    :meth:`close`), a ``LedgerWriter``, or a ``LedgerStore``.
+    :meth:`close`), a ``LedgerWriter``, or a ``LedgerStore``. ``store_prompts`` keeps prompt text in
+    the records unless the policy's ``ledger.store_prompts`` says otherwise (the policy wins; a
+    ``LedgerWriter`` passed in keeps its own ``store_prompts`` gate).
     """
 
     def __init__(self, policy: Policy, *, probe: ProbeLike | None = None,
@@ -53,9 +57,12 @@ class Router:
                  store_prompts: bool = False) -> None:
         check_policy_credentials(policy)  # an unset api_key_env fails here, naming the variable
         check_policy_models(policy)  # a model no provider serves fails here, not on every call
-        self.policy = policy
         self.policy_path = str(policy_path) if policy_path is not None else None
-        self.store_prompts = store_prompts
+        self._store_prompts_arg = store_prompts  # a reload re-derives store_prompts from the new policy
+        # Policy, probe and what derives from them: one immutable bundle, swapped whole by reload().
+        # The policy's `ledger.store_prompts`, when set, wins over the argument (docs/sdk.md).
+        self._bundle: RouterBundle = make_bundle(policy, self.policy_path, probe, store_prompts)
+        store_prompts = self.store_prompts
         self._owned_ledger: Any = None
         if isinstance(ledger, str | Path):
             from triage.router.ledger import LedgerWriter, open_ledger
@@ -63,7 +70,6 @@ class Router:
             self._owned_ledger = open_ledger(str(ledger))
             ledger = LedgerWriter(self._owned_ledger, store_prompts=store_prompts)
         self.ledger = ledger
-        self._probe = ProbeRunner(policy, self.policy_path, probe)
         self._providers_ready = False
         # Cooldown state of the policy's deployments, shared by every request this router serves.
         self.deployments = DeploymentPool()
@@ -75,6 +81,61 @@ class Router:
 
         p = Path(path) if path is not None else DEFAULT_POLICY
         return cls(load_policy(p), policy_path=p, **kwargs)
+
+    # -- the bundle (policy + probe), and reloading it ---------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self._bundle.policy
+
+    @property
+    def store_prompts(self) -> bool:
+        return self._bundle.store_prompts
+
+    @property
+    def grading(self) -> RequestGrading | None:
+        """The policy's `grader:` block: outcomes attached at request time (triage.router.core.grading)."""
+        return self._bundle.grading
+
+    @property
+    def _probe(self) -> ProbeRunner:
+        return self._bundle.probe
+
+    def reload(self, path: str | Path | None = None, *, probe: ProbeLike | None = None,
+               installed: bool = False) -> ReloadResult:
+        """Re-read the policy file (``path``: switch to another one) and load the probe it names,
+        check both as at start-up, then swap them in at once (docs/sdk.md, "Reloading").
+
+        Requests already decided finish on the previous policy and probe, and their ledger records say
+        so (``policy_version``/``probe_version``). A bad file raises
+        :class:`~triage.router.core.reload.ReloadError` and the previous ones keep serving. ``probe``
+        uses that probe object instead of loading the artifact the policy names.
+        """
+        new = self.prepare_reload(path, probe=probe, installed=installed)
+        return self.commit_reload(new, path)
+
+    def prepare_reload(self, path: str | Path | None = None, *, probe: ProbeLike | None = None,
+                       installed: bool = False) -> RouterBundle:
+        """The checked bundle :meth:`reload` would swap in (nothing changes yet); ReloadError if bad."""
+        from triage.router.core.reload import ReloadError
+
+        where = path if path is not None else self.policy_path
+        if where is None:
+            raise ReloadError("this router was not made from a policy file: pass reload(path=...)")
+        return prepare_bundle(where, store_prompts=self._store_prompts_arg, probe=probe, installed=installed,
+                              register_providers=self._providers_ready)
+
+    def commit_reload(self, bundle: RouterBundle, path: str | Path | None = None) -> ReloadResult:
+        """Swap ``bundle`` in (one reference assignment) and say what changed."""
+        before = versions(self._bundle)
+        self._bundle = bundle
+        if path is not None:
+            self.policy_path = str(path)
+        result = ReloadResult(self.policy_path, before, versions(bundle))
+        log.info("policy_reloaded", policy=bundle.policy.name, changed=result.changed,
+                 before=before["policy_version"], after=bundle.policy.version,
+                 probe_before=before["probe_version"], probe_after=result.after["probe_version"])
+        return result
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -88,16 +149,25 @@ class Router:
         self._ensure_providers()
         return self
 
-    def route_detailed(self, messages: Any) -> Routed:
+    def route_detailed(self, messages: Any, *, request_id: str | None = None) -> Routed:
+        """Probe + decision. ``request_id`` seeds the policy's exploration (None: the greedy choice);
+        the request that is then executed must carry the same id, so the ledger's propensity is the
+        one this draw had."""
         msgs = normalize_messages(messages)
         t0 = time.perf_counter()
-        out = self._probe.predict(probe_text(msgs))
-        decision = decide(self.policy, out)
-        return Routed(decision, out, msgs, time.perf_counter() - t0, self._probe.is_self_probe())
+        b = self._bundle  # read once: a reload meanwhile does not mix two policies in one request
+        text = probe_text(msgs)
+        features = None
+        if b.policy.ledger.store_features:
+            out, features = b.probe.predict_with_features(text)
+        else:
+            out = b.probe.predict(text)
+        decision = decide(b.policy, out, request_id=request_id)
+        return Routed(decision, out, msgs, time.perf_counter() - t0, b.probe.is_self_probe(), features, bundle=b)
 
-    def route(self, messages: Any) -> Decision:
+    def route(self, messages: Any, *, request_id: str | None = None) -> Decision:
         """The decision for ``messages`` without calling any model."""
-        return self.route_detailed(messages).decision
+        return self.route_detailed(messages, request_id=request_id).decision
 
     # -- calling ----------------------------------------------------------------------------------
 
@@ -120,10 +190,12 @@ class Router:
         call's arguments are built, before anything is called or recorded: only OpenAI
         chat-completions fields pass (:mod:`triage.router.core.fields`), never credentials or destinations.
         """
-        return Execution(self.policy, routed, request_id=request_id or uuid.uuid4().hex,
+        ledger_fields = with_gold(ledger_fields, caller or {})  # metadata.gold -> the record
+        b = routed.bundle or self._bundle  # the bundle that decided: a reload since then changes nothing here
+        return Execution(b.policy, routed, request_id=request_id or uuid.uuid4().hex,
                          started=time.perf_counter() if started is None else started,
                          caller=dict(caller or {}),
-                         ledger_fields=ledger_fields, store_prompts=self.store_prompts, stream=stream,
+                         ledger_fields=ledger_fields, store_prompts=b.store_prompts, stream=stream,
                          deployments=self.deployments)
 
     def execute(self, routed: Routed, *, request_id: str | None = None,
@@ -136,9 +208,11 @@ class Router:
         self._ensure_providers()
         ex = self.execution(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
                             stream=stream, caller=kwargs)
+        grading = (routed.bundle or self._bundle).grading  # the deciding policy's grader
+        write = self._write if grading is None else grading.wrap(ex, self._write, self.ledger)
         if stream:
-            return open_stream(ex, import_litellm(), self._write)
-        return run(ex, import_litellm(), self._write)
+            return open_stream(ex, import_litellm(), write)
+        return run(ex, import_litellm(), write)
 
     async def aexecute(self, routed: Routed, *, request_id: str | None = None,
                        ledger_fields: dict[str, Any] | None = None, started: float | None = None,
@@ -147,9 +221,11 @@ class Router:
         self._ensure_providers()
         ex = self.execution(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
                             stream=stream, caller=kwargs)
+        grading = (routed.bundle or self._bundle).grading  # the deciding policy's grader
+        awrite = self._awrite if grading is None else grading.awrap(ex, self._awrite, self.ledger)
         if stream:
-            return await aopen_stream(ex, import_litellm(), self._awrite)
-        return await arun(ex, import_litellm(), self._awrite)
+            return await aopen_stream(ex, import_litellm(), awrite)
+        return await arun(ex, import_litellm(), awrite)
 
     def completion(self, messages: Any = None, *, stream: bool = False, request_id: str | None = None,
                    ledger_fields: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -160,7 +236,8 @@ class Router:
         """
         kwargs.pop("model", None)  # the policy picks the model
         started = time.perf_counter()
-        routed = self.route_detailed(messages)
+        request_id = request_id or uuid.uuid4().hex  # decided now: it seeds the policy's exploration
+        routed = self.route_detailed(messages, request_id=request_id)
         return self.execute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
                             stream=stream, **kwargs)
 
@@ -169,7 +246,8 @@ class Router:
         """Async :meth:`completion`; ``stream=True`` returns an async iterator of litellm chunks."""
         kwargs.pop("model", None)
         started = time.perf_counter()
-        routed = await asyncio.to_thread(self.route_detailed, messages)
+        request_id = request_id or uuid.uuid4().hex
+        routed = await asyncio.to_thread(lambda: self.route_detailed(messages, request_id=request_id))
         return await self.aexecute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
                                    stream=stream, **kwargs)
 

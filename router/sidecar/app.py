@@ -31,6 +31,7 @@ from triage.router.ledger.metrics import LedgerMetrics
 from triage.logging import get_logger
 from triage.router.sidecar.errors import install_error_handlers
 from triage.router.sidecar.middleware import SidecarMiddleware
+from triage.router.sidecar.reload import ReloadTriggers
 from triage.router.sidecar.routes import api
 from triage.router.sidecar.services import Services
 from triage.router.sidecar.settings import SidecarSettings
@@ -97,11 +98,14 @@ def create_app(settings: SidecarSettings, services: Services | None = None) -> F
         opened = services if services is not None else await asyncio.to_thread(Services.open, settings, metrics)
         app.state.services = opened
         await opened.warm_up()
+        triggers = ReloadTriggers(opened, settings.watch_policies_s)  # SIGHUP and the optional file watch
+        triggers.start()
         log.info("sidecar_started", policies=list(opened.routers), ledger=opened.store.where,
                  keys=len(opened.keyring), anonymous=opened.keyring.allow_anonymous)
         try:
             yield
         finally:
+            triggers.stop()
             # Cancelled streams record their partial answers as they unwind: let them, with the
             # writer and the worker threads still open.
             left = await inflight.drain(RECORD_DRAIN_S)

@@ -78,7 +78,7 @@ async def _decide(request: Request, services: Services, caller: Caller, model: s
         request.state.triage_alias_target = target.name
     authorize_model(caller, target.name)  # a key's `models` restrict what is called, whatever its name
     try:
-        routed = await asyncio.to_thread(target.route, messages)
+        routed = await asyncio.to_thread(target.route, messages, request.state.request_id)
     except DecisionError as exc:  # the policy and its probe do not fit: the server's fault, said plainly
         raise SidecarError(500, f"policy '{target.name}' cannot decide: {str(exc).splitlines()[0]}",
                            type="server_error", code="policy_error") from None
@@ -207,6 +207,25 @@ async def ledger_summary(request: Request, caller: Caller = Depends(caller_of),
     except (TriageError, ValueError) as exc:
         raise SidecarError(400, str(exc).splitlines()[0], code="invalid_summary_query") from None
     return JSONResponse(report)
+
+
+@api.post("/v1/admin/reload", tags=["ops"], responses=ERROR_RESPONSES)
+async def admin_reload(request: Request, caller: Caller = Depends(caller_of)) -> JSONResponse:
+    """Re-read every policy file and the probe it names, check them all, then swap them in at once
+    (admin key). In-flight requests finish on the previous policy; a bad file is 409 and changes nothing.
+    Versions before and after per policy; with several workers the others are signalled to reload."""
+    from triage.router.core.reload import ReloadError
+    from triage.router.sidecar.reload import reload_policies, signal_other_workers
+
+    services = services_of(request)
+    require_every_tenant(caller, services.keyring, "reloading the policies")
+    try:
+        out = await asyncio.to_thread(reload_policies, services, trigger="admin")
+    except ReloadError as exc:
+        raise SidecarError(409, str(exc), code="reload_refused") from None
+    workers = services.settings.workers
+    out["workers"] = {"count": workers, "signalled": signal_other_workers(workers)}
+    return JSONResponse(out)
 
 
 @api.get("/healthz", response_model=Health, tags=["ops"])

@@ -78,13 +78,15 @@ class Target:
     passthrough: bool = False
     alias: str | None = None  # the alias the caller used; ``name`` is then what it points to
 
-    def route(self, messages: list[dict[str, Any]]) -> Routed:
-        """Probe + decision (CPU work: run it in a worker thread)."""
-        routed = self.policy_router.route_detailed(messages)
+    def route(self, messages: list[dict[str, Any]], request_id: str | None = None) -> Routed:
+        """Probe + decision (CPU work: run it in a worker thread). ``request_id`` seeds the
+        policy's exploration; the request must then be executed under the same id."""
+        routed = self.policy_router.route_detailed(messages, request_id=request_id)
         if not self.passthrough:
             return routed
-        decision = decide(self.router.policy, routed.probe_output)
-        return Routed(decision, routed.probe_output, routed.messages, routed.decision_latency_s)
+        decision = decide(self.router.policy, routed.probe_output, request_id=request_id)
+        return Routed(decision, routed.probe_output, routed.messages, routed.decision_latency_s,
+                      features=routed.features)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Services:
     spend: SpendTracker
     passthrough: dict[str, Router] = field(default_factory=dict)
     warm: dict[str, str] = field(default_factory=dict)  # policy -> "loading" | "ready" | error text
+    reloads: Any = None  # triage.router.sidecar.reload.ReloadState, made by its first use (lifespan start)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -119,6 +122,9 @@ class Services:
                 if name in routers:
                     raise ConfigError(f"two policy files are named '{name}' ({path}); policy names must differ")
                 routers[name] = router
+            # The writer is the last gate on prompt text: open it for a policy whose `ledger.store_prompts`
+            # asks for prompts (records of the other policies carry none; docs/sidecar.md).
+            writer.store_prompts = writer.store_prompts or any(r.store_prompts for r in routers.values())
         except BaseException:
             writer.close()
             store.close()

@@ -120,6 +120,11 @@ class SidecarSettings(BaseSettings):
         default=False, description="Serve /docs, /redoc and /openapi.json without a key. Default: any "
         "configured key, unless the server accepts anonymous callers.",
     )
+    watch_policies_s: float | None = Field(
+        default=None, gt=0.0, le=86400.0, description="Poll the policy files and the probes they name every "
+        "this many seconds and reload them when they change (off by default; POST /v1/admin/reload and "
+        "SIGHUP reload on demand).",
+    )
     log_json: bool = True
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     access_log: bool = Field(default=True, description="One JSON line per request (never keys or bodies).")

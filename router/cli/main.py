@@ -11,12 +11,14 @@ import sys
 import typer
 
 from triage.router.cli import (
+    learn_cmd,
     ledger_cmd,
     models_cmd,
     policy_cmd,
     probe_cmd,
     replay_cmd,
     replay_eval_cmd,  # noqa: F401  (adds `replay evaluate` to replay_cmd.app)
+    replay_simulate_cmd,  # noqa: F401  (adds `replay simulate` to replay_cmd.app)
     sdk_cmd,
     serve_cmd,
     token_router_cmd,
@@ -37,6 +39,7 @@ app.add_typer(token_router_cmd.app, name="token-router")
 app.add_typer(models_cmd.app, name="models")
 sdk_cmd.register(app)
 serve_cmd.register(app)
+learn_cmd.register(app)
 
 
 def main() -> None:  # pragma: no cover - thin wrapper used by `python -m triage.router.cli`

@@ -1,0 +1,369 @@
+"""`triage learn`: ledger -> export -> bandit-trained probe -> calibrated new policy version -> OPE report
+[-> applied atomically, running routers reloaded].
+
+Every step is an existing piece; this module chains them and refuses at the first one that fails:
+
+1. export the ledger as logged bandit data (:func:`triage.router.ledger.export.export_jsonl`, prompts
+   required: :class:`~triage.router.ledger.logged.PromptsMissingError`);
+2. train a probe on it, inverse-propensity weighted (:mod:`triage.probes.bandit_training`; labels with
+   too few logged outcomes are refused: the logging policy never explored them);
+3. calibrate the new policy to the objective. Tier shares need only the probe outputs. A target
+   accuracy or cost cap needs every strategy's outcome on every query, which logged data lacks; it
+   is calibrated on doubly-robust pseudo-outcomes instead: ``G[i, a] = q(x_i, a) + 1[a = a_i] /
+   mu_i * (r_i - q(x_i, a_i))`` with ``q`` the cross-fitted reward/cost models of
+   :mod:`triage.eval.ope`. The mean of ``G[i, pi(x_i)]`` over the rows is exactly the DR estimate of
+   a deterministic policy ``pi``, so :func:`triage.eval.calibrate.calibrate`'s search over the knob
+   maximises the DR estimate. Degenerate results are refused (:func:`degenerate_reason`);
+4. write the new version (version bumped, ``probe:`` naming the new probe) and compare old and new by
+   off-policy evaluation (IPS, SNIPS, DR with bootstrap intervals) on held-out logged queries
+   (``holdout``, 30% by a hash of the query id; steps 2-3 never see them); improvement is claimed
+   only when the intervals do not overlap;
+5. ``apply``: keep the old file as ``<stem>.v<old>.yaml``, replace the policy file atomically
+   (``os.replace``) and ask a running sidecar to reload (``POST /v1/admin/reload``); a sidecar with
+   ``watch_policies_s`` or a SIGHUP picks the new file up by itself, an SDK router by ``reload()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triage.errors import TriageError
+from triage.eval.calibrate import Objective, calibrate, calibrate_tier_shares, degenerate_reason
+from triage.logging import get_logger
+from triage.policies.loader import load_policy, policy_from_dict, read_policy_yaml
+from triage.policies.policy import Policy
+
+log = get_logger("triage.eval.learn")
+
+#: Features of the new probe when the old probe is the default one (its aux regressors need a build).
+DEFAULT_FEATURES = "text:aux=false"
+
+
+class LearnError(TriageError):
+    """A step of `triage learn` cannot go on (one line for the user)."""
+
+
+@dataclass
+class LearnConfig:
+    ledger: str
+    policy: Path
+    objective: Objective
+    out: Path | None = None
+    apply: bool = False
+    features: str | None = None
+    folds: int = 5
+    max_weight: float = 20.0
+    min_rows: int = 30
+    assume_propensity: float | None = None
+    support_tolerance: float = 0.01
+    holdout: float = 0.3  # share of logged queries kept out of training/calibration for the OPE report
+    n_boot: int = 500
+    seed: int = 0
+    allow_degenerate: bool = False
+    reload_url: str | None = None
+    admin_key: str | None = None
+    command: str | None = None
+
+
+@dataclass
+class LearnResult:
+    old_version: str
+    new_version: str
+    out: Path
+    export: Path
+    rows: int
+    probe: Path
+    policy: Path  # the new version's file (in ``out``)
+    calibration: dict[str, Any]
+    ope_old: dict[str, Any]
+    ope_new: dict[str, Any]
+    verdict: str
+    improved: bool | None  # None: the intervals overlap, no claim either way
+    holdout_ids: list[str] = field(default_factory=list)  # the queries the OPE report is computed on
+    applied: Path | None = None
+    backup: Path | None = None
+    reload: str = "not applied"
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "old_version": self.old_version, "new_version": self.new_version, "out": str(self.out),
+            "export": str(self.export), "rows": self.rows, "holdout_rows": len(self.holdout_ids), "probe": str(self.probe), "policy": str(self.policy),
+            "calibration": self.calibration, "ope": {"old": self.ope_old, "new": self.ope_new},
+            "verdict": self.verdict, "improved": self.improved,
+            "applied": str(self.applied) if self.applied else None,
+            "backup": str(self.backup) if self.backup else None, "reload": self.reload, "notes": self.notes,
+        }
+
+
+def bump_version(version: str) -> str:
+    """``3`` -> ``4``, ``1.2`` -> ``1.3``, ``beta`` -> ``beta.1``."""
+    m = re.match(r"^(.*?)(\d+)$", version)
+    return f"{m.group(1)}{int(m.group(2)) + 1}" if m else f"{version}.1"
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+
+def export_ledger(url: str, path: Path) -> int:
+    """Step 1: the ledger as logged bandit data at ``path``; the number of rows."""
+    from triage.router.ledger.export import export_jsonl
+    from triage.router.ledger.sqlite_store import sqlite_path
+    from triage.router.ledger.store import open_ledger, url_scheme
+
+    if url_scheme(url) == "sqlite" and not sqlite_path(url).is_file():
+        raise LearnError(f"no ledger at {sqlite_path(url)}: check --ledger")
+    with open_ledger(url, migrate=False) as store:
+        res = export_jsonl(store, path, require_prompts=True)  # PromptsMissingError: one line
+    if res.written == 0:
+        raise LearnError(f"the ledger has no record with an outcome ({res.skipped_unscored} without): attach "
+                         "outcomes (feedback, a grader) before learning")
+    return res.written
+
+
+def _features(cfg: LearnConfig, policy: Policy) -> str:
+    if cfg.features:
+        return cfg.features
+    if policy.probe == "default":
+        return DEFAULT_FEATURES
+    from triage.probes.card import ProbeArtifactError, read_card
+    from triage.policies.loader import resolve_probe_path
+
+    try:
+        card, _ = read_card(resolve_probe_path(policy, cfg.policy))
+    except ProbeArtifactError:
+        return DEFAULT_FEATURES
+    return ",".join(f.name for f in card.features)
+
+
+def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], export: Path, out: Path) -> Path:
+    """Step 2: a probe trained on the logged rows (labels: the policy's strategies' success labels)."""
+    from triage.probes.bandit import make_logged_labels
+    from triage.probes.bandit_training import train_logged_probe
+    from triage.probes.export import export_probe
+    from triage.probes.labels import LabelRule
+    from triage.probes.training import TrainConfig, file_fingerprint, parse_features
+
+    keep = list(dict.fromkeys(s.candidate for s in policy.strategies.values()))
+    labels = make_logged_labels(records, LabelRule(), assume_propensity=cfg.assume_propensity,
+                                max_weight=cfg.max_weight, min_rows=cfg.min_rows, candidates=keep)
+    feats = parse_features(_features(cfg, policy))
+    config = TrainConfig(features=[f.name for f in feats], folds=cfg.folds, seed=cfg.seed, n_boot=100,
+                         head_params={"C": 0.02})
+    trained = train_logged_probe(labels, config, features=feats, data_name=export.stem)
+    trained.data_fingerprint = file_fingerprint(export)
+    trained.data_fingerprint["split"] = "all"
+    export_probe(trained, out, command=cfg.command or "triage learn", plot=False)
+    return out
+
+
+def dr_pseudo_data(view: Any, policy: Policy, ids: list[str]) -> Any:
+    """Full-information-shaped replay arrays of doubly-robust pseudo-outcomes (module docstring, 3)."""
+    from triage.replay.matrix import ReplayData
+
+    a = view.arrays
+    n, k = a.n, len(a.actions)
+    rows = np.arange(n)
+    logged = a.chosen >= 0
+    c = np.maximum(a.chosen, 0)
+    inv = np.where(logged, 1.0 / a.propensity, 0.0)
+
+    def pseudo(value: np.ndarray, q: np.ndarray) -> np.ndarray:
+        g = q.astype(float).copy()
+        resid = np.nan_to_num(value, nan=0.0) - q[rows, c]
+        g[rows[logged], c[logged]] += inv[logged] * resid[logged]
+        return g
+
+    score = pseudo(a.reward, a.q_reward)
+    cost = pseudo(a.cost, a.q_cost) if a.q_cost is not None and not np.isnan(a.cost).any() else np.zeros((n, k))
+    nan = np.full((n, k), np.nan)
+    return ReplayData(ids=list(ids), candidates=[policy.strategies[x].candidate for x in a.actions], score=score,
+                      cost=cost, prompt_tokens=nan, completion_tokens=nan.copy(), reasoning_tokens=nan.copy(),
+                      latency_s=nan.copy(), truncated=np.zeros((n, k), dtype=bool), name="dr-pseudo-outcomes")
+
+
+def calibrate_logged(cfg: LearnConfig, policy: Policy, policy_path: Path, rows: list[Any], records: list[Any],
+                     export: Path) -> Any:
+    """Step 3: the calibrated policy (CalibrationResult); LearnError on a degenerate result."""
+    from triage.eval.ope_data import bandit_arrays, target_outputs
+    from triage.replay.matrix import ReplayData
+
+    outputs, source = target_outputs(rows, policy, str(policy_path))
+    by_id = {r.record.id: o for r, o in zip(rows, outputs, strict=True)}
+    label = f"{export} (logged bandit data, {len(rows)} queries)"
+    if cfg.objective.tier_shares is not None:
+        data = ReplayData.from_records(records, name=export.stem)
+        result = calibrate_tier_shares(policy, data, by_id, cfg.objective.tier_shares, data_label=label,
+                                       outputs_label=source, command=cfg.command)
+    else:
+        view = bandit_arrays(rows, policy, str(policy_path), reward_model="fitted", seed=cfg.seed, outputs=outputs)
+        data = dr_pseudo_data(view, policy, [r.record.id for r in rows])
+        result = calibrate(policy, data, by_id, cfg.objective, data_label=label,
+                           outputs_label=source + "; scores and costs: doubly-robust pseudo-outcomes",
+                           command=cfg.command)
+    reason = degenerate_reason(result, cfg.objective)
+    if reason and not cfg.allow_degenerate:
+        raise LearnError(reason)
+    return result
+
+
+def ope(policy: Policy, policy_path: Path, rows: list[Any], cfg: LearnConfig) -> dict[str, Any]:
+    """Step 4: IPS / SNIPS / DR estimates of ``policy`` on the logged rows (SupportError: one line)."""
+    from triage.eval.ope import check_support, estimate
+    from triage.eval.ope_data import bandit_arrays
+
+    view = bandit_arrays(rows, policy, str(policy_path), reward_model="fitted", seed=cfg.seed)
+    check_support(view.arrays, cfg.support_tolerance, policy.name)
+    res = estimate(view.arrays, n_boot=cfg.n_boot, seed=cfg.seed, reward_model=view.reward_model)
+    res.notes[:0] = view.notes
+    return {"policy": policy.name, "version": policy.version, "probe_outputs": view.probe_source, **res.to_json()}
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, bool | None]:
+    """Claim a change only where the DR intervals do not overlap (accuracy first, then cost)."""
+    parts, verdicts = [], []
+    for metric, better_high in (("accuracy", True), ("cost", False)):
+        o, n = old["estimators"]["dr"][metric], new["estimators"]["dr"][metric]
+        if o["value"] is None or n["value"] is None or not o["ci"] or not n["ci"]:
+            parts.append(f"{metric}: not estimated")
+            continue
+        fmt = (lambda v: f"{v:.3f}") if metric == "accuracy" else (lambda v: f"${v:.4g}")
+        desc = f"{metric} {fmt(o['value'])} [{fmt(o['ci'][0])}, {fmt(o['ci'][1])}] -> {fmt(n['value'])} " \
+               f"[{fmt(n['ci'][0])}, {fmt(n['ci'][1])}]"
+        if n["ci"][0] > o["ci"][1]:
+            verdicts.append(better_high)
+            parts.append(desc + (" (better)" if better_high else " (worse)"))
+        elif n["ci"][1] < o["ci"][0]:
+            verdicts.append(not better_high)
+            parts.append(desc + (" (worse)" if better_high else " (better)"))
+        else:
+            parts.append(desc + " (intervals overlap: no difference claimed)")
+    improved: bool | None = None
+    if verdicts and all(verdicts):
+        improved = True
+    elif verdicts and not any(verdicts):
+        improved = False
+    tail = {True: "the new version is better", False: "the new version is worse",
+            None: "no improvement claimed (DR 95% intervals overlap or disagree)"}[improved]
+    return "; ".join(parts) + f" - {tail}", improved
+
+
+# -- writing and applying ---------------------------------------------------------------------------
+
+
+def _yaml_text(raw: dict[str, Any], header: str) -> str:
+    import yaml
+
+    return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=100)
+
+
+def apply_policy(policy_path: Path, new_text: str, old_version: str) -> Path:
+    """Keep the old file as ``<stem>.v<old>.yaml`` and replace the policy file atomically."""
+    backup = policy_path.with_name(f"{policy_path.stem}.v{old_version}{policy_path.suffix}")
+    if backup.exists() and backup.read_bytes() != policy_path.read_bytes():
+        raise LearnError(f"{backup} exists and differs from {policy_path}: move it away (it is the kept old version)")
+    shutil.copy2(policy_path, backup)
+    tmp = policy_path.with_name(f".{policy_path.name}.learn.tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    policy_from_dict(read_policy_yaml(tmp), str(tmp))  # never swap in a file the loader refuses
+    os.replace(tmp, policy_path)  # atomic: a reader sees the old file or the new one, never half
+    return backup
+
+
+def request_reload(url: str, admin_key: str | None) -> str:
+    """POST the sidecar's /v1/admin/reload; a one-line summary (LearnError when it refuses)."""
+    import urllib.error
+    import urllib.request
+
+    target = url.rstrip("/")
+    if not target.endswith("/v1/admin/reload"):
+        target += "/v1/admin/reload"
+    req = urllib.request.Request(target, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+    if admin_key:
+        req.add_header("Authorization", f"Bearer {admin_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - the user's own sidecar
+            body = resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        raise LearnError(f"the sidecar refused the reload ({exc.code}): "
+                         f"{exc.read().decode('utf-8', 'replace')[:300]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise LearnError(f"could not reach the sidecar at {target}: {exc}") from None
+    return f"sidecar reloaded ({target}): {body[:300]}"
+
+
+def split_holdout(records: list[Any], share: float) -> tuple[list[Any], list[Any]]:
+    """(fit, holdout) by a hash of each query id: the same query always falls on the same side.
+
+    The OPE report must not be computed on the rows the probe and the knob were chosen on: the
+    calibration picks the setting whose estimate is highest, noise included, and the same rows
+    would then report that noise as accuracy (a winner's curse; measured in the learning-loop bench)."""
+    import hashlib
+
+    if share <= 0:
+        return list(records), list(records)
+    cut = int(share * 2**32)
+    hold = [int.from_bytes(hashlib.sha256(r.id.encode()).digest()[:4], "big") < cut for r in records]
+    return [r for r, h in zip(records, hold, strict=True) if not h], [r for r, h in zip(records, hold, strict=True) if h]
+
+
+def learn(cfg: LearnConfig) -> LearnResult:
+    """Run every step (module docstring); raises a one-line error at the first that fails."""
+    from triage.eval.ope_data import parse_logged
+    from triage.replay import read_replay
+
+    policy_path = cfg.policy
+    old = load_policy(policy_path)
+    new_version = bump_version(old.version)
+    out = (cfg.out or policy_path.parent / f"{policy_path.stem}.learn" / f"v{new_version}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    export = out / "export.jsonl"
+    n = export_ledger(cfg.ledger, export)
+    records = read_replay(export)
+    parse_logged(records)  # refuses records without a propensity
+    fit, held = split_holdout(records, cfg.holdout)
+    if not held or not fit:
+        raise LearnError(f"{n} logged queries are too few to keep {cfg.holdout:.0%} out for the report")
+    rows, eval_rows = parse_logged(fit), parse_logged(held)
+    probe_dir = train_probe_on_export(cfg, old, fit, export, out / "probe")
+
+    raw = read_policy_yaml(policy_path)
+    raw["version"] = new_version
+    raw["probe"] = str(probe_dir)
+    raw.pop("calibration", None)
+    header = f"# {old.name} v{new_version}: written by `triage learn` from {n} logged queries of {cfg.ledger}\n"
+    new_path = out / f"{policy_path.stem}.yaml"
+    new_path.write_text(_yaml_text(raw, header), encoding="utf-8")
+    candidate = load_policy(new_path)
+    result = calibrate_logged(cfg, candidate, new_path, rows, fit, export)
+    raw.update(result.updates)
+    text = _yaml_text(raw, header)
+    new_path.write_text(text, encoding="utf-8")
+    new = load_policy(new_path)
+
+    ope_old = ope(old, policy_path, eval_rows, cfg)
+    ope_new = ope(new, new_path, eval_rows, cfg)
+    verdict, improved = compare(ope_old, ope_new)
+    res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,
+                      probe=probe_dir, policy=new_path, calibration=result.figures, ope_old=ope_old,
+                      ope_new=ope_new, verdict=verdict, improved=improved, holdout_ids=[r.id for r in held])
+    if cfg.apply:
+        res.backup = apply_policy(policy_path, text, old.version)
+        res.applied = policy_path
+        if cfg.reload_url:
+            res.reload = request_reload(cfg.reload_url, cfg.admin_key)
+        else:
+            res.reload = ("file replaced; a sidecar reloads with `POST /v1/admin/reload`, SIGHUP or "
+                          "watch_policies_s; an SDK router with router.reload()")
+    (out / "report.json").write_text(json.dumps(res.to_json(), indent=2, default=str), encoding="utf-8")
+    log.debug("learned", policy=old.name, old=old.version, new=new_version, rows=n, improved=improved,
+             applied=cfg.apply)
+    return res

@@ -1,0 +1,240 @@
+"""The learning loop (issue #15): `triage replay simulate` -> ledger export -> `triage learn [--apply]`.
+
+Traffic is RouteLLM GSM8K (Mixtral-8x7B vs GPT-4, every outcome known) replayed by the simulator
+into a real SQLite or PostgreSQL ledger with an epsilon-greedy policy; only the chosen outcome is
+revealed. The probe is the session probe (text features the test cache already holds for these
+rows), so a learn run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from triage.router.cli.main import app
+from triage.settings import get_settings
+from tests.support.ledger import ledger_url  # noqa: F401 - fixture
+from tests.support.probes import ensure_session_default_probe
+
+runner = CliRunner()
+ROWS = 240
+SMALL, LARGE = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
+
+
+def policy_doc(epsilon: float | None = 0.3, store_prompts: bool = True) -> dict:
+    doc = {
+        "name": "loop", "version": 1, "probe": "default",
+        "strategies": {
+            "small": {"model": "together_ai/mistralai/Mixtral-8x7B-Instruct-v0.1", "replay_candidate": SMALL,
+                      "price": {"input_per_mtok": 0.6, "output_per_mtok": 0.6}},
+            "large": {"model": "openai/gpt-4-1106-preview", "replay_candidate": LARGE,
+                      "price": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}},
+        },
+        "tiers": {"easy": "small", "normal": "large", "hard": "large"},
+        "rule": {"type": "thresholds", "thresholds": {"normal": 0.37, "hard": 0.5}},
+        "ledger": {"store_prompts": store_prompts},
+    }
+    if epsilon:
+        doc["exploration"] = {"type": "epsilon", "epsilon": epsilon}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from triage.eval.importers import import_source
+    from triage.replay import write_replay
+
+    ensure_session_default_probe()
+    records = import_source("routellm", get_settings().data_dir / "routellm", dataset="gsm8k")[:ROWS]
+    path = tmp_path_factory.mktemp("loop") / "gsm8k.jsonl"
+    write_replay(records, path)
+    return path
+
+
+def write(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def simulate(traffic: Path, policy: Path, ledger: str, *extra: str) -> dict:
+    res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(policy), "--ledger", ledger,
+                              "--json", *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def one_line_exit_2(res) -> str:  # noqa: ANN001
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_simulate_reveals_only_the_chosen_outcome(traffic: Path, tmp_path: Path) -> None:
+    from triage.replay import read_replay
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    ledger = str(tmp_path / "l.sqlite")
+    sim = simulate(traffic, policy, ledger, "--n", "120")
+    assert sim["queries"] == 120 and 0 < sim["explored"] < 120
+    out = tmp_path / "export.jsonl"
+    res = runner.invoke(app, ["ledger", "export", "--ledger", ledger, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    full = {r.id: r for r in read_replay(traffic)}
+    rows = read_replay(out)
+    assert len(rows) == 120
+    for r in rows:
+        (strategy, o), = r.outcomes.items()  # exactly one outcome: the chosen strategy's
+        logged = r.model_extra["logged"]
+        assert logged["strategy"] == strategy and 0 < logged["propensity"] <= 1
+        assert sorted(logged["candidates"]) == ["large", "small"]
+        truth = full[r.id.split(":", 1)[1]].outcomes[SMALL if strategy == "small" else LARGE]
+        assert o.score == truth.score and o.cost_usd == pytest.approx(truth.cost_usd)
+        assert o.model_extra["outcome_source"] == "simulated" and r.prompt_text()
+    # propensities are epsilon-greedy's: 1 - eps/2 for the greedy choice, eps/2 for the other
+    assert {round(r.model_extra["logged"]["propensity"], 6) for r in rows} == {0.85, 0.15}
+
+
+def test_learn_writes_a_new_version_whose_probe_routes_differently(traffic: Path, tmp_path: Path,
+                                                                     ledger_url: str) -> None:  # noqa: F811
+    from triage.policies.decide import decide
+    from triage.policies.loader import load_policy
+    from triage.router.core.probing import ProbeRunner
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    simulate(traffic, policy, ledger_url)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["learn", "--ledger", ledger_url, "--policy", str(policy), "--out", str(out),
+                              "--folds", "3", "--bootstrap", "100", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    new = load_policy(doc["policy"])
+    assert new.version == "2" and Path(new.probe) == out / "probe"
+    assert doc["rows"] == ROWS and doc["applied"] is None
+    for side in ("old", "new"):
+        dr = doc["ope"][side]["estimators"]["dr"]["accuracy"]
+        assert dr["ci"][0] <= dr["value"] <= dr["ci"][1]
+    assert "intervals overlap" in doc["verdict"] or doc["improved"] is not None
+    # the new probe loads as the runtime loads it, and routes these queries otherwise than the old one
+    old = load_policy(policy)
+    texts = [json.loads(line)["prompt"] for line in (out / "export.jsonl").read_text().splitlines()[:60]]
+    texts = [t if isinstance(t, str) else t[-1]["content"] for t in texts]
+    new_runner, old_runner = ProbeRunner(new, doc["policy"]), ProbeRunner(old, str(policy))
+    assert new_runner.probe.version != old_runner.probe.version
+    new_out, old_out = new_runner.predict_many(texts), old_runner.predict_many(texts)
+    assert set(new_out[0].success) == {SMALL, LARGE}
+    changed = sum(decide(new, a).strategy != decide(old, b).strategy for a, b in zip(new_out, old_out))
+    probs_moved = sum(abs(a.tier_probs["hard"] - b.tier_probs["hard"]) > 1e-3 for a, b in zip(new_out, old_out))
+    assert probs_moved > 50 and changed > 0
+
+
+def test_apply_replaces_atomically_and_keeps_the_old_version(traffic: Path, tmp_path: Path) -> None:
+    from triage.policies.loader import load_policy
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    before = policy.read_bytes()
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger)
+    res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--folds", "3",
+                              "--bootstrap", "50", "--apply"])
+    assert res.exit_code == 0, res.output
+    assert "replaced atomically" in res.stdout
+    kept = tmp_path / "p.v1.yaml"
+    assert kept.read_bytes() == before
+    assert load_policy(policy).version == "2"
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed over the policy
+    # a second apply keeps v2 beside v1
+    simulate(traffic, policy, ledger, "--seed", "1", "--n", "120")
+    res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--folds", "3",
+                              "--bootstrap", "50", "--apply", "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2"])
+    assert res.exit_code == 0, res.output
+    assert load_policy(policy).version == "3" and load_policy(tmp_path / "p.v2.yaml").version == "2"
+    assert kept.read_bytes() == before
+
+
+def test_learn_refuses_a_ledger_without_prompts(traffic: Path, tmp_path: Path) -> None:
+    policy = write(tmp_path / "p.yaml", policy_doc(store_prompts=False))  # the simulator obeys it, as a router does
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger, "--n", "40")
+    line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy)]))
+    assert "no prompt text" in line and "store_prompts" in line
+
+
+def test_learn_refuses_missing_support(traffic: Path, tmp_path: Path) -> None:
+    policy = write(tmp_path / "p.yaml", policy_doc(epsilon=None))  # no exploration: one strategy per tier
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger, "--n", "60")
+    line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy)]))
+    assert "too few logged outcomes" in line or "no support" in line
+
+
+def test_learn_refuses_a_degenerate_calibration(traffic: Path, tmp_path: Path) -> None:
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger)
+    # 99% of GPT-4's accuracy: only routing (almost) everything to GPT-4 reaches it
+    line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--folds", "3",
+                                               "--target-accuracy", "1.2"]))
+    assert line.startswith("error: target unreachable") or "degenerate calibration" in line
+    assert not (tmp_path / "p.v1.yaml").exists()
+
+
+def test_learn_refuses_an_empty_ledger_and_a_missing_one(tmp_path: Path) -> None:
+    from triage.router.ledger import open_ledger
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", str(tmp_path / "none.sqlite"), "--policy", str(policy)]))
+    assert "no ledger" in line
+    open_ledger(str(tmp_path / "empty.sqlite")).close()
+    line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", str(tmp_path / "empty.sqlite"), "--policy", str(policy)]))
+    assert "no record with an outcome" in line
+
+
+WALKTHROUGH_POLICY = {
+    "name": "walkthrough", "version": 1, "probe": "default",
+    "strategies": {
+        "terse": {"model": "local/smollm2-135m", "temperature": 0.0, "max_tokens": 12},
+        "standard": {"model": "local/smollm2-135m", "temperature": 0.0, "max_tokens": 24},
+    },
+    "tiers": {"easy": "terse", "normal": "standard", "hard": "standard"},
+    "rule": {"type": "thresholds", "thresholds": {"normal": 0.5, "hard": 0.5}},
+    "exploration": {"type": "epsilon", "epsilon": 0.5},
+    "ledger": {"store_prompts": True},
+}
+
+
+@pytest.mark.slow
+def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path) -> None:
+    """README "Learning from your own traffic": SDK with a ledger -> feedback -> `triage learn --apply`
+    -> the same router, reloaded, routes with the new probe. Real local model (SmolLM2), real SQLite;
+    the feedback is 1.0 when the answer fit its strategy's budget (not cut), a stand-in for a user's."""
+    from triage import Router
+    from triage.replay import read_replay
+
+    policy = write(tmp_path / "policy.yaml", WALKTHROUGH_POLICY)
+    ledger = str(tmp_path / "ledger.sqlite")
+    # word problems (long answers: cut at either budget) and one-word questions (short answers)
+    short = [f"Answer with one word: what colour is {x}?" for x in
+             ("grass", "snow", "the sky", "coal", "blood", "a banana", "an orange", "milk", "ink", "sand")]
+    questions = [q for pair in zip(short * 4, [r.prompt_text() for r in read_replay(traffic)[:40]]) for q in pair]
+    with Router.from_file(policy, ledger=ledger) as router:
+        for q in questions:
+            resp = router.completion(messages=[{"role": "user", "content": q}])
+            info = resp._hidden_params["triage"]
+            router.feedback(info["request_id"], 0.0 if info["truncated"] else 1.0)
+        old_version = router.route([{"role": "user", "content": questions[0]}]).probe_version
+        res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--apply", "--folds", "3",
+                                  "--min-rows", "10", "--bootstrap", "50",
+                                  "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2"])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "policy.v1.yaml").is_file()
+        reloaded = router.reload()
+        assert reloaded.changed
+        decision = router.route([{"role": "user", "content": questions[0]}])
+    assert decision.policy_version == "2"
+    assert decision.probe_version != old_version
+    assert decision.probe_version == json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["probe_version"]

@@ -132,6 +132,46 @@ def test_learn_writes_a_new_version_whose_probe_routes_differently(traffic: Path
     assert probs_moved > 50 and changed > 0
 
 
+def test_a_learned_probe_scores_as_a_replay_router(traffic: Path, tmp_path: Path) -> None:
+    """`probe:path=DIR` (what the learning-loop bench scores each round with): the saved probe's own
+    calibrated P(success) per candidate, not refitted, swept like `probe-text` by the evaluator."""
+    import numpy as np
+
+    from triage.eval.evaluation import evaluate
+    from triage.eval.routers import make_router
+    from triage.probes.runtime import load_probe
+    from triage.replay import ReplayData, read_replay
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    simulate(traffic, policy, f"sqlite:///{tmp_path / 'l.sqlite'}")
+    res = runner.invoke(app, ["learn", "--ledger", f"sqlite:///{tmp_path / 'l.sqlite'}", "--policy", str(policy),
+                              "--out", str(tmp_path / "out"), "--folds", "3", "--bootstrap", "50"])
+    assert res.exit_code == 0, res.output
+    probe_dir = tmp_path / "out" / "probe"
+    data = ReplayData.from_records(read_replay(traffic), name="gsm8k", candidates=[LARGE, SMALL])
+    router = make_router(f"probe:path={probe_dir}")
+    rows = np.arange(data.n)
+    router.fit(data, rows[:120])
+    expected, _ = load_probe(probe_dir).predict_arrays(data.texts[120:])
+    labels = load_probe(probe_dir).labels
+    want = np.asarray(expected)[:, [labels.index(LARGE), labels.index(SMALL)]]
+    assert np.allclose(router.predict_success(data, rows[120:]), want, atol=1e-5)
+    sweep = router.sweep(data, rows[120:])
+    assert (sweep.choices[0] == data.candidates.index(SMALL)).all()
+    assert (sweep.choices[-1] == data.candidates.index(LARGE)).all()
+    result = evaluate(data, [f"probe:path={probe_dir}"], folds=3, n_boot=0)
+    assert result.routers[f"probe:path={probe_dir}"].metrics["apgr"] is not None
+    other = ReplayData.from_records(read_replay(traffic), name="gsm8k", candidates=[SMALL])
+    with pytest.raises(ValueError, match="no success label"):
+        make_router(f"probe:path={probe_dir}").fit(_renamed(other, "nobody"), rows[:10])
+
+
+def _renamed(data, name: str):  # noqa: ANN001, ANN202 - a one-candidate copy under another name
+    from dataclasses import replace
+
+    return replace(data, candidates=[name])
+
+
 def test_apply_replaces_atomically_and_keeps_the_old_version(traffic: Path, tmp_path: Path) -> None:
     from triage.policies.loader import load_policy
 
@@ -197,8 +237,11 @@ def test_learn_refuses_an_empty_ledger_and_a_missing_one(tmp_path: Path) -> None
 WALKTHROUGH_POLICY = {
     "name": "walkthrough", "version": 1, "probe": "default",
     "strategies": {
-        "terse": {"model": "local/smollm2-135m", "temperature": 0.0, "max_tokens": 12},
-        "standard": {"model": "local/smollm2-135m", "temperature": 0.0, "max_tokens": 24},
+        # one model at two budgets: each strategy needs its own probe label (replay_candidate), else
+        # the probe learns one label for both and its tiers cannot separate them
+        "terse": {"model": "local/smollm2-135m", "temperature": 0.0, "max_tokens": 12, "replay_candidate": "terse"},
+        "standard": {"model": "local/smollm2-135m", "temperature": 0.0, "max_tokens": 24,
+                     "replay_candidate": "standard"},
     },
     "tiers": {"easy": "terse", "normal": "standard", "hard": "standard"},
     "rule": {"type": "thresholds", "thresholds": {"normal": 0.5, "hard": 0.5}},

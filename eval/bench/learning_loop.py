@@ -1,24 +1,32 @@
 """The learning loop, measured (issue #15): simulate traffic with exploration, `triage learn --apply`, repeat.
 
 For each dataset - the shared RouterBench subset (its own train/test files) and pricing-reversal
-SimpleQA (no split in the data: a fixed 70/30 split by a seeded draw) - a two-strategy policy
-(cheap model for the easy tier, the most accurate model otherwise; epsilon-greedy exploration 0.2,
-prompts stored) starts from the default probe. Each round routes the next chunk of the train split
-as traffic into a real SQLite ledger (`triage.eval.simulate`: only the chosen outcome is revealed)
-and runs `triage.eval.learn` with `apply=True` (objective: 95% of the best strategy's accuracy; when
-that is refused as degenerate or unreachable, tier shares 0.5/0.25/0.25). Per round it reports:
+SimpleQA (no split in the data: a fixed 70/30 split by a seeded draw, seed 0) - a two-strategy policy
+(cheap model for the easy tier, the most accurate model on train otherwise; epsilon-greedy
+exploration 0.2, prompts stored) starts from the default probe. Each round routes the next chunk of
+the train split as traffic into a real SQLite ledger (`triage.eval.simulate`: only the chosen outcome
+is revealed) and runs `triage.eval.learn` with `apply=True` on the whole ledger so far (objective: 95%
+of the best strategy's accuracy; when that is refused, tier shares 0.5/0.25/0.25). Per round:
 
-* AIQ and cost ratio at best-single accuracy of the applied policy on the TEST split, with every
-  candidate's true outcome (``triage.eval.evaluation.evaluate``, the policy swept over thresholds);
-* the off-policy estimates (IPS, SNIPS, DR, 95% bootstrap intervals) of the new policy's accuracy on
-  the held-out logged queries (learn's 30% holdout), the true value there (full information: sum over strategies of
-  pi(a|x) x score, exploration included) and whether each interval covers it;
-* exploration cost: the chosen strategies' cost minus the greedy choice's on the same queries.
+* the round's bandit-trained probe as a ROUTER on the held-out TEST split, by the project's replay
+  evaluation (`triage.eval.evaluation.evaluate`, router `probe:path=PROBE`: the probe swept over the
+  share of queries sent to the dearer model, the same sweep as `probe-text`): AIQ, APGR, cost ratio
+  at best-single accuracy, and its AIQ gain over random as a share of the full-information router's;
+  the full-information router is `probe-text` with the same features and head (logreg, C=0.02)
+  trained once on the same train rows with every candidate's outcome; baselines random (mix),
+  best-single and oracle come from the same evaluation;
+* the off-policy estimate (DR, 95% bootstrap interval; IPS/SNIPS too) of the round's new policy's
+  accuracy and cost per query, as `triage learn` reports it (on its 30% held-out logged queries), and
+  the TRUE value of that same policy (exploration included: sum over strategies of pi(a|x) x outcome)
+  on the test split with every outcome known - covered yes/no - and on the held-out logged queries
+  (the estimator's exact estimand);
+* exploration cost: the chosen strategies' cost minus the greedy choices' on the round's traffic.
 
-Finally the gap to a probe trained on full-information labels of the same train rows, as a share
-of the full-information router's AIQ gain over random. Subsampling (for ~10 min on 2 cores): at most
-``--train`` train rows (in file order for RouterBench, the seeded order for SimpleQA) split into
-``--rounds`` rounds, and ``--test`` test rows drawn with seed 0.
+No choice is made on the test split: the pair, the objective, epsilon and the features are fixed
+before any test figure is read. Subsampling (one run in ~10 min on 2 cores): at most ``--train``
+train rows (a seed-0 shuffle of each train split: RouterBench's file is grouped by task) split into ``--rounds``
+rounds, and ``--test`` test rows drawn with seed 0. `triage learn` trains on 70% of the logged
+queries (the rest is its OPE holdout); the full-information probe sees every train row.
 
     python eval/bench/learning_loop.py --json [--rounds 3 --train 1500 --test 600]
 """
@@ -53,7 +61,11 @@ def load(name: str) -> tuple[list[ReplayRecord], list[ReplayRecord]]:
         recs = import_source("routerbench", root / "routerbench-subset")
         every = set().union(*(set(r.outcomes) for r in recs))
         recs = [r for r in recs if set(r.outcomes) == every]  # drops the split ARC duplicate rows
-        return [r for r in recs if r.split == "train"], [r for r in recs if r.split == "test"]
+        train = [r for r in recs if r.split == "train"]
+        # The file is grouped by task (ARC, then MBPP, then Winogrande...); traffic is not. Arrival
+        # order is a seed-0 shuffle, so each round's traffic mixes tasks as the test split does.
+        train = [train[i] for i in np.random.default_rng(0).permutation(len(train))]
+        return train, [r for r in recs if r.split == "test"]
     recs = import_source("pricing-reversal", root / "pricing-reversal", dataset="simpleqa-test")
     every = set().union(*(set(r.outcomes) for r in recs))
     recs = [r for r in recs if set(r.outcomes) == every]  # claude-opus lacks 16 queries
@@ -88,56 +100,63 @@ def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "d
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
 
-def test_figures(policy_path: Path, test: Any) -> dict[str, float | None]:
-    from triage.eval.evaluation import evaluate
-    from triage.eval.routers.policy import PolicyRouter
-
-    res = evaluate(test, [PolicyRouter(str(policy_path), points=41, batch=64)], n_boot=0)
-    key = next(k for k in res.routers if k not in {"best-single", "random", "random-uniform", "oracle"}
-               and not k.startswith("single"))
-    m = res.routers[key].metrics
-    return {"aiq": m.get("aiq"), "cost_ratio_at_best_accuracy": m.get("cost_ratio_at_best_accuracy"),
-            "apgr": m.get("apgr"), "random_apgr": res.routers["random"].metrics.get("apgr"),
-            "random_aiq": res.routers["random"].metrics.get("aiq"),
-            "oracle_aiq": res.routers["oracle"].metrics.get("aiq")}
-
-
-def true_value(policy_path: Path, export: Path, full: dict[str, ReplayRecord], ids: list[str]) -> float:
-    """Accuracy of the policy (exploration included) on the held-out logged queries, from every outcome."""
+def policy_value(policy_path: Path, records: list[ReplayRecord]) -> dict[str, float]:
+    """True accuracy and cost per query of the policy, exploration included, from every outcome."""
     from triage.policies.decide import action_distribution
     from triage.policies.loader import load_policy
-    from triage.replay import read_replay
     from triage.router.core.messages import probe_text
     from triage.router.core.probing import ProbeRunner
 
     policy = load_policy(policy_path)
     runner = ProbeRunner(policy, str(policy_path))
-    keep = set(ids)
-    logged = [r for r in read_replay(export) if r.id in keep]
     outs = []
-    for lo in range(0, len(logged), 64):
-        outs.extend(runner.predict_many([probe_text(r.messages()) for r in logged[lo:lo + 64]]))
-    vals = []
-    for r, out in zip(logged, outs, strict=True):
-        rec = full[r.id.split(":", 1)[1]]
+    for lo in range(0, len(records), 64):
+        outs.extend(runner.predict_many([probe_text(r.messages()) for r in records[lo:lo + 64]]))
+    acc, cost = [], []
+    for rec, out in zip(records, outs, strict=True):
         dist = action_distribution(policy, out)
-        vals.append(sum(p * rec.outcomes[policy.strategies[a].candidate].score for a, p in dist.items()))
-    return float(np.mean(vals))
+        oc = {a: rec.outcomes[policy.strategies[a].candidate] for a in dist}
+        acc.append(sum(p * oc[a].score for a, p in dist.items()))
+        cost.append(sum(p * (oc[a].cost_usd or 0.0) for a, p in dist.items()))
+    return {"accuracy": float(np.mean(acc)), "cost": float(np.mean(cost))}
 
 
-def full_information(train: list[ReplayRecord], work: Path, name: str, cheap: str, strong: str, test: Any) -> dict:
-    from triage.probes.export import export_probe
-    from triage.probes.training import TrainConfig, parse_features, train_probe
-    from triage.replay import ReplayData
+def covers(ci: Any, truth: float) -> bool:
+    return bool(ci and ci[0] is not None and ci[1] is not None and ci[0] <= truth <= ci[1])
 
-    data = ReplayData.from_records(train, candidates=[cheap, strong], name=f"{name}-train")
-    feats = parse_features(FEATURES)
-    trained = train_probe(data, TrainConfig(features=[f.name for f in feats], folds=3, n_boot=0,
-                                            head_params={"C": 0.02}), features=feats)
-    export_probe(trained, work / "full-probe", command="learning_loop.py full information", plot=False)
-    path = work / "full.yaml"
-    write_policy(path, name, cheap, strong, probe=str(work / "full-probe"))
-    return test_figures(path, test)
+
+def ope_figures(res: Any, truth_test: dict[str, float], truth_logged: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"ess": res.ope_new.get("ess"), "n": res.ope_new.get("n")}
+    for metric in ("accuracy", "cost"):
+        per = {}
+        for est, v in res.ope_new["estimators"].items():
+            e = v[metric]
+            per[est] = {"value": e["value"], "ci": e["ci"]}
+        dr_ci = per.get("dr", {}).get("ci")
+        out[metric] = {**per, "true_test": truth_test[metric], "true_logged_holdout": truth_logged[metric],
+                       "dr_covers_test": covers(dr_ci, truth_test[metric]),
+                       "dr_covers_logged_holdout": covers(dr_ci, truth_logged[metric])}
+    return out
+
+
+def router_figures(data: Any, specs: list[str]) -> dict[str, dict[str, Any]]:
+    """Every router's and baseline's curve metrics on the test rows (split protocol: fit on train)."""
+    from triage.eval.evaluation import evaluate
+
+    res = evaluate(data, specs, n_boot=0, protocol="split")
+    keep = ("aiq", "apgr", "cost_ratio_at_best_accuracy", "accuracy", "cost")
+    figs = {}
+    for key, r in res.routers.items():
+        m = r.metrics
+        figs[key] = {k: m.get(k) for k in keep if k in m}
+        figs[key].setdefault("aiq", m.get("aiq"))
+    return figs
+
+
+def gain_share(aiq: float | None, random_aiq: float | None, full_aiq: float | None) -> float | None:
+    if aiq is None or random_aiq is None or full_aiq is None or full_aiq <= random_aiq:
+        return None
+    return (aiq - random_aiq) / (full_aiq - random_aiq)
 
 
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -> dict[str, Any]:
@@ -154,20 +173,23 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
     if len(test_recs) > n_test:
         test_recs = [test_recs[i] for i in sorted(rng.choice(len(test_recs), n_test, replace=False))]
     cheap, strong = pick_pair(train)
-    test = ReplayData.from_records([r.model_copy(update={"split": None}) for r in test_recs],
-                                   candidates=[cheap, strong], name=f"{name}-test")
-    full = {r.id: r for r in train}
+    # Train rows (split "train") and test rows (split "test"): the evaluator fits learned routers on
+    # the former and scores every router and baseline on the latter.
+    both = [r.model_copy(update={"split": "train"}) for r in train] + \
+        [r.model_copy(update={"split": "test"}) for r in test_recs]
+    data = ReplayData.from_records(both, candidates=[cheap, strong], name=f"{name}-train+test")
     policy_path = work / f"{name}.yaml"
     write_policy(policy_path, name, cheap, strong)
     ledger = str(work / f"{name}.sqlite")
-    start = test_figures(policy_path, test)
+    full = {r.id: r for r in train}
     out: dict[str, Any] = {"pair": {"cheap": cheap, "strong": strong}, "train_rows": len(train),
-                           "test_rows": test.n, "start": start, "rounds": []}
+                           "test_rows": len(test_recs), "rounds": []}
+    probes: list[tuple[int, str]] = []
     chunk = len(train) // rounds
     for r in range(rounds):
         sim = simulate(train[r * chunk:(r + 1) * chunk], policy_path, ledger, seed=r)
-        row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "explored": sim.explored,
-                               "exploration_cost_usd": sim.exploration_cost_usd,
+        row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "traffic_total": (r + 1) * chunk,
+                               "explored": sim.explored, "exploration_cost_usd": sim.exploration_cost_usd,
                                "exploration_cost_share": sim.exploration_cost_usd / sim.greedy_cost_usd
                                if sim.greedy_cost_usd else None,
                                "logged_accuracy": sim.accuracy, "greedy_accuracy": sim.greedy_accuracy}
@@ -179,33 +201,35 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
                 res = learn(cfg)
                 row["objective"] = res.calibration.get("objective")
                 break
-            except TriageError as exc:  # a refusal is a result too: say which and try the fallback
+            except (TriageError, ValueError) as exc:  # a refusal is a result too: say which, try the fallback
                 row.setdefault("refused", []).append(str(exc))
-        if res is None:
-            out["rounds"].append(row)
-            continue
-        truth = true_value(res.applied or res.policy, res.export, full, res.holdout_ids)
-        ope = {}
-        for est, v in res.ope_new["estimators"].items():
-            acc = v["accuracy"]
-            ci = acc["ci"]
-            ope[est] = {"value": acc["value"], "ci": ci,
-                        "covers": bool(ci and ci[0] is not None and ci[0] <= truth <= ci[1])}
-        row.update({"version": res.new_version, "verdict": res.verdict, "ope_new_accuracy": ope,
-                    "true_accuracy_on_logged": truth, "ess": res.ope_new.get("ess"),
-                    "test": test_figures(policy_path, test)})
+        if res is not None:
+            held = [full[i.split(":", 1)[1]] for i in res.holdout_ids]
+            truth_test = policy_value(res.policy, test_recs)
+            truth_logged = policy_value(res.policy, held)
+            row.update({"version": res.new_version, "logged_rows": res.rows, "verdict": res.verdict,
+                        "ope_new_policy": ope_figures(res, truth_test, truth_logged)})
+            probes.append((r + 1, str(res.probe)))
         out["rounds"].append(row)
-        print(f"[{name}] round {r + 1}: {json.dumps(row['test'])} truth {truth:.3f} "
-              f"dr {ope.get('dr', {}).get('ci')}", file=sys.stderr)
-    fi = full_information(train, work, name, cheap, strong, test)
+        print(f"[{name}] round {r + 1} learned ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+
+    specs = [f"probe-text:features={FEATURES}"] + [f"probe:path={p}" for _, p in probes]
+    figs = router_figures(data, specs)
+    fi, rand = figs[specs[0]], figs["random"]
+    out["baselines"] = {k: figs[k] for k in ("random", "best-single", "oracle")}
     out["full_information"] = fi
-    last = next((x["test"] for x in reversed(out["rounds"]) if "test" in x), start)
-    gain_full = (fi["aiq"] or 0) - (fi["random_aiq"] or 0)
-    gain_bandit = (last["aiq"] or 0) - (last["random_aiq"] or 0)
-    out["share_of_full_information_gain"] = gain_bandit / gain_full if gain_full > 0 else None
-    covered = [x["ope_new_accuracy"][e]["covers"] for x in out["rounds"] if "ope_new_accuracy" in x
-               for e in ("dr",)]
-    out["dr_coverage"] = {"covered": sum(covered), "rounds": len(covered)}
+    for (rnd, _), spec in zip(probes, specs[1:], strict=True):
+        f = figs[spec]
+        row = out["rounds"][rnd - 1]
+        row["test_router"] = {**f, "gain_share_of_full_information": gain_share(f["aiq"], rand["aiq"], fi["aiq"])}
+        print(f"[{name}] round {rnd}: aiq {f['aiq']:.4f} (random {rand['aiq']:.4f}, full {fi['aiq']:.4f}) "
+              f"share {row['test_router']['gain_share_of_full_information']}", file=sys.stderr)
+    last = next((x["test_router"] for x in reversed(out["rounds"]) if "test_router" in x), None)
+    out["final_gain_share_of_full_information"] = last["gain_share_of_full_information"] if last else None
+    cov = [x["ope_new_policy"][m]["dr_covers_test"] for x in out["rounds"] if "ope_new_policy" in x
+           for m in ("accuracy",)]
+    cov_cost = [x["ope_new_policy"]["cost"]["dr_covers_test"] for x in out["rounds"] if "ope_new_policy" in x]
+    out["dr_coverage_test"] = {"accuracy": sum(cov), "cost": sum(cov_cost), "rounds": len(cov)}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -226,6 +250,15 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / name
             work.mkdir()
             doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work)
+    shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
+    covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
+    total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
+    doc["goals"] = {
+        "final_gain_share_of_full_information": shares,
+        "gain_share_at_least_0.9": {k: v is not None and v >= 0.9 for k, v in shares.items()},
+        "dr_accuracy_covers_test_truth": f"{covered}/{total}",
+        "dr_coverage_at_least_0.9": bool(total) and covered / total >= 0.9,
+    }
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")

@@ -124,6 +124,12 @@ class Strategy(BaseModel):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key (never the key itself)."
     )
+    api: Literal["openai", "litellm"] | None = Field(
+        default=None,
+        description="How calls are made: `openai` calls the api_base (or deployments) directly as an OpenAI-compatible "
+        "server with a pooled HTTP client; `litellm` forces litellm; unset: direct for `openai/...` models with an "
+        "api_base or deployments, litellm otherwise (docs/sidecar.md).",
+    )
     timeout_s: float = Field(default=120.0, gt=0.0, description="Per-call timeout; no call waits longer.")
     deployments: list[Deployment] | None = Field(
         default=None, min_length=1,
@@ -174,6 +180,9 @@ class Strategy(BaseModel):
 
     @model_validator(mode="after")
     def _deployments_own_the_destination(self) -> "Strategy":
+        if self.api == "openai" and (self.api_base is None and not self.deployments or kind_of(self.model).is_local):
+            raise ValueError("api: openai calls an OpenAI-compatible server: set api_base (or deployments) "
+                             "on a remote model")
         if self.deployments is None:
             if {"cooldown_s", "allowed_fails"} & self.model_fields_set:
                 raise ValueError("cooldown_s and allowed_fails apply only to a strategy with deployments")

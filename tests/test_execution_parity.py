@@ -171,6 +171,7 @@ def test_a_non_provider_error_when_opening_is_recorded(tmp_path: Path, stub_upst
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Injected fault: the call itself raises a non-provider error (a bug, not an outage)."""
     import litellm
+    from triage.router.providers import openai_direct
 
     monkeypatch.setenv("PARITY_KEY", "sk-parity-not-a-real-key")
     router = Router.from_file(_priced_policy(tmp_path, stub_upstream), ledger=str(tmp_path / "l.sqlite"))
@@ -181,6 +182,7 @@ def test_a_non_provider_error_when_opening_is_recorded(tmp_path: Path, stub_upst
     try:
         router.warm()
         monkeypatch.setattr(litellm, "completion", broken)
+        monkeypatch.setattr(openai_direct, "completion", broken)  # this policy's path (openai/ + api_base)
         with pytest.raises(KeyError):
             router.completion(messages=ASK, stream=stream, request_id=f"broken-{stream}")
         rec = router.ledger.store.get(f"broken-{stream}")

@@ -145,25 +145,24 @@ def usage_of(usage: Any) -> tuple[int | None, int | None, int | None]:
     if usage is None:
         return None, None, None
     details = _get(usage, "completion_tokens_details")
-    reasoning = _get(details, "reasoning_tokens")
+    # 0 is recorded as None ("no hidden reasoning"): litellm invents reasoning_tokens=0 on every
+    # streamed usage while a non-streamed answer (and the direct path) has none, and the record of
+    # an answer must not depend on how it was asked for or which client made the call.
+    reasoning = _get(details, "reasoning_tokens") or None
     return _get(usage, "prompt_tokens"), _get(usage, "completion_tokens"), reasoning
 
 
 def cost_of(strategy: Strategy, prompt_tokens: int | None, completion_tokens: int | None,
             hidden: dict[str, Any] | None = None) -> float | None:
-    """USD of one call: the strategy's price override (or its kind's price rule: 0 for local models),
-    else litellm's own figure for the response, else the cost map's per-token prices; None when
-    nothing knows."""
-    own_rule = strategy.price is not None or strategy.kind.price(strategy.model) is not None
-    price = token_price(strategy) if own_rule else None
-    if price is None:
-        litellm_cost = (hidden or {}).get("response_cost")
-        if isinstance(litellm_cost, int | float):
-            return float(litellm_cost)
-        price = token_price(strategy)
-        if not price.known:
-            return None
-    if prompt_tokens is None and completion_tokens is None:
+    """USD of one call from Triage's own price table (:func:`~triage.policies.pricing.token_price`:
+    the strategy's price override, its kind's price rule - 0 for local models - or the cost map's
+    per-token prices, looked up once per model); None when nothing knows.
+
+    litellm's own ``response_cost`` is never read: the direct path has none, and both paths must
+    price the same answer alike (``hidden`` is kept for the kinds' per-attempt metadata callers).
+    """
+    price = token_price(strategy)
+    if not price.known or (prompt_tokens is None and completion_tokens is None):
         return None
     return price.cost(prompt_tokens or 0, completion_tokens or 0)
 

@@ -1,6 +1,8 @@
 """The request loops: sync and async, streamed and not, over one :class:`Execution`.
 
-Each loop only calls litellm and writes the ledger record; the execution builds the arguments,
+Each loop only makes the calls (through litellm, or the direct OpenAI-compatible client for the
+strategies that take it: :mod:`triage.router.providers.openai_direct`) and writes the ledger
+record; the execution builds the arguments,
 reads what came back, advances the plan and keeps the books. The record is written before the
 answer (or the error) reaches the caller.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from triage.router.core.execution import Execution
+from triage.router.providers import openai_direct
 from triage.router.core.streaming import EMPTY, AsyncTriageStream, AWrite, TriageStream, Write, replay_chunks
 
 
@@ -31,12 +34,17 @@ async def _aclose_quietly(inner: Any) -> None:
             pass
 
 
+def _api(ex: Execution, litellm: Any) -> Any:
+    """What makes the call just begun: the direct OpenAI-compatible client, or litellm."""
+    return openai_direct if ex.direct else litellm
+
+
 def run(ex: Execution, litellm: Any, write: Write) -> Any:
     """A non-streamed request: the final response (its receipt in ``_hidden_params["triage"]``)."""
     while True:
         kwargs = ex.begin()
         try:
-            response = litellm.completion(**kwargs)
+            response = _api(ex, litellm).completion(**kwargs)
         except Exception as exc:  # noqa: BLE001 - classified by the execution
             raised = ex.failed(exc)
             if raised is None:
@@ -53,7 +61,7 @@ async def arun(ex: Execution, litellm: Any, awrite: AWrite) -> Any:
     while True:
         kwargs = ex.begin()
         try:
-            response = await litellm.acompletion(**kwargs)
+            response = await _api(ex, litellm).acompletion(**kwargs)
         except Exception as exc:  # noqa: BLE001
             raised = ex.failed(exc)
             if raised is None:
@@ -91,9 +99,9 @@ def open_stream(ex: Execution, litellm: Any, write: Write) -> TriageStream:
         inner: Any = None
         try:
             if not kwargs.get("stream"):  # a cascade's cheap step: judged on its whole answer
-                response = litellm.completion(**kwargs)
+                response = _api(ex, litellm).completion(**kwargs)
             else:
-                inner = litellm.completion(**kwargs)
+                inner = _api(ex, litellm).completion(**kwargs)
                 first = _until_answer(ex, inner)
         except Exception as exc:  # noqa: BLE001
             if inner is not None:
@@ -117,9 +125,9 @@ async def aopen_stream(ex: Execution, litellm: Any, awrite: AWrite) -> AsyncTria
         inner: Any = None
         try:
             if not kwargs.get("stream"):
-                response = await litellm.acompletion(**kwargs)
+                response = await _api(ex, litellm).acompletion(**kwargs)
             else:
-                inner = await litellm.acompletion(**kwargs)
+                inner = await _api(ex, litellm).acompletion(**kwargs)
                 first = await _auntil_answer(ex, inner)
         except Exception as exc:  # noqa: BLE001
             if inner is not None:

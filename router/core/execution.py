@@ -41,6 +41,7 @@ from triage.router.core.grading import answer_text
 from triage.router.core.plan import CallPlan
 from triage.router.core.receipt import ledger_record, triage_info
 from triage.router.core.routed import Routed
+from triage.router.providers.openai_direct import uses_direct
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -84,9 +85,6 @@ class StreamTally:
                 self.content_chunks += 1
             if _get(choice, "finish_reason"):
                 self.finish_reason = _get(choice, "finish_reason")
-        hidden = getattr(chunk, "_hidden_params", None)
-        if isinstance(hidden, dict) and isinstance(hidden.get("response_cost"), int | float):
-            self.hidden["response_cost"] = hidden["response_cost"]
         # A custom provider's per-call report (e.g. ``token_routing``): its strategy kind reads it.
         for key, value in _provider_fields(chunk).items():
             if isinstance(value, dict) and key != "response_cost":
@@ -117,6 +115,7 @@ class Execution:
         # The step begun last and the max_tokens its call was sent (the budget, or the caller's tighter cap).
         self._sent: tuple[Step | None, int | None] = (None, None)
         self.tally = StreamTally()
+        self.direct = False  # whether the call begun last goes the direct path (set by begin())
         self.final_response: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -148,6 +147,7 @@ class Execution:
         self.tally = StreamTally()
         strategy = self.policy.strategies[self.step.strategy]
         kwargs = build_kwargs(strategy, self.step, self.routed.messages, self.caller)
+        self.direct = uses_direct(strategy)  # which path makes this call (triage.router.providers.openai_direct)
         self._sent = (self.step, kwargs.get("max_tokens"))
         if self.streams_this_step():
             self._streaming = True

@@ -25,7 +25,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from triage.router.ledger.metrics import LedgerMetrics
 from triage.logging import get_logger
@@ -50,7 +49,7 @@ the call goes through litellm, and every request is recorded in the ledger. Resp
 
 
 class InFlight:
-    """The tasks of the HTTP requests still running (filled by :class:`InFlightMiddleware`)."""
+    """The tasks of the HTTP requests still running (filled by :class:`~triage.router.sidecar.middleware.SidecarMiddleware`)."""
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -64,24 +63,6 @@ class InFlight:
         get_logger("triage.sidecar").info("sidecar_draining", requests=len(waiting))
         _, pending = await asyncio.wait(waiting, timeout=timeout)
         return len(pending)
-
-
-class InFlightMiddleware:
-    """Outermost ASGI layer: a request counts as in flight until its response has fully ended."""
-
-    def __init__(self, app: ASGIApp, inflight: InFlight) -> None:
-        self.app = app
-        self.inflight = inflight
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task() if scope["type"] == "http" else None
-        if task is not None:
-            self.inflight.tasks.add(task)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if task is not None:
-                self.inflight.tasks.discard(task)
 
 
 def create_app(settings: SidecarSettings, services: Services | None = None) -> FastAPI:
@@ -124,10 +105,10 @@ def create_app(settings: SidecarSettings, services: Services | None = None) -> F
         app.state.services = services
     install_error_handlers(app)
     app.include_router(api)
+    # One layer of our own: request id, limits, in-flight count, access log and metrics.
     app.add_middleware(SidecarMiddleware, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log, registry=metrics.registry,
-                       body_timeout_s=settings.request_read_timeout_s)
-    app.add_middleware(InFlightMiddleware, inflight=inflight)  # added last: the outermost layer
+                       body_timeout_s=settings.request_read_timeout_s, inflight=inflight)
     app.state.inflight = inflight
     return app
 

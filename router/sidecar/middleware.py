@@ -12,15 +12,21 @@ For every HTTP request it
   both answers close the connection, since the rest of the body is never read;
 * turns an exception that escaped everything else into a 500 with an OpenAI-style body;
 * writes one access-log line (ids, route, status, milliseconds; never headers or bodies) and
-  counts responses by route and status for ``/metrics``.
+  counts responses by route and status for ``/metrics``;
+* counts the request as in flight until its response has fully ended (the shutdown drain waits for
+  those), so there is no second layer for it.
+
+Request ids are a per-process random prefix and a counter (32 hex characters, like a uuid4's hex):
+unique without a system call per request. Header names and the metric children are made once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import time
-import uuid
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -36,6 +42,27 @@ STRATEGY = "x-triage-strategy"
 ALIAS = "x-triage-alias"  # the alias a request named ...
 ALIAS_TARGET = "x-triage-alias-target"  # ... and the policy or model it resolved to
 NONE = "none"
+_REQUEST_ID_B, _TIER_B, _STRATEGY_B = REQUEST_ID.encode(), TIER.encode(), STRATEGY.encode()
+_ALIAS_B, _ALIAS_TARGET_B = ALIAS.encode(), ALIAS_TARGET.encode()
+
+
+class RequestIds:
+    """``<16 random hex><16 hex counter>``: distinct across processes (a forked child draws a new
+    prefix) and within one, at the cost of a counter step."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+REQUEST_IDS = RequestIds()
 
 
 def _json_response(status: int, body: dict[str, Any], close: bool = False) -> tuple[Message, Message]:
@@ -57,21 +84,27 @@ class _BodyTimeout(Exception):
 
 class SidecarMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool = True,
-                 registry: CollectorRegistry | None = None, body_timeout_s: float = 30.0) -> None:
+                 registry: CollectorRegistry | None = None, body_timeout_s: float = 30.0,
+                 inflight: Any = None) -> None:
         self.app = app
+        self.inflight = inflight  # InFlight (app.py): its ``tasks`` are the requests being answered
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.access_log = access_log
         self.log = get_logger("triage.sidecar")
         self.responses = Counter("http_responses", "HTTP responses of the sidecar by route and status.",
                                  ("route", "status"), namespace="triage", registry=registry) if registry else None
+        self._children: dict[tuple[str, int], Any] = {}  # labels() looks up and locks on every call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        task = asyncio.current_task() if self.inflight is not None else None
+        if task is not None:
+            self.inflight.tasks.add(task)
+        request_id = REQUEST_IDS.next()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status_box = [0]
@@ -80,12 +113,12 @@ class SidecarMiddleware:
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID.encode(), request_id.encode()))
-                headers.append((TIER.encode(), str(state.get("triage_tier") or NONE).encode("latin-1", "replace")))
-                headers.append((STRATEGY.encode(), str(state.get("triage_strategy") or NONE).encode("latin-1", "replace")))
+                headers.append((_REQUEST_ID_B, request_id.encode()))
+                headers.append((_TIER_B, str(state.get("triage_tier") or NONE).encode("latin-1", "replace")))
+                headers.append((_STRATEGY_B, str(state.get("triage_strategy") or NONE).encode("latin-1", "replace")))
                 if state.get("triage_alias"):  # only when the caller used an alias (ASCII: settings check it)
-                    headers.append((ALIAS.encode(), str(state["triage_alias"]).encode("latin-1", "replace")))
-                    headers.append((ALIAS_TARGET.encode(),
+                    headers.append((_ALIAS_B, str(state["triage_alias"]).encode("latin-1", "replace")))
+                    headers.append((_ALIAS_TARGET_B,
                                     str(state.get("triage_alias_target")).encode("latin-1", "replace")))
                 message = {**message, "headers": headers}
             await send(message)
@@ -120,6 +153,8 @@ class SidecarMiddleware:
                 await send_with_headers(body)
         finally:
             self._observe(scope, state, request_id, status_box[0], t0)
+            if task is not None:
+                self.inflight.tasks.discard(task)
 
     # -- body limit ---------------------------------------------------------------------------------
 
@@ -181,7 +216,10 @@ class SidecarMiddleware:
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         if self.responses is not None:
-            self.responses.labels(path, str(status)).inc()
+            child = self._children.get((path, status))
+            if child is None:
+                child = self._children[(path, status)] = self.responses.labels(path, str(status))
+            child.inc()
         if self.access_log:
             self.log.info("request", request_id=request_id, method=scope.get("method"), route=path,
                           status=status, ms=round((time.perf_counter() - t0) * 1000.0, 2),

@@ -1,24 +1,23 @@
-"""Benchmark: what the sidecar adds to a request (probe + policy + ledger + HTTP), and a soak.
+"""Benchmark: what the sidecar adds to a request (probe + policy + ledger + HTTP), beside the LiteLLM proxy; a soak.
 
-Three processes on loopback: the stub upstream (``stub_upstream.py``, answers at once), the real
-sidecar (``triage serve``, the default text probe, a SQLite ledger with durable commits, one API
-key, JSON access log), and this script as the load generator (aiohttp, keep-alive).
+Default mode, side by side on loopback against ONE stub upstream (``stub_upstream.py``, answers at
+once): the stub directly, the real sidecar (``triage serve`` with its production settings: the
+default text probe on, a SQLite ledger committed durably before each response, a hashed API key,
+JSON access log; one worker, and a second sidecar with ``--workers 2`` for the saturated case), and
+the LiteLLM proxy (``litellm[proxy]`` installed by ``litellm_proxy.py`` into ``.bench-venvs/``, one
+``openai/...`` model on the same stub, no database). Interleaved rounds of three scenarios (1 client
+sequential, 32 clients paced at ``--rate``, 32 clients saturated): added latency over the stub,
+throughput and server CPU per request (``/proc`` times of each server's process tree). The load
+generator is ``loadgen.py`` in its own process; see ``sidecar_compare.py`` for the method.
 
-For each client count (``--clients 1,32,128``):
-
-* **paced**: the clients together offer ``--rate`` requests/s (Poisson arrivals, at most one request
-  in flight per client), once straight to the stub and once through the sidecar. Added latency =
-  quantile through the sidecar - the same quantile direct. This is the figure the goals are about:
-  below saturation, latency is the work done per request, not queueing.
-* **saturated**: closed loop (each client sends its next request when the last one answered):
-  throughput (``rps``) and the latencies at that throughput.
+    python eval/bench/sidecar_overhead.py --rounds 5 --duration 5 --out result.json   # ~7 min
+    python eval/bench/sidecar_overhead.py --quick --systems triage,direct             # ~1 min smoke
 
 ``--soak N --concurrency C --fail-rate F``: N requests from C clients while the stub fails F of its
 calls to the policy's primary models (half HTTP 500/503, half held past the strategy timeout); the
 policy's fallback model never fails. Checks: zero 5xx, every answered request id in the ledger, RSS
 of the sidecar at the start and end.
 
-    python eval/bench/sidecar_overhead.py --json
     python eval/bench/sidecar_overhead.py --soak 20000 --concurrency 64 --fail-rate 0.1 --json
 """
 
@@ -28,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -39,30 +37,26 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, Path(__file__).resolve().parent):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+from litellm_proxy import LiteLLMProxy, ensure_venv, proxy_config
+from loadgen import KEY, load, queries
+from sidecar_compare import (
+    SYSTEMS,
+    Target,
+    environment,
+    run_load,
+    run_rounds,
+    summarize,
+)
+
 PY = sys.executable
-KEY = "sk-bench-client-key-0123456789"
 UPSTREAM_SECRET = "sk-bench-upstream-SECRET-9876543210"
-GOALS = {"overhead_p50_ms": 5.0, "overhead_p99_ms": 20.0, "rps": 300.0}
-_SHORT = ["What is 2 + 2?", "Name the capital of France.", "Translate 'good morning' into Spanish.",
-          "Is 17 a prime number?", "Give a synonym for 'quick'.", "What colour is the sky on a clear day?"]
-
-
-def queries(n: int = 64) -> list[str]:
-    """Short questions plus GSM8K test questions (read in place from the shared data)."""
-    out = list(_SHORT)
-    path = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-    if path.is_file():
-        with path.open() as fh:
-            for line in fh:
-                out.append(json.loads(line)["question"])
-                if len(out) >= n:
-                    break
-    return out
+# Issue #16's goals (one worker, 2 cores; the rps goal with --workers 2).
+GOALS = {"added_p50_ms_1_client_max": 5.0, "added_p50_ratio_max": 0.35, "added_p99_ms_1_client_max": 20.0,
+         "rps_ratio_min": 3.0, "rps_32_saturated_2_workers_min": 300.0, "cpu_ms_per_request_max": 6.0}
 
 
 def free_port() -> int:
@@ -99,18 +93,23 @@ def policy_yaml(stub: str, probe: str = "default") -> str:
 class Stack:
     """Stub upstream + sidecar processes for one configuration."""
 
-    def __init__(self, tmp: Path, *, fail_rate: float, workers: int, probe: str = "default") -> None:
+    def __init__(self, tmp: Path, *, fail_rate: float, workers: int, probe: str = "default",
+                 stub: str | None = None, wait: bool = True) -> None:
+        """``stub``: the URL of a running stub to share (the side-by-side run); else one is started.
+        ``wait=False`` returns at once: call ``wait_ready()`` (to start several servers side by side)."""
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
-        self.stub_port, self.port = free_port(), free_port()
-        self.stub = f"http://127.0.0.1:{self.stub_port}"
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ledger = tmp / "ledger.sqlite"
         self.log = tmp / "sidecar.log"
-        half = fail_rate / 2
-        self.stub_proc = subprocess.Popen(
-            [PY, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(self.stub_port), "--fail-rate", str(half),
-             "--timeout-rate", str(half), "--hang-s", "2", "--fault-models", "flaky-*"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.stub_proc: subprocess.Popen | None = None
+        if stub is None:
+            self.stub_port = free_port()
+            self.stub = f"http://127.0.0.1:{self.stub_port}"
+            self.stub_proc = start_stub(self.stub_port, fail_rate)
+        else:
+            self.stub = stub
         (tmp / "bench.yaml").write_text(policy_yaml(self.stub, probe))
         import hashlib
 
@@ -122,7 +121,12 @@ class Stack:
         with self.log.open("wb") as fh:
             self.proc = subprocess.Popen([PY, "-m", "triage.router.cli.main", "serve", "--config", str(tmp / "sidecar.yaml"),
                                           "--port", str(self.port)], cwd=REPO, env=env, stdout=fh, stderr=fh)
-        wait_http(self.stub + "/stats", 30, self.stub_proc)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        if self.stub_proc is not None:
+            wait_http(self.stub + "/stats", 30, self.stub_proc)
         wait_http(self.url + "/readyz", 300, self.proc)
 
     def rss_mb(self) -> float:
@@ -132,100 +136,36 @@ class Stack:
         return sum(c.memory_info().rss for c in [p, *p.children(recursive=True)]) / 2**20
 
     def stop(self) -> None:
-        for proc in (self.proc, self.stub_proc):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in (self.proc, self.stub_proc):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all([self.proc] + ([self.stub_proc] if self.stub_proc is not None else []))
 
 
-def body(q: str, model: str, stream: bool = False) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": q}],
-                       "max_tokens": 32, "stream": stream}).encode()
+def start_stub(port: int, fail_rate: float = 0.0) -> subprocess.Popen:
+    half = fail_rate / 2
+    return subprocess.Popen(
+        [PY, str(REPO / "eval/bench/stub_upstream.py"), "--port", str(port), "--fail-rate", str(half),
+         "--timeout-rate", str(half), "--hang-s", "2", "--fault-models", "flaky-*"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def load(url: str, model: str, *, clients: int, n: int, rate: float | None, max_s: float,
-               stream_share: float = 0.0, on_sample: Any = None) -> dict[str, Any]:
-    """``n`` requests from ``clients`` clients: paced at ``rate`` req/s in total, or closed loop."""
-    import aiohttp
-
-    qs = queries()
-    lat: list[float] = []
-    statuses: dict[int, int] = {}
-    ids: list[str] = []
-    errors: list[str] = []
-    counter = iter(range(n))
-    deadline = time.monotonic() + max_s
-    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
-    conn = aiohttp.TCPConnector(limit=clients, force_close=False)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def client(i: int) -> None:
-            rng = random.Random(i)
-            next_at = time.monotonic() + (rng.expovariate(rate / clients) if rate else 0.0)
-            for k in counter:
-                if time.monotonic() > deadline:
-                    return
-                if rate:
-                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                    next_at += rng.expovariate(rate / clients)
-                stream = rng.random() < stream_share
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, data=body(qs[k % len(qs)], model, stream), headers=headers) as r:
-                        await r.read()
-                        lat.append(time.perf_counter() - t0)
-                        statuses[r.status] = statuses.get(r.status, 0) + 1
-                        rid = r.headers.get("x-triage-request-id")
-                        if r.status == 200 and rid:
-                            ids.append(rid)
-                except Exception as exc:  # noqa: BLE001 - counted, reported
-                    errors.append(type(exc).__name__)
-                if on_sample is not None:
-                    on_sample(k)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        elapsed = time.perf_counter() - t0
-    a = np.array(lat) * 1000.0
-    q = (lambda p: round(float(np.percentile(a, p)), 3) if a.size else None)  # noqa: E731
-    # In paced runs the request rate is set by the clients, so only saturated runs report rps.
-    rps = round(len(lat) / elapsed, 1) if elapsed and rate is None else None
-    return {"requests": len(lat), "elapsed_s": round(elapsed, 2), "rps": rps,
-            "p50_ms": q(50), "p90_ms": q(90), "p99_ms": q(99), "max_ms": round(float(a.max()), 3) if a.size else None,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "client_errors": len(errors),
-            "ids": ids}
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 3)
-
-
-def level(stack: Stack, clients: int, args: argparse.Namespace) -> dict[str, Any]:
-    triage_url, direct_url = stack.url + "/v1/chat/completions", stack.stub + "/v1/chat/completions"
-    n_paced = max(args.min_requests, int(args.rate * args.paced_seconds))
-    out: dict[str, Any] = {}
-    for mode, rate, n in (("paced", args.rate, n_paced), ("saturated", None, args.saturated_requests)):
-        direct = asyncio.run(load(direct_url, "flaky-small", clients=clients, n=n, rate=rate, max_s=args.max_s))
-        triage = asyncio.run(load(triage_url, "triage/bench", clients=clients, n=n, rate=rate, max_s=args.max_s))
-        for r in (direct, triage):
-            r.pop("ids")
-        out[mode] = {"direct": direct, "triage": triage,
-                     "overhead_p50_ms": _diff(triage["p50_ms"], direct["p50_ms"]),
-                     "overhead_p99_ms": _diff(triage["p99_ms"], direct["p99_ms"])}
-        if rate:
-            out[mode]["offered_rps"] = rate
-    return out
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGINT (a graceful shutdown, the ledger closed) to all, then wait; kill what outlives 30 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def breakdown(stack: Stack, n: int = 200) -> dict[str, Any]:
     """Where a request's time goes, measured in this process on the same policy and stub: CPU of the
     probe + policy, CPU of the upstream call through litellm, wall time of a durable ledger commit."""
+    from triage.router.core.receipt import ledger_record
     from triage.router.core.router import Router
     from triage.router.ledger import LedgerWriter, open_ledger
-    from triage.router.core.receipt import ledger_record
 
     os.environ["BENCH_UPSTREAM_KEY"] = UPSTREAM_SECRET
     router = Router.from_file(stack.tmp / "bench.yaml").warm()
@@ -295,53 +235,144 @@ def soak(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def warm_up(target: Target, seconds: float, stub_pid: int, passes: int = 5) -> list[float]:
+    """Saturated passes until two in a row agree within 20%: the first requests of each worker pay for
+    lazy imports, the first ONNX runs and connection pools, and with 2 workers the kernel may hand one
+    pass's connections all to one worker, so one pass does not warm them all."""
+    seen: list[float] = []
+    for _ in range(passes):
+        w = run_load(target, "32_saturated", duration=seconds, rate=0.0, stub_pid=stub_pid)
+        seen.append(w["rps"] or 0.0)
+        print(f"warm-up {target.name}: {w['ok']} ok, {w['rps']} rps", file=sys.stderr, flush=True)
+        if len(seen) >= 2 and abs(seen[-1] - seen[-2]) <= 0.2 * max(seen[-1], seen[-2]):
+            break
+    return seen
+
+
+def compare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Start every system in ``args.systems`` against one stub, warm each, run the rounds, summarize."""
+    wanted = {x.strip() for x in args.systems.split(",") if x.strip()}
+    if unknown := wanted - set(SYSTEMS):
+        raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if "triage" in wanted and not args.no_2_workers:
+        wanted.add("triage-2-workers")
+    t_start = time.monotonic()
+    doc: dict[str, Any] = {"rounds": args.rounds}
+    proxy_install = ensure_venv() if "litellm-proxy" in wanted else None
+    stub_port = free_port()
+    stub = f"http://127.0.0.1:{stub_port}"
+    stub_proc = start_stub(stub_port)
+    servers: list[Any] = []
+    try:
+        wait_http(stub + "/stats", 30, stub_proc)
+        targets = {"direct": Target("direct", stub, "flaky-small", stub_proc.pid)}
+        stacks: dict[str, Stack] = {}
+        for name, workers in (("triage", 1), ("triage-2-workers", 2)):
+            if name in wanted:
+                stacks[name] = Stack(tmp / name, fail_rate=0.0, workers=workers, stub=stub, wait=False)
+                servers.append(stacks[name])
+        proxy = None
+        if proxy_install is not None:
+            proxy = LiteLLMProxy(tmp, stub_url=stub, port=free_port(), master_key=KEY, upstream_key=UPSTREAM_SECRET)
+            servers.append(proxy)
+        for name, stack in stacks.items():  # started side by side above; now wait for each
+            stack.wait_ready()
+            scen = ("32_saturated",) if name == "triage-2-workers" else ("1_client", "32_paced", "32_saturated")
+            targets[name] = Target(name, stack.url, "triage/bench", stack.proc.pid, scen)
+        if proxy is not None:
+            wait_http(proxy.url + "/health/liveliness", 180, proxy.proc)
+            targets["litellm-proxy"] = Target("litellm-proxy", proxy.url, "bench", proxy.pid)
+        doc["startup_s"] = round(time.monotonic() - t_start, 1)
+        print(f"started in {doc['startup_s']} s: {', '.join(targets)}", file=sys.stderr, flush=True)
+        doc["warmup_rps"] = {t.name: warm_up(t, args.warmup, stub_proc.pid) for t in targets.values()}
+        env0 = environment()
+        raw = run_rounds(targets, rounds=args.rounds, duration=args.duration, rate=args.rate,
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        t_stop = time.monotonic()
+        stop_all([srv.proc for srv in servers] + [stub_proc])
+        print(f"stopped in {time.monotonic() - t_stop:.1f} s", file=sys.stderr, flush=True)
+    summary = summarize(raw)
+    systems = summary.pop("systems")
+    doc["systems"] = {k: systems[k] for k in ("triage", "litellm-proxy", "triage-2-workers") if k in systems}
+    for name, stack in stacks.items():
+        doc["systems"][name]["settings"] = {
+            "production_settings": True, "workers": 2 if name == "triage-2-workers" else 1,
+            "probe": "default text probe, on", "ledger": "SQLite, WAL, synchronous=FULL, each record committed "
+            "before its response", "access_log": "JSON, one line per request", "auth": "hashed API key",
+            "config": {k: v for k, v in json.loads((stack.tmp / "sidecar.yaml").read_text()).items() if k != "api_keys"}}
+    if proxy_install is not None:
+        doc["systems"]["litellm-proxy"]["settings"] = {
+            **proxy_install, "workers": 1, "database": None, "config": proxy_config(stub, "<client key>", "BENCH_UPSTREAM_KEY")}
+    doc.update(summary)
+    doc["direct"] = systems["direct"]
+    doc["scenarios"] = {"1_client": "1 client, sequential", "32_paced": f"32 clients, Poisson, {args.rate} req/s in total",
+                        "32_saturated": "32 clients, closed loop"}
+    doc["duration_s_per_measurement"] = args.duration
+    doc["ratios_definition"] = "Triage ÷ LiteLLM proxy per round; ratios = median over rounds, ratios_range = min..max"
+    doc["goals"] = GOALS
+    h, r = doc["triage"], doc["ratios"]
+    checks = {"added_p50_ms_1_client_max": (h["added_p50_ms_1_client"], "le"), "added_p50_ratio_max": (r["added_p50_1_client"], "le"),
+              "added_p99_ms_1_client_max": (h["added_p99_ms_1_client"], "le"), "rps_ratio_min": (r["rps_32_saturated"], "ge"),
+              "rps_32_saturated_2_workers_min": (h["rps_32_saturated_2_workers"], "ge"),
+              "cpu_ms_per_request_max": (h["cpu_ms_per_request"], "le")}
+    doc["goals_met"] = {k: None if v is None else (v <= GOALS[k] if op == "le" else v >= GOALS[k])
+                        for k, (v, op) in checks.items()}
+    doc["environment"] = {"at_start_of_rounds": env0, "at_end": environment()}
+    doc["raw"] = raw
+    doc["wall_s"] = round(time.monotonic() - t_start, 1)
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", default="1,32,128", help="client counts, comma-separated")
-    ap.add_argument("--rate", type=float, default=100.0, help="offered requests/s of the paced runs")
-    ap.add_argument("--paced-seconds", type=float, default=10.0)
-    ap.add_argument("--min-requests", type=int, default=300)
-    ap.add_argument("--saturated-requests", type=int, default=3000)
-    ap.add_argument("--max-s", type=float, default=120.0, help="cap on any one run")
-    ap.add_argument("--workers", type=int, default=1, help="sidecar worker processes")
+    ap.add_argument("--systems", default="direct,triage,litellm-proxy",
+                    help=f"comma-separated, of {', '.join(SYSTEMS)}; `triage` brings `triage-2-workers` "
+                    "(saturated only) unless --no-2-workers; the stub (direct) is always measured")
+    ap.add_argument("--no-2-workers", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument("--warmup", type=float, default=4.0, help="seconds per warm-up pass (2-5 passes per system)")
+    ap.add_argument("--rate", type=float, default=10.0, help="offered req/s (in total) of the paced scenario")
+    ap.add_argument("--quick", action="store_true", help="smoke: 1 round of 2 s measurements")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--workers", type=int, default=1, help="soak/breakdown: sidecar worker processes")
     ap.add_argument("--probe", default="default",
-                    help="the bench policy's probe: `default` (the text probe) or a probe folder, e.g. a "
-                    "lexical-only probe, to see what the text encoder costs")
+                    help="soak/breakdown: the bench policy's probe: `default` (the text probe) or a probe folder")
+    ap.add_argument("--breakdown", action="store_true", help="in-process CPU breakdown (probe, call, commit) instead")
     ap.add_argument("--soak", type=int, default=0, help="run the soak with this many requests instead")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--fail-rate", type=float, default=0.1)
     ap.add_argument("--stream-share", type=float, default=0.1, help="share of streaming requests in the soak")
     ap.add_argument("--soak-max-s", type=float, default=900.0)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="(kept for old command lines: the output is JSON)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2.0, 2.0
     with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
-        stack = Stack(Path(tmp), fail_rate=args.fail_rate if args.soak else 0.0, workers=args.workers,
-                      probe=str(Path(args.probe).resolve()) if args.probe != "default" else "default")
-        try:
-            # Warm-up: first calls pay for litellm's lazy set-up and onnxruntime's first runs.
-            asyncio.run(load(stack.url + "/v1/chat/completions", "triage/bench", clients=4, n=200, rate=None, max_s=60))
-            doc: dict[str, Any] = {"cpus": os.cpu_count(), "workers": args.workers, "probe": args.probe,
-                                   "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
-            if args.soak:
-                doc["soak"] = soak(stack, args)
-                doc["soak"]["fail_rate"] = args.fail_rate
-                doc["soak"]["concurrency"] = args.concurrency
-            else:
-                levels = {c: level(stack, c, args) for c in (int(x) for x in args.clients.split(","))}
-                doc["levels"] = {str(c): v for c, v in levels.items()}
-                ref = levels.get(32) or levels[max(levels)]
-                doc["overhead_p50_ms"] = ref["paced"]["overhead_p50_ms"]
-                doc["overhead_p99_ms"] = ref["paced"]["overhead_p99_ms"]
-                doc["rps"] = ref["saturated"]["triage"]["rps"]
-                doc["offered_rps_paced"] = args.rate
-                doc["goals"] = GOALS
-                doc["breakdown"] = breakdown(stack)
-        finally:
-            stack.stop()
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(json.dumps({k: v for k, v in doc.items() if k != "levels"}, indent=2))
+        if not (args.soak or args.breakdown):
+            doc = compare(args, Path(tmp))
+        else:
+            stack = Stack(Path(tmp), fail_rate=args.fail_rate if args.soak else 0.0, workers=args.workers,
+                          probe=str(Path(args.probe).resolve()) if args.probe != "default" else "default")
+            try:
+                # Warm-up: first calls pay for lazy set-up and onnxruntime's first runs.
+                asyncio.run(load(stack.url + "/v1/chat/completions", "triage/bench", clients=4, n=200, rate=None,
+                                 max_s=60))
+                doc = {"cpus": os.cpu_count(), "workers": args.workers, "probe": args.probe,
+                       "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+                if args.soak:
+                    doc["soak"] = soak(stack, args)
+                    doc["soak"]["fail_rate"] = args.fail_rate
+                    doc["soak"]["concurrency"] = args.concurrency
+                else:
+                    doc["breakdown"] = breakdown(stack)
+            finally:
+                stack.stop()
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
     return 0
 
 

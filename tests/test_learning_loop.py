@@ -251,15 +251,17 @@ WALKTHROUGH_POLICY = {
 
 
 @pytest.mark.slow
-def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.minutes)])
+def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: str, request) -> None:
     """README "Learning from your own traffic": SDK with a ledger -> feedback -> `triage learn --apply`
-    -> the same router, reloaded, routes with the new probe. Real local model (SmolLM2), real SQLite;
-    the feedback is 1.0 when the answer fit its strategy's budget (not cut), a stand-in for a user's."""
+    -> the same router, reloaded, routes with the new probe. Real local model (SmolLM2), real SQLite
+    and PostgreSQL; the feedback is 1.0 when the answer fit its strategy's budget (not cut), a
+    stand-in for a user's."""
     from triage import Router
     from triage.replay import read_replay
 
     policy = write(tmp_path / "policy.yaml", WALKTHROUGH_POLICY)
-    ledger = str(tmp_path / "ledger.sqlite")
+    ledger = str(tmp_path / "ledger.sqlite") if store == "sqlite" else request.getfixturevalue("postgres_url")
     # word problems (long answers: cut at either budget) and one-word questions (short answers)
     short = [f"Answer with one word: what colour is {x}?" for x in
              ("grass", "snow", "the sky", "coal", "blood", "a banana", "an orange", "milk", "ink", "sand")]

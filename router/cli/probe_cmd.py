@@ -17,26 +17,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from triage.console import StepProgress
 from triage.router.cli.common import console, err_console, fail, user_errors
 
 app = typer.Typer(help="Difficulty probes: train, evaluate, export, verify.", no_args_is_help=True)
-
-
-class _RichProgress:
-    """triage.probes.training.Progress on a rich progress bar (stderr, transient)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._task: Any = None
-
-    def start(self, description: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int = 1) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
 
 
 def _progress() -> Progress:
@@ -165,7 +149,7 @@ def train_cmd(
         return
     dataset = _load_data(data, split, candidates)
     with _progress() as progress:
-        trained = train_probe(dataset, config, features=feats, progress=_RichProgress(progress))
+        trained = train_probe(dataset, config, features=feats, progress=StepProgress(progress))
     trained.data_fingerprint = file_fingerprint(data)
     trained.data_fingerprint["split"] = split
     card = export_probe(trained, out, command=_command_line(ctx))
@@ -201,7 +185,7 @@ def _train_logged(ctx: typer.Context, labels: Any, config: Any, feats: list[Any]
     from triage.probes.training import file_fingerprint
 
     with _progress() as progress:
-        trained = train_logged_probe(labels, config, features=feats, progress=_RichProgress(progress),
+        trained = train_logged_probe(labels, config, features=feats, progress=StepProgress(progress),
                                      data_name=data.stem)
     trained.data_fingerprint = file_fingerprint(data)
     trained.data_fingerprint["split"] = split
@@ -336,6 +320,6 @@ def build_default_cmd(
     target = out or default_probe_path()
     command = _command_line(ctx)
     with _progress() as progress:
-        card = build_default_probe(target, head=head, progress=_RichProgress(progress), command=command)
+        card = build_default_probe(target, head=head, progress=StepProgress(progress), command=command)
     console.print(_metrics_table(f"{card.probe_version} (5-fold cross-fitted, calibrated)", card.metrics["calibrated"]))
     console.print(f"default probe written to {target}")

@@ -79,6 +79,10 @@ def parse_logged(records: Sequence[ReplayRecord], *, null_propensity_as_one: boo
         if not isinstance(raw, dict):
             raise ValueError(f"record {rec.id!r} has no `logged` block: not a ledger export (full-information "
                              "replay data is evaluated with `triage replay evaluate FILE --policy P`)")
+        if raw.get("shadow"):
+            # A shadow call's outcome (router/core/shadow.py): not a decision of the logging policy,
+            # so not a row of the off-policy estimate (the bandit trainer uses it; see docs/sdk.md).
+            continue
         try:
             block = LoggedBlock.model_validate(raw)
         except ValidationError as exc:

@@ -33,6 +33,7 @@ from pydantic import (
 from triage.policies.exploration import Exploration, check_exploration
 from triage.policies.grading import GraderSpec
 from triage.policies.pricing import token_price
+from triage.policies.shadow import Shadow, check_shadow
 from triage.policies.strategy import ReasoningEffort, Strategy
 from triage.probes.types import TIERS
 
@@ -192,6 +193,8 @@ class Policy(BaseModel):
     ledger: LedgerOptions = Field(default_factory=LedgerOptions)
     grader: GraderSpec | None = Field(
         default=None, description="Grade each answer at request time against metadata.gold (or with a judge).")
+    shadow: Shadow | None = Field(
+        default=None, description="Also run another strategy in the background for a share of requests (off by default).")
 
     @field_validator("version", mode="before")
     @classmethod
@@ -256,6 +259,7 @@ class Policy(BaseModel):
             if self.cascade_start() == self.cascade_target():
                 raise ValueError("rule: cascade start and escalate_to are the same strategy")
         check_exploration(self, expected_cost_optional=bool((info.context or {}).get("expected_cost_optional")))
+        check_shadow(self)
         return self
 
     # -- lookups used by decide() and the router ------------------------------------------------

@@ -221,3 +221,15 @@ def test_in_sample_probe_is_flagged(trained_text_probe, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["n"] == 100 and "in_sample" not in doc["routers"][f"policy:path={policy}"]
+
+
+def test_shadow_rows_are_not_logged_decisions(world) -> None:
+    """A shadow call's row (router/core/shadow.py) is an extra observed outcome, not a decision of the
+    logging policy: the estimate reads the same rows with or without it."""
+    from triage.eval.ope_data import parse_logged
+
+    rows = _log(world, 3)
+    shadow = rows[0].record.model_copy(update={"id": rows[0].record.id + ":shadow"})
+    shadow.logged = {**rows[0].record.logged, "shadow": True, "shadow_of": rows[0].record.id}  # type: ignore[attr-defined]
+    parsed = parse_logged([r.record for r in rows] + [shadow])
+    assert [p.record.id for p in parsed] == [r.record.id for r in rows]

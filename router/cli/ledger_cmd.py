@@ -120,6 +120,9 @@ def report_cmd(
     stored = report["stored"]
     console.print(f"stored for training: prompts {stored['prompts']:,} / features {stored['features']:,} "
                   f"of {stored['records']:,} records ({stored['neither']:,} with neither)", highlight=False)
+    shadow = report.get("shadow") or {}
+    if shadow.get("requests"):  # background calls of the policy's `shadow:` block, not in the figures above
+        console.print(f"shadow: {shadow['requests']:,} requests, ${shadow['cost_usd']:,.4f}", highlight=False)
 
 
 @app.command("export")

@@ -15,10 +15,10 @@ retry and fallback behave the same whichever way a request is made. Rules, in or
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from typing import Any
 
+from triage.ids import new_request_id
 from triage.policies.decide import Decision, should_escalate, token_uncertainty, truncation_action
 from triage.policies.policy import Policy
 from triage.router.core.calls import (
@@ -41,7 +41,7 @@ class CallPlan:
         self.request_id = request_id
         # Without the router's pool (a bare plan), cooldowns last this request only.
         self.pool = deployments if deployments is not None else DeploymentPool()
-        self._seed = request_id or uuid.uuid4().hex  # the deployment order is reproducible per request
+        self._seed = request_id or new_request_id()  # the deployment order is reproducible per request
         self.attempts: list[Attempt] = []
         self._visited: set[str] = set()
         self._retried: set[str] = set()

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from triage.ids import new_request_id
 from triage.policies.decide import Decision, decide
 from triage.policies.loader import load_policy
 from triage.policies.policy import Policy
@@ -34,6 +34,7 @@ from triage.router.core.probing import ProbeLike, ProbeRunner
 from triage.router.core.receipt import LedgerLike, awrite_record, write_record
 from triage.router.core.reload import ReloadResult, RouterBundle, make_bundle, prepare_bundle, versions
 from triage.router.core.routed import Routed
+from triage.router.core.shadow import ShadowRunner
 from triage.logging import get_logger
 
 log = get_logger("triage.router")
@@ -73,6 +74,8 @@ class Router:
         self._providers_ready = False
         # Cooldown state of the policy's deployments, shared by every request this router serves.
         self.deployments = DeploymentPool()
+        # The policy's `shadow:` calls (triage.router.core.shadow): background, budgeted per process.
+        self.shadow = ShadowRunner()
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, **kwargs: Any) -> "Router":
@@ -192,7 +195,7 @@ class Router:
         """
         ledger_fields = with_gold(ledger_fields, caller or {})  # metadata.gold -> the record
         b = routed.bundle or self._bundle  # the bundle that decided: a reload since then changes nothing here
-        return Execution(b.policy, routed, request_id=request_id or uuid.uuid4().hex,
+        return Execution(b.policy, routed, request_id=request_id or new_request_id(),
                          started=time.perf_counter() if started is None else started,
                          caller=dict(caller or {}),
                          ledger_fields=ledger_fields, store_prompts=b.store_prompts, stream=stream,
@@ -210,6 +213,8 @@ class Router:
                             stream=stream, caller=kwargs)
         grading = (routed.bundle or self._bundle).grading  # the deciding policy's grader
         write = self._write if grading is None else grading.wrap(ex, self._write, self.ledger)
+        if ex.policy.shadow is not None:  # enqueued once the record is written: never on the caller's path
+            write = self._with_shadow(ex, write, grading)
         if stream:
             return open_stream(ex, import_litellm(), write)
         return run(ex, import_litellm(), write)
@@ -223,6 +228,8 @@ class Router:
                             stream=stream, caller=kwargs)
         grading = (routed.bundle or self._bundle).grading  # the deciding policy's grader
         awrite = self._awrite if grading is None else grading.awrap(ex, self._awrite, self.ledger)
+        if ex.policy.shadow is not None:
+            awrite = self._awith_shadow(ex, awrite, grading)
         if stream:
             return await aopen_stream(ex, import_litellm(), awrite)
         return await arun(ex, import_litellm(), awrite)
@@ -236,7 +243,7 @@ class Router:
         """
         kwargs.pop("model", None)  # the policy picks the model
         started = time.perf_counter()
-        request_id = request_id or uuid.uuid4().hex  # decided now: it seeds the policy's exploration
+        request_id = request_id or new_request_id()  # decided now: it seeds the policy's exploration
         routed = self.route_detailed(messages, request_id=request_id)
         return self.execute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
                             stream=stream, **kwargs)
@@ -246,7 +253,7 @@ class Router:
         """Async :meth:`completion`; ``stream=True`` returns an async iterator of litellm chunks."""
         kwargs.pop("model", None)
         started = time.perf_counter()
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_request_id()
         routed = await asyncio.to_thread(lambda: self.route_detailed(messages, request_id=request_id))
         return await self.aexecute(routed, request_id=request_id, ledger_fields=ledger_fields, started=started,
                                    stream=stream, **kwargs)
@@ -262,7 +269,8 @@ class Router:
         return self.ledger.feedback(request_id, score, source=source)
 
     def close(self) -> None:
-        """Flush and close a ledger this router opened itself."""
+        """Let running shadow calls finish (briefly), then flush and close a ledger this router opened."""
+        self.shadow.close()
         if self._owned_ledger is not None:
             self.ledger.close()
             self._owned_ledger.close()
@@ -273,6 +281,22 @@ class Router:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _with_shadow(self, ex: Execution, write: Any, grading: RequestGrading | None) -> Any:
+        def write_then_shadow(record: Any) -> Any:
+            out = write(record)
+            self.shadow.submit(ex, record, self.ledger, grading)
+            return out
+
+        return write_then_shadow
+
+    def _awith_shadow(self, ex: Execution, awrite: Any, grading: RequestGrading | None) -> Any:
+        async def awrite_then_shadow(record: Any) -> Any:
+            out = await awrite(record)
+            self.shadow.asubmit(ex, record, self.ledger, grading)
+            return out
+
+        return awrite_then_shadow
 
     def _write(self, record: Any) -> None:
         log.debug("routed", request_id=record.request_id, policy=record.policy_name, tier=record.tier,

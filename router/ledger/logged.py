@@ -53,7 +53,7 @@ def logged_block(rec: LedgerRecord) -> dict[str, Any]:
     is None on records written before propensities were logged: unknown, not 1.
     """
     probe = rec.probe
-    return {
+    block = {
         "strategy": decided_strategy(rec),
         "candidate": rec.decided_candidate,
         "propensity": rec.propensity,
@@ -67,6 +67,13 @@ def logged_block(rec: LedgerRecord) -> dict[str, Any]:
         "success": dict(probe.success) if probe else {},
         "features": list(probe.features) if probe and probe.features is not None else None,
     }
+    shadow_of = rec.metadata.get("shadow_of")
+    if isinstance(shadow_of, str):
+        # A shadow call's outcome (triage.router.core.shadow): its own row, linked to the query's row;
+        # `propensity` is P(strategy observed for this query, primary or shadow).
+        block.update({"shadow": True, "shadow_of": shadow_of,
+                      "shadow_choice_propensity": rec.metadata.get("shadow_choice_propensity")})
+    return block
 
 
 def has_prompt(rec: LedgerRecord) -> bool:

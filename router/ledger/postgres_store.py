@@ -51,6 +51,7 @@ class PostgresLedgerStore(SQLLedgerStore):
     time_unix_sql = "extract(epoch FROM r.time)::float8"
     json_param = "?::json"
     json_text_sql = "r.record_json::text"
+    shadow_sql = "(r.record_json -> 'metadata' ->> 'shadow_of') IS NOT NULL"
 
     def __init__(self, conn: Any, url: str) -> None:
         super().__init__(conn, redact_url(url))

@@ -154,6 +154,9 @@ def ledger_report(store: LedgerStore, *, by: str = "strategy", since: datetime |
     if by not in GROUP_BY:
         raise TriageError(f"cannot group by {by!r}; choose one of: {', '.join(GROUP_BY)}")
     report = build_report(store.report_rows(since, tenant=tenant), by=by, baseline=baseline, since=since)
+    # Shadow calls (triage.router.core.shadow) are not caller traffic: counted apart, never in the groups.
+    shadow = store.report_rows(since, tenant=tenant, shadow=True)
+    report["shadow"] = {"requests": shadow.n, "cost_usd": float(np.nansum(shadow.cost)) if shadow.n else 0.0}
     # What training could use: records that kept the prompt text and/or the probe's features.
     report["stored"] = stored_counts(store, since=since, tenant=tenant).as_dict()
     if tenant is not None:

@@ -42,6 +42,8 @@ class SQLLedgerStore(LedgerStore):
     #: placeholder expression for the JSON column, and the SQL reading it back as text
     json_param: str = "?"
     json_text_sql: str = "r.record_json"
+    #: SQL true for a shadow call's record (``metadata.shadow_of`` set; triage.router.core.shadow)
+    shadow_sql: str
 
     def __init__(self, conn: Any, where: str) -> None:
         self._conn = conn
@@ -227,9 +229,11 @@ class SQLLedgerStore(LedgerStore):
                 return
             last = (rows[-1][0], rows[-1][1])
 
-    def report_rows(self, since: datetime | None = None, tenant: str | None = None) -> ReportRows:
+    def report_rows(self, since: datetime | None = None, tenant: str | None = None, *,
+                    shadow: bool = False) -> ReportRows:
         t = self.time_unix_sql
         where = f"{t} >= ?" + (" AND r.tenant = ?" if tenant is not None else "")
+        where += f" AND {'' if shadow else 'NOT '}({self.shadow_sql})"
         sql = self._q(
             f"SELECT {t}, r.tier, r.strategy, r.model, r.cost_usd, r.prompt_tokens, r.completion_tokens, "
             f"r.reasoning_tokens, r.truncated, r.escalated, lo.score, r.latency_s FROM ledger_records r "

@@ -45,6 +45,7 @@ class SQLiteLedgerStore(SQLLedgerStore):
     dialect = "sqlite"
     time_column = "time_unix"
     time_unix_sql = "r.time_unix"
+    shadow_sql = "json_extract(r.record_json, '$.metadata.shadow_of') IS NOT NULL"
 
     def __init__(self, conn: sqlite3.Connection, path: Path, synchronous: str) -> None:
         super().__init__(conn, str(path))

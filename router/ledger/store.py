@@ -161,8 +161,11 @@ class LedgerStore(ABC):
         """Records (oldest first) with their latest outcome."""
 
     @abstractmethod
-    def report_rows(self, since: datetime | None = None, tenant: str | None = None) -> ReportRows:
-        """The columns reports need, for records at or after ``since`` (of ``tenant`` only when given)."""
+    def report_rows(self, since: datetime | None = None, tenant: str | None = None, *,
+                    shadow: bool = False) -> ReportRows:
+        """The columns reports need, for records at or after ``since`` (of ``tenant`` only when given):
+        the callers' requests, or with ``shadow=True`` the shadow calls' records only
+        (``metadata.shadow_of`` set: :mod:`triage.router.core.shadow`)."""
 
     @abstractmethod
     def count(self) -> int:

@@ -23,15 +23,14 @@ unique without a system call per request. Header names and the metric children a
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from triage.ids import REQUEST_IDS, RequestIds  # noqa: F401  (RequestIds: re-exported)
 from triage.scrub import scrub_text
 from triage.logging import get_logger
 from triage.router.sidecar.errors import error_body
@@ -46,23 +45,7 @@ _REQUEST_ID_B, _TIER_B, _STRATEGY_B = REQUEST_ID.encode(), TIER.encode(), STRATE
 _ALIAS_B, _ALIAS_TARGET_B = ALIAS.encode(), ALIAS_TARGET.encode()
 
 
-class RequestIds:
-    """``<16 random hex><16 hex counter>``: distinct across processes (a forked child draws a new
-    prefix) and within one, at the cost of a counter step."""
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-REQUEST_IDS = RequestIds()
+# Request ids: :mod:`triage.ids` (the SDK's Router uses the same generator).
 
 
 def _json_response(status: int, body: dict[str, Any], close: bool = False) -> tuple[Message, Message]:

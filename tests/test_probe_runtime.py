@@ -207,3 +207,26 @@ def test_torch_feature_must_be_precomputed(tmp_path, trained_text_probe):
         probe.predict(["How many?"])
     out = probe.predict(["How many?"], precomputed={"test-fake-lm": FakeLM().transform(["How many?"])})
     assert set(out[0].success) == set(probe.labels)
+
+
+def test_file_sha256_hashes_each_file_once_and_again_after_a_rewrite(tmp_path, monkeypatch):
+    """A probe load opens several encoder sessions over the same files: each is hashed once per
+    process (memoised by inode, size and mtime), and a file rewritten since is hashed afresh."""
+    import hashlib
+    import os
+
+    from triage.probes.encoder import runtime as enc
+
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"a" * 4096)
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(enc.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    first = enc.file_sha256(f)
+    assert enc.file_sha256(f) == first == real(b"a" * 4096).hexdigest()
+    assert len(calls) == 1
+    f.write_bytes(b"b" * 4096)  # same size: the mtime (forced forward) tells it changed
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert enc.file_sha256(f) == real(b"b" * 4096).hexdigest()
+    assert len(calls) == 2

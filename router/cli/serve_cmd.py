@@ -157,12 +157,22 @@ def serve_workers(workers: int, common: dict[str, Any]) -> None:
 
     os.environ[MASTER_PID_ENV] = str(os.getpid())  # a worker's POST /v1/admin/reload signals us
     config = uvicorn.Config("triage.router.sidecar.app:app_from_env", factory=True, workers=workers, **common)
+    supervisor = ReloadingMultiprocess(config, sockets=[config.bind_socket()])
     try:
-        ReloadingMultiprocess(config, sockets=[config.bind_socket()]).run()
+        supervisor.run()
     except KeyboardInterrupt:
         pass
     if config.uds and os.path.exists(config.uds):
         os.remove(config.uds)
+    # uvicorn's supervisor stops every worker when one fails its start-up (exit code 3) and then
+    # returns normally, so `triage serve --workers N` used to exit 0 before /readyz ever answered
+    # (issue #16). Say so, and exit non-zero.
+    from uvicorn.supervisors.multiprocess import STARTUP_FAILURE
+
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if failed:
+        logging.getLogger("uvicorn.error").error("worker %s failed to start; see its error above", failed)
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def register(app: typer.Typer) -> None:

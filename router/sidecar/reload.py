@@ -46,7 +46,8 @@ class ReloadState:
         """Fingerprint the files the routers were opened from (what a watch compares with)."""
         for name, router in services.routers.items():
             if router.policy_path is not None:
-                self.seen[name] = source_fingerprint(router.policy_path)
+                # What the router loaded (fingerprinted before it read the files), not the files now.
+                self.seen[name] = router.source_fingerprint or source_fingerprint(router.policy_path)
 
 
 _STATE_LOCK = threading.Lock()

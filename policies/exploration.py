@@ -92,15 +92,19 @@ def explorable(policy: Policy) -> list[str]:
     return list(exp.strategies) if exp.strategies is not None else default_explorable(policy)
 
 
+def check_strategy_names(policy: Policy, names: list[str] | None, field: str) -> None:
+    """Raise ValueError naming ``field.<i>`` for the first of ``names`` the policy does not define."""
+    for i, name in enumerate(names or []):
+        if name not in policy.strategies:
+            raise ValueError(f"{field}.{i}: unknown strategy '{name}' (defined: {', '.join(policy.strategies)})")
+
+
 def check_exploration(policy: Policy, *, expected_cost_optional: bool = False) -> None:
     """Raise ValueError (with the field path) when the block cannot work with this policy."""
     exp = policy.exploration
     if exp is None:
         return
-    for i, name in enumerate(exp.strategies or []):
-        if name not in policy.strategies:
-            raise ValueError(f"exploration.strategies.{i}: unknown strategy '{name}' "
-                             f"(defined: {', '.join(policy.strategies)})")
+    check_strategy_names(policy, exp.strategies, "exploration.strategies")
     names = explorable(policy)
     if policy.rule.type == "cascade":
         if exp.type == "softmax":

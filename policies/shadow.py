@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from triage.policies.exploration import default_explorable, uniform_draw
+from triage.policies.exploration import check_strategy_names, default_explorable, uniform_draw
 
 # triage.policies.policy.Policy (typed Any: policy.py imports this module for its field type).
 Policy = Any
@@ -59,10 +59,7 @@ def check_shadow(policy: Policy) -> None:
     sh = policy.shadow
     if sh is None:
         return
-    for i, name in enumerate(sh.strategies or []):
-        if name not in policy.strategies:
-            raise ValueError(f"shadow.strategies.{i}: unknown strategy '{name}' "
-                             f"(defined: {', '.join(policy.strategies)})")
+    check_strategy_names(policy, sh.strategies, "shadow.strategies")
     if sh.strategies is not None and len(set(sh.strategies)) != len(sh.strategies):
         raise ValueError("shadow.strategies: a strategy is listed twice")
 

@@ -39,6 +39,22 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def read_replay_or_fail(path: Any, *, skip_invalid: bool) -> list[Any]:
+    """The replay records of ``path``; skipped invalid lines are reported on stderr, and a file
+    with no valid record is one line and exit 2."""
+    from triage.replay import read_replay
+    from triage.replay.io import SkippedLines
+
+    skipped = SkippedLines()
+    records = read_replay(path, skip_invalid=skip_invalid, skipped=skipped)
+    if skipped.errors:
+        err_console.print(f"[yellow]skipped {len(skipped.errors)} invalid line(s); first: {skipped.errors[0]}[/]",
+                          highlight=False, soft_wrap=True)
+    if not records:
+        fail(f"{path}: no valid records")
+    return records
+
+
 def user_errors(fn: F) -> F:
     """Turn user errors raised inside a command into one line on stderr and exit code 2."""
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from triage.router.cli.common import console, err_console, fail, user_errors
+from triage.router.cli.common import console, err_console, fail, read_replay_or_fail, user_errors
 from triage.router.cli.replay_cmd import app
 
 
@@ -64,8 +64,7 @@ def evaluate_cmd(
     assert data is not None
     from triage.eval.evaluation import apply_budgets, parse_budget
     from triage.eval.evaluation.table import print_frontier
-    from triage.replay import ReplayData, read_replay
-    from triage.replay.io import SkippedLines
+    from triage.replay import ReplayData
     from triage.eval.routers import make_router
 
     # Check every option before reading the data, so a typo fails fast.
@@ -89,13 +88,7 @@ def evaluate_cmd(
     if data.is_dir():
         fail(f"{data} is a folder; give a replay .jsonl file (make one with `triage replay import`)")
 
-    skipped = SkippedLines()
-    records = read_replay(data, skip_invalid=skip_invalid, skipped=skipped)
-    if skipped.errors:
-        err_console.print(f"[yellow]skipped {len(skipped.errors)} invalid line(s); first: {skipped.errors[0]}[/]",
-                          highlight=False, soft_wrap=True)
-    if not records:
-        fail(f"{data}: no valid records")
+    records = read_replay_or_fail(data, skip_invalid=skip_invalid)
     dataset = ReplayData.from_records(records, name=data.stem)
     if candidates:
         names = [c.strip() for c in candidates.split(",") if c.strip()]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from triage.router.cli.common import console, err_console, fail
+from triage.router.cli.common import console, fail, read_replay_or_fail
 
 from triage.console import Col, make_table, print_table
 
@@ -21,22 +21,12 @@ def run_logged(logged: Path, policy_path: Path, *, reward_model: str, tolerance:
     from triage.eval.ope_data import bandit_arrays, parse_logged
     from triage.policies.loader import load_policy
 
-    from triage.replay.io import SkippedLines
-
     if not logged.is_file():
         fail(f"logged data not found: {logged}")
     if not 0.0 <= tolerance < 1.0:
         fail(f"--support-tolerance must be in [0, 1), got {tolerance}")
     policy = load_policy(policy_path)
-    skipped = SkippedLines()
-    from triage.replay import read_replay
-
-    records = read_replay(logged, skip_invalid=skip_invalid, skipped=skipped)
-    if skipped.errors:
-        err_console.print(f"[yellow]skipped {len(skipped.errors)} invalid line(s); first: {skipped.errors[0]}[/]",
-                          highlight=False, soft_wrap=True)
-    if not records:
-        fail(f"{logged}: no valid records")
+    records = read_replay_or_fail(logged, skip_invalid=skip_invalid)
     rows = parse_logged(records, null_propensity_as_one=null_as_one)
     view = bandit_arrays(rows, policy, str(policy_path), reward_model=reward_model, seed=seed)
     unsupported = check_support(view.arrays, tolerance, policy.name)  # SupportError -> one line, exit 2

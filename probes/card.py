@@ -47,6 +47,8 @@ class HeadSpec(BaseModel):
     input_dim: int = Field(gt=0)
     opset: int
     outputs: list[str] = Field(default_factory=lambda: ["success", "tier"])
+    selection: dict[str, Any] | None = Field(
+        default=None, description="How the head and its parameters were chosen (inner cross-validation), if they were.")
 
 
 class ProbeCard(BaseModel):

@@ -85,14 +85,16 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
         }
         input_dim = sum(s.dim for s in specs)
         stamp = datetime.now(UTC)
+        head_kind, head_params, selection = trained.head.describe()
         card = ProbeCard(
-            probe_version=f"{'+'.join(s.name for s in specs)}-{trained.config.head}-"
+            probe_version=f"{'+'.join(s.name for s in specs)}-{head_kind}-"
                           f"{stamp:%Y%m%d}-{files[HEAD_FILE][:8]}",
             created_at=stamp.isoformat(timespec="seconds"),
             command=command if command is not None else current_command(),
             features=specs,
-            head=HeadSpec(kind=trained.config.head, file=HEAD_FILE, params=_jsonable(trained.head.get_params()),
-                          input_dim=input_dim, opset=ONNX_OPSET),
+            head=HeadSpec(kind=head_kind, file=HEAD_FILE, params=_jsonable(head_params),
+                          input_dim=input_dim, opset=ONNX_OPSET,
+                          selection=_jsonable(selection) if selection is not None else None),
             labels=list(trained.labels.candidates),
             label_rule=trained.labels.rule.to_json(),
             thresholds={"success_score": float(trained.labels.rule.threshold)},

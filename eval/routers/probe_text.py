@@ -31,7 +31,7 @@ class ProbeFeatureRouter(ProbabilisticRouter):
     def __init__(
         self,
         head: str = "logreg",
-        C: float = 0.02,
+        C: float | str = 0.02,
         threshold: float = 0.5,
         rank: str = "gain",
         features: str | None = None,
@@ -46,12 +46,18 @@ class ProbeFeatureRouter(ProbabilisticRouter):
         self.hidden = hidden
         self.epochs = epochs
 
-    def _head_params(self) -> dict[str, Any]:
+    def _head(self) -> tuple[str, dict[str, Any]]:
+        """``C=auto`` (logreg) and ``head=auto`` (logreg or mlp) choose by inner cross-validation on
+        each fold's training rows (:mod:`triage.probes.heads.select`)."""
+        if self.head == "auto":
+            return "auto", {"heads": "logreg,mlp", "seed": 0}
         if self.head == "logreg":
-            return {"C": self.C}
+            if str(self.C) == "auto":
+                return "auto", {"heads": "logreg"}
+            return "logreg", {"C": float(self.C)}
         if self.head == "mlp":
-            return {"hidden": self.hidden, "epochs": self.epochs}
-        raise ValueError(f"unknown head {self.head!r}; use logreg or mlp")
+            return "mlp", {"hidden": self.hidden, "epochs": self.epochs}
+        raise ValueError(f"unknown head {self.head!r}; use logreg, mlp or auto")
 
     def _matrix(self, data: ReplayData) -> np.ndarray:
         from triage.probes.training import feature_matrix, parse_features
@@ -71,7 +77,8 @@ class ProbeFeatureRouter(ProbabilisticRouter):
         # tier by the probe's label rule on the data's cost order (head.fit needs one; unused here)
         cheapest = int(np.argmin(self.train_cost_))
         tier = np.where(success[:, cheapest] == 1, 0, np.where(success.any(axis=1), 1, 2)).astype(np.int8)
-        self.head_ = make_head(self.head, **self._head_params()).fit(self.X_[train], success, tier)
+        name, params = self._head()
+        self.head_ = make_head(name, **params).fit(self.X_[train], success, tier)
         return self
 
     def predict_success(self, data: ReplayData, rows: np.ndarray) -> np.ndarray:

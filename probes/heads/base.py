@@ -43,6 +43,11 @@ class Head(ABC):
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
+    def describe(self) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+        """What the probe card records of a fitted head: its kind, its parameters and, for a head
+        that chose among candidates (:mod:`triage.probes.heads.select`), how it chose."""
+        return self.name, self.get_params(), None
+
 
 #: Every head of this package, found by the plug-in discovery rule of :mod:`triage.registry`
 #: (adding a head is one module here; heads import scikit-learn/torch inside their methods).

@@ -99,7 +99,8 @@ def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="Replay JSON Lines file to train on.")],
     out: Annotated[Path, typer.Option("--out", help="Probe folder to write (replaced if it exists).")],
     features: Annotated[str, typer.Option("--features", help="Comma-separated features, e.g. text or text,lm.")] = "text",
-    head: Annotated[str, typer.Option("--head", help="logreg or mlp.")] = "logreg",
+    head: Annotated[str, typer.Option("--head", help="logreg, mlp, or auto (the better of the two by inner "
+                                                     "cross-validation on the training rows).")] = "logreg",
     folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds for calibration and metrics.")] = 5,
     calibration: Annotated[str, typer.Option("--calibration", help="platt, temperature, isotonic or none.")] = "platt",
     threshold: Annotated[float, typer.Option("--threshold", help="Success = score >= threshold.")] = 0.5,
@@ -107,7 +108,9 @@ def train_cmd(
     budget: Annotated[list[str] | None, typer.Option("--budget", help="Completion-token cap CANDIDATE=TOKENS (repeatable).")] = None,
     split: Annotated[str, typer.Option("--split", help="Rows to train on: train, test or all.")] = "all",
     candidates: Annotated[str | None, typer.Option("--candidates", help="Comma-separated candidates to keep.")] = None,
-    C: Annotated[float, typer.Option("--C", help="Inverse regularisation of the logreg head.")] = 0.02,
+    C: Annotated[str, typer.Option("--C", help="Inverse regularisation of the logreg head: a number, or auto "
+                                               "(chosen by inner cross-validation on the training rows; "
+                                               "recorded in the card).")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of folds, bootstrap and MLP init.")] = 0,
     assume_propensity: Annotated[float | None, typer.Option(
         "--assume-propensity", help="Logged data: propensity for records that have none (1 = treat the "
@@ -138,7 +141,7 @@ def train_cmd(
         fail(f"--folds must be at least 2, got {folds}")
     feats = parse_features(features)  # unknown feature -> one line, exit 2
     budgets = dict(parse_budget(b) for b in budget or [])
-    head_params: dict[str, Any] = {"C": C} if head == "logreg" else {"seed": seed}
+    head, head_params = _head_choice(head, C, seed)
     config = TrainConfig(
         features=[f.name for f in feats], head=head, head_params=head_params, folds=folds, calibration=calibration,
         rule=LabelRule(threshold=threshold, budgets=budgets, easy_candidates=easy_candidates), seed=seed,
@@ -156,6 +159,23 @@ def train_cmd(
     console.print(_metrics_table(f"{card.probe_version} ({config.folds}-fold cross-fitted, calibrated)",
                                  card.metrics["calibrated"]))
     console.print(f"probe written to {out} ({len(trained.labels.rows)} queries, tiers {trained.labels.tier_counts()})")
+
+
+def _head_choice(head: str, C: str, seed: int) -> tuple[str, dict[str, Any]]:
+    """``--head``/``--C`` -> (registered head, its params); ``auto`` selects by inner cross-validation."""
+    if head == "auto":
+        return "auto", {"heads": "logreg,mlp", "seed": seed}
+    if head != "logreg":
+        return head, {"seed": seed} if head == "mlp" else {}
+    if C.strip().lower() == "auto":
+        return "auto", {"heads": "logreg", "seed": seed}
+    try:
+        value = float(C)
+    except ValueError:
+        fail(f"--C must be a positive number or auto, got {C!r}")
+    if not value > 0 or value != value or value == float("inf"):
+        fail(f"--C must be a positive number or auto, got {C!r}")
+    return "logreg", {"C": value}
 
 
 def _load_logged(path: Path, split: str, candidates: str | None, rule: Any, assume_propensity: float | None,
@@ -216,7 +236,7 @@ def eval_cmd(
     from triage.probes.evaluation import probe_metrics, reliability_plot
     from triage.probes.labels import LabelRule, make_labels
     from triage.probes.runtime import load_probe
-    from triage.probes.training import feature_matrix, parse_features
+    from triage.probes.training import feature_matrix
 
     loaded = load_probe(probe)
     dataset = _load_data(data, split, None)
@@ -232,7 +252,9 @@ def eval_cmd(
     external = loaded.external_features
     precomputed = None
     if external:  # e.g. LM internals: computed (and cached) by the feature plug-in, train-time side
-        feats = parse_features([f"{s.name}" for s in loaded.card.features if s.name in external])
+        from triage.probes.features import make_feature  # with the card's params (lm:parts=...)
+
+        feats = [make_feature(s.name, **s.params) for s in loaded.card.features if s.name in external]
         precomputed = {f.name: feature_matrix([f], texts) for f in feats}
     with _progress() as progress:
         task = progress.add_task("probing", total=len(texts))

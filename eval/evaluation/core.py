@@ -276,10 +276,15 @@ def evaluate(
     )
 
     results: dict[str, RouterResult] = {}
+    router_notes: dict[str, None] = {}
     for entry in _entries(full, routers):
         sweep = run_router(entry.router, full, proto)
         out = RoutedOutcomes.of(table, sweep)
         results[entry.key] = _router_result(entry, out, ctx)
+        extra = entry.router.extra_metrics(full, rows, sweep, boot)  # e.g. tier-budget's budget block
+        if extra:
+            router_notes.update(dict.fromkeys(extra.pop("notes", [])))
+            results[entry.key].metrics.update(extra)
         if progress is not None:
             progress(entry.key)
 
@@ -292,6 +297,7 @@ def evaluate(
         notes.append("no token counts: tokens, accuracy per 1k tokens and TEP are not available")
     if axis.unit == "calls":
         notes.append("no costs or token counts: cost is counted in calls (every candidate costs 1)")
+    notes.extend(router_notes)
     return EvaluationResult(
         dataset=data.name, n=len(rows), n_total=n_total, n_dropped_incomplete=dropped,
         cost_unit=axis.unit, candidates=list(full.candidates), protocol=proto.describe(),

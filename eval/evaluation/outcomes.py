@@ -24,6 +24,8 @@ CURVE_FIELDS = ("score", "cost")
 POINT_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "reasoning_tokens", "truncated")
 #: fields whose per-point means the curve reports
 MEAN_FIELDS = ("score", "cost", "tokens")
+#: fields a cascade pays twice when it escalates (:attr:`RouterSweep.paid_first`)
+ADDITIVE_FIELDS = frozenset({"cost", "tokens", "prompt_tokens", "completion_tokens", "reasoning_tokens"})
 
 
 @dataclass
@@ -37,6 +39,7 @@ class OutcomeTable:
     m: int
     n: int
     mats: dict[str, np.ndarray]  # field -> (m, n) C-contiguous float, no NaN
+    cost_unit: str = "usd"  # what ``mats["cost"]`` counts (a token cap rescales it accordingly)
 
     @classmethod
     def build(cls, data: ReplayData, axis: CostAxis, rows: np.ndarray) -> "OutcomeTable":
@@ -52,7 +55,7 @@ class OutcomeTable:
             "truncated": prep(data.truncated),
         }
         mats["tokens"] = mats["prompt_tokens"] + mats["completion_tokens"]  # completion includes reasoning
-        return cls(m=data.m, n=len(rows), mats=mats)
+        return cls(m=data.m, n=len(rows), mats=mats, cost_unit=axis.unit)
 
     def column(self, field: str, j: int) -> np.ndarray:
         return self.mats[field][j]
@@ -74,6 +77,8 @@ class RoutedOutcomes:
     def of(cls, table: OutcomeTable, sweep: RouterSweep) -> "RoutedOutcomes":
         out = cls(sweep=sweep, curve={}, point={}, call_share=np.zeros((sweep.n_points, table.m)))
         d = sweep.default
+        if sweep.caps is not None:
+            return out._capped(table)
         for f in CURVE_FIELDS:
             out.curve[f] = out._gather(table, f, slice(None))
             out.point[f] = out.curve[f][d]
@@ -84,10 +89,26 @@ class RoutedOutcomes:
             out.means[f] = out.curve[f].mean(axis=1) if f in out.curve else out._point_means(table, f)
         return out
 
+    def _capped(self, table: OutcomeTable) -> "RoutedOutcomes":
+        """Every field at every point with the sweep's token caps replayed (truncation rule)."""
+        from triage.eval.metrics.budget import apply_caps
+
+        everything = (*CURVE_FIELDS, *POINT_FIELDS)
+        raw = {f: self._gather(table, f, slice(None)) for f in everything if f != "tokens"}
+        capped = apply_caps(raw, self.sweep.caps, cost_unit=table.cost_unit)
+        d = self.sweep.default
+        self.curve = {f: capped[f] for f in CURVE_FIELDS}
+        self.point = {f: capped[f][d] for f in everything}
+        self.call_share = self._call_share(table)
+        self.means = {f: capped[f].mean(axis=1) for f in MEAN_FIELDS}
+        return self
+
     def _point_means(self, table: OutcomeTable, f: str) -> np.ndarray:
         """(K,) mean of ``f`` at every point without materialising (K, n) when avoidable."""
         if table.n == 0:
             return np.full(self.sweep.n_points, np.nan)
+        if self.sweep.paid_first is not None:
+            return self._gather(table, f, slice(None)).mean(axis=1)
         col_means = table.mats[f].mean(axis=1)  # (m,)
         if self.sweep.probs is not None and self.sweep.probs.shape[1] == 1:
             return self.sweep.probs[:, 0, :] @ col_means
@@ -105,6 +126,18 @@ class RoutedOutcomes:
         return first[:, 0] if (ch == first).all() else None
 
     def _gather(self, table: OutcomeTable, f: str, points: slice) -> np.ndarray:
+        out = self._gather_choice(table, f, points)
+        first = self.sweep.paid_first
+        if first is None or f not in ADDITIVE_FIELDS:
+            return out
+        # a cascade: the first call is paid by every query that ended on another candidate
+        if self.sweep.probs is not None:
+            moved = 1.0 - self.sweep.probs[points][:, :, first]
+        else:
+            moved = (self.sweep.choices[points] != first).astype(float)
+        return out + moved * table.mats[f][first][None, :]
+
+    def _gather_choice(self, table: OutcomeTable, f: str, points: slice) -> np.ndarray:
         mat = table.mats[f]
         sweep = self.sweep
         if sweep.probs is not None:

@@ -91,7 +91,8 @@ def run_router(router: ReplayRouter, data: ReplayData, protocol: Protocol) -> Ro
     position[protocol.eval_rows] = np.arange(len(protocol.eval_rows))
     n_eval = len(protocol.eval_rows)
     choices = probs = knobs = None
-    default, knob_name = 0, "knob"
+    default, knob_name, paid_first = 0, "knob", None
+    caps: np.ndarray | None = None  # per-query token caps, pooled like the choices (inf: none)
     for train, test in protocol.folds:
         fitted = copy.deepcopy(router).fit(data, train)  # a fresh, unfitted copy per fold
         sweep = fitted.sweep(data, test)
@@ -99,7 +100,7 @@ def run_router(router: ReplayRouter, data: ReplayData, protocol: Protocol) -> Ro
             raise ValueError(f"router {router.name!r} returned {sweep.choices.shape[1]} choices for {len(test)} rows")
         pos = position[test]
         if knobs is None:
-            knobs, default, knob_name = sweep.knobs, sweep.default, sweep.knob_name
+            knobs, default, knob_name, paid_first = sweep.knobs, sweep.default, sweep.knob_name, sweep.paid_first
             choices = np.zeros((len(knobs), n_eval), dtype=np.int64)
             if sweep.probs is not None:
                 probs = np.zeros((len(knobs), n_eval, data.m))
@@ -107,8 +108,14 @@ def run_router(router: ReplayRouter, data: ReplayData, protocol: Protocol) -> Ro
             raise ValueError(f"router {router.name!r} returned different operating points on different folds")
         if (sweep.probs is None) != (probs is None):
             raise ValueError(f"router {router.name!r} mixes hard and randomised choices across folds")
+        if sweep.paid_first != paid_first:
+            raise ValueError(f"router {router.name!r} cascades from different candidates on different folds")
         choices[:, pos] = sweep.choices
+        if sweep.caps is not None:
+            caps = np.full((len(knobs), n_eval), np.inf) if caps is None else caps
+            caps[:, pos] = sweep.caps
         if probs is not None:
             probs[:, pos, :] = np.broadcast_to(sweep.probs, (len(knobs), len(test), data.m))
     assert knobs is not None
-    return RouterSweep(choices=choices, knobs=knobs, default=default, probs=probs, knob_name=knob_name)
+    return RouterSweep(choices=choices, knobs=knobs, default=default, probs=probs, knob_name=knob_name,
+                       paid_first=paid_first, caps=caps)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from triage.eval.evaluation.result import EvaluationResult
 from triage.eval.evaluation.table import frontier_rows
-from triage.eval.report.plots import frontier_png, strong_calls_png
+from triage.eval.report.plots import budget_png, frontier_png, strong_calls_png
 
 __all__ = ["write_report"]
 
@@ -34,6 +34,7 @@ _GLOSSARY = """
 <li><b>TEP</b>: token elasticity of performance (EllieSQL): relative accuracy change over relative token change against the TEP baseline.</li>
 <li><b>APGR</b> (two candidates): area under the performance-gap-recovered curve over the share of strong-model calls (RouteLLM); random mixing scores 0.5.</li>
 <li><b>AIQ</b>: area under the non-decreasing convex hull of the router's (cost, accuracy) points, cost normalised over the candidates' range (RouterBench).</li>
+<li><b>tokens saved at equal accuracy</b> (token-budget routers): 1 - the router's mean completion tokens over those of the cheapest uniform cap for the same model reaching its accuracy on the same queries; answers longer than their cap count as truncated and wrong.</li>
 <li><b>cost ratio at best acc</b>: cheapest point of the router's curve reaching the best single candidate's accuracy, over that candidate's cost.</li>
 </ul>
 """
@@ -64,10 +65,31 @@ def _table(result: EvaluationResult) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _budget(result: EvaluationResult, png: Path | None) -> str:
+    """The budget curve with its headline and the truncation rule beside it (tier-budget routers)."""
+    if png is None:
+        return ""
+    from triage.eval.metrics.budget import TRUNCATION_RULE
+
+    lines = []
+    for name, r in result.routers.items():
+        b = r.metrics.get("budget")
+        if not b or b["default"]["tokens_saved"] is None:
+            continue
+        d, ci = b["default"], b["default"]["tokens_saved_ci"]
+        lines.append(f"{name} on {b['model']}: {d['tokens_saved']:+.1%} completion tokens saved"
+                     + (f" (95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else "")
+                     + f" at accuracy {d['accuracy']:.3f} against the best uniform cap ({d['uniform_cap']:.0f} "
+                     f"tokens, accuracy {d['uniform_accuracy']:.3f}); {d['truncated']:.1%} of answers truncated")
+    return ("".join(f'<div class="meta">{html.escape(line)}</div>' for line in [*lines, TRUNCATION_RULE])
+            + _img(png, f"{result.dataset} accuracy vs completion tokens under token caps"))
+
+
 def _section(result: EvaluationResult, out_dir: Path) -> str:
     slug = _slug(result.dataset)
     frontier = frontier_png(result, out_dir / f"frontier-{slug}.png")
     calls = strong_calls_png(result, out_dir / f"strong-calls-{slug}.png")
+    budget = budget_png(result, out_dir / f"budget-{slug}.png")
     proto = result.protocol
     how = (f"train/test split: routers trained on {proto.get('n_train', 0):,} train queries, all scored on "
            f"{proto['n_eval']:,} test queries" if proto["kind"] == "split"
@@ -86,6 +108,7 @@ def _section(result: EvaluationResult, out_dir: Path) -> str:
         + _table(result)
         + _img(frontier, f"{result.dataset} cost-accuracy frontier")
         + _img(calls, f"{result.dataset} accuracy vs strong-model calls")
+        + _budget(result, budget)
         + "<details><summary>curves (JSON)</summary><pre>"
         + html.escape(json.dumps(curves, indent=1, default=str))
         + "</pre></details>"

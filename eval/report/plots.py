@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from triage.eval.evaluation.result import EvaluationResult  # noqa: E402
 
-__all__ = ["frontier_png", "strong_calls_png"]
+__all__ = ["budget_png", "frontier_png", "strong_calls_png"]
 
 _UNIT_LABEL = {"usd": "mean cost per query (USD)", "tokens": "mean tokens per query", "calls": "calls per query"}
 
@@ -100,4 +100,37 @@ def strong_calls_png(result: EvaluationResult, path: str | Path) -> Path | None:
     ax.set_xlabel(f"calls to {strong.split('/')[-1]} (%)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{result.dataset}: accuracy vs strong-model calls")
+    return _save(fig, ax, path)
+
+
+def budget_png(result: EvaluationResult, path: str | Path) -> Path | None:
+    """Token-budget routers (``tier-budget``): accuracy against mean completion tokens, each router's
+    curve beside the uniform-cap curve of its model; None when no router reports a budget."""
+    from triage.eval.metrics.budget import TRUNCATION_RULE
+
+    budgets = {name: r.metrics["budget"] for name, r in result.routers.items() if r.metrics.get("budget")}
+    if not budgets:
+        return None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    models: set[str] = set()
+    for name, b in budgets.items():
+        if b["model"] not in models:
+            models.add(b["model"])
+            u = b["uniform_curve"]
+            ax.step([p["mean_completion_tokens"] for p in u], [p["accuracy"] for p in u], where="post", ls="--",
+                    lw=1.2, label=f"uniform cap ({b['model'].split('/')[-1]})")
+            ax.scatter([b["uncapped"]["mean_completion_tokens"]], [b["uncapped"]["accuracy"]], marker="s", s=50,
+                       color="0.3", zorder=4, label=f"{b['model'].split('/')[-1]} uncapped")
+        pts = sorted(b["curve"], key=lambda p: p["mean_completion_tokens"])
+        d = b["default"]
+        saved = "" if d["tokens_saved"] is None else f", {d['tokens_saved']:+.0%} tokens at equal accuracy"
+        (line,) = ax.plot([p["mean_completion_tokens"] for p in pts], [p["accuracy"] for p in pts], "-",
+                          marker=".", lw=1.5, label=name + saved)
+        ax.scatter([d["mean_completion_tokens"]], [d["accuracy"]], s=70, facecolor="none",
+                   edgecolor=line.get_color(), linewidth=1.8, zorder=5)
+    ax.set_xlabel("mean completion tokens per query (reasoning included)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{result.dataset}: token budgets ({result.n:,} queries)")
+    fig.text(0.01, 0.005, TRUNCATION_RULE, fontsize=7, color="0.3")
     return _save(fig, ax, path)

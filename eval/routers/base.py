@@ -37,6 +37,14 @@ class RouterSweep:
 
     Cross-fitted routers must return the same knobs for every fold (e.g. a quantile level, not
     the threshold value it maps to) so points of different folds can be pooled.
+
+    A cascade sets ``paid_first``: the column every query calls first (its cheap step). A query
+    whose choice is another column paid for both calls, so its cost and tokens are the sum of
+    the two; its score is the final choice's.
+
+    ``caps[k, i]``, when given, is the completion-token cap query ``i``'s call is sent with at point
+    ``k`` (inf: none); the evaluator replays it on the logged answer with the truncation rule of
+    :mod:`triage.eval.metrics.budget` (hard choices only, not with a cascade).
     """
 
     choices: np.ndarray | None  # (K, n) int
@@ -44,6 +52,8 @@ class RouterSweep:
     default: int = 0
     probs: np.ndarray | None = None  # (K, n or 1, m) float, rows sum to 1
     knob_name: str = "knob"
+    paid_first: int | None = None  # a cascade's first (always paid) candidate column
+    caps: np.ndarray | None = None  # (K, n) completion-token caps, inf = no cap
 
     def __post_init__(self) -> None:
         self.knobs = np.asarray(self.knobs, dtype=float).reshape(-1)
@@ -65,6 +75,10 @@ class RouterSweep:
             raise ValueError("choices and knobs disagree on the number of operating points")
         if not 0 <= self.default < self.knobs.shape[0]:
             raise ValueError(f"default point {self.default} out of range 0..{self.knobs.shape[0] - 1}")
+        if self.caps is not None:
+            self.caps = np.asarray(self.caps, dtype=float)
+            if self.caps.shape != self.choices.shape or self.probs is not None or self.paid_first is not None:
+                raise ValueError("caps need the shape of choices (K, n), hard choices and no cascade")
 
     @property
     def n_points(self) -> int:
@@ -90,6 +104,12 @@ class ReplayRouter(ABC):
     @abstractmethod
     def sweep(self, data: ReplayData, rows: np.ndarray) -> RouterSweep:
         """Choices for rows ``rows`` of ``data`` at each operating point."""
+
+    def extra_metrics(self, data: ReplayData, rows: np.ndarray, sweep: RouterSweep, boot: object) -> dict | None:
+        """Figures of the router's own kind added to its result, measured on the evaluated ``rows``
+        from the pooled (cross-fitted) ``sweep`` with the evaluation's bootstrap ``boot`` (a ``notes``
+        list in it goes to the result's notes, e.g. the table caption); None: none."""
+        return None
 
 
 def rows_of(array: np.ndarray, rows: np.ndarray) -> np.ndarray:

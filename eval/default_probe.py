@@ -65,7 +65,8 @@ def build_default_probe(
     )
     trained.data_fingerprint = fingerprint
     out = Path(out_dir) if out_dir is not None else default_probe_path(cache_dir)
-    return export_probe(trained, out, command=command)
+    return export_probe(trained, out, command=command,
+                        latency_texts=[data.texts[i] for i in trained.labels.rows[:60]])
 
 
 def ensure_default_probe(cache_dir: Path | str | None = None) -> Path:

@@ -68,6 +68,8 @@ class ProbeCard(BaseModel):
     calibration: dict[str, Any]
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_data: dict[str, Any] = Field(default_factory=dict)
+    latency: dict[str, Any] = Field(
+        default_factory=dict, description="Decision latency (p50/p95 ms per query) measured at export.")
     libraries: dict[str, str] = Field(default_factory=dict)
     files: dict[str, str] = Field(description="sha256 of every file of the probe folder but the card.")
 

@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -50,8 +51,12 @@ def current_command() -> str:
 
 
 def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | None = None,
-                 plot: bool = True) -> ProbeCard:
-    """Write ``trained`` to ``out_dir`` (replacing what is there). Returns the card written."""
+                 plot: bool = True, latency_texts: Sequence[str] | None = None) -> ProbeCard:
+    """Write ``trained`` to ``out_dir`` (replacing what is there). Returns the card written.
+
+    With ``latency_texts`` (some training queries), the exported probe is loaded as the runtime
+    loads it and its decision latency is measured and recorded in the card
+    (:mod:`triage.probes.latency`)."""
     import onnx
 
     out = Path(out_dir)
@@ -117,6 +122,11 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
             files=files,
         )
         write_card(card, tmp)
+        if latency_texts:
+            from triage.probes.latency import measure_decision_latency
+
+            card = card.model_copy(update={"latency": measure_decision_latency(tmp, latency_texts)})
+            write_card(card, tmp)
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)

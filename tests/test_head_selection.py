@@ -108,3 +108,15 @@ def test_bad_C_exits_2_with_one_line(probe_slice_file, tmp_path, value):
                               "--C", value])
     assert res.exit_code == 2
     assert "--C must be a positive number or auto" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_probe_train_records_its_decision_latency(probe_slice_file, tmp_path):
+    out = tmp_path / "probe"
+    res = runner.invoke(app, ["probe", "train", "--data", str(probe_slice_file), "--features", "text:aux=false",
+                              "--out", str(out), "--folds", "2", "--C", "0.02"])
+    assert res.exit_code == 0, res.output
+    latency = json.loads((out / "card.json").read_text())["latency"]
+    assert latency["queries"] == 50 and 0 < latency["p50_ms"] <= latency["p95_ms"]
+    assert latency["includes"] == ["head", "text"] and "decision p50" in res.output
+    res = runner.invoke(app, ["probe", "verify", str(out)])  # the card rewritten after the hashes still verifies
+    assert res.exit_code == 0, res.output

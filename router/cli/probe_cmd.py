@@ -155,10 +155,13 @@ def train_cmd(
         trained = train_probe(dataset, config, features=feats, progress=StepProgress(progress))
     trained.data_fingerprint = file_fingerprint(data)
     trained.data_fingerprint["split"] = split
-    card = export_probe(trained, out, command=_command_line(ctx))
+    card = export_probe(trained, out, command=_command_line(ctx),
+                        latency_texts=[dataset.texts[i] for i in trained.labels.rows[:60]])
     console.print(_metrics_table(f"{card.probe_version} ({config.folds}-fold cross-fitted, calibrated)",
                                  card.metrics["calibrated"]))
-    console.print(f"probe written to {out} ({len(trained.labels.rows)} queries, tiers {trained.labels.tier_counts()})")
+    latency = f"; decision p50 {card.latency['p50_ms']} ms" if card.latency else ""
+    console.print(f"probe written to {out} ({len(trained.labels.rows)} queries, tiers {trained.labels.tier_counts()}"
+                  f"{latency})")
 
 
 def _head_choice(head: str, C: str, seed: int) -> tuple[str, dict[str, Any]]:

@@ -8,7 +8,8 @@ Score: the mean, over success labels, of the out-of-inner-fold log loss, a prope
 and ranking both count). Regularisation mattered on the text features: C tuned this way (about
 0.005) beat the fixed 0.02 by about 0.02 APGR on RouteLLM GSM8K and was neutral elsewhere. A
 candidate within ``tolerance`` of the best loses to a simpler one (smaller C, logreg before mlp), so
-noise does not buy a weaker regulariser.
+noise does not buy a weaker regulariser. When the best C is at an edge of the grid, the search goes
+up to ``extend`` steps past it (x2.5 apart): the default probe's 15k rows chose the grid's smallest C.
 
 The fitted head is the chosen candidate refitted on every row; :meth:`AutoHead.describe` gives its
 kind and parameters plus the selection table for the probe card.
@@ -55,6 +56,7 @@ class AutoHead(Head):
         tolerance: float = 1e-3,
         seed: int = 0,
         mlp_params: dict[str, Any] | None = None,
+        extend: int = 2,
     ) -> None:
         self.heads = heads
         self.C_grid = C_grid
@@ -62,6 +64,7 @@ class AutoHead(Head):
         self.tolerance = tolerance
         self.seed = seed
         self.mlp_params = mlp_params
+        self.extend = extend
 
     # -- candidates -----------------------------------------------------------------------------
     def candidates(self) -> list[tuple[str, dict[str, Any]]]:
@@ -101,24 +104,46 @@ class AutoHead(Head):
             "chosen": {"head": name, "params": dict(params)},
         }
 
+    def _search(self, cands: list[tuple[str, dict[str, Any]]],
+                score: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[float], int]:
+        """Score every candidate; when the best C sits at an edge of the grid, try up to ``extend``
+        more values past that edge (x2.5 apart), so the grid's bounds do not decide the answer."""
+        cands = list(cands)
+        scores = [score(name, params) for name, params in cands]
+        for _ in range(self.extend):
+            logreg = [i for i, (h, _) in enumerate(cands) if h == "logreg"]
+            if len(logreg) < 2:
+                break
+            best = self._choose(scores)
+            lo, hi = logreg[0], logreg[-1]  # candidates() lists C ascending
+            if best == lo:
+                at, c = lo, cands[lo][1]["C"] / 2.5
+            elif best == hi:
+                at, c = hi + 1, cands[hi][1]["C"] * 2.5
+            else:
+                break
+            cands.insert(at, ("logreg", {"C": float(f"{c:.3g}")}))
+            scores.insert(at, score(*cands[at]))
+        return cands, scores, self._choose(scores)
+
     def fit(self, X: np.ndarray, success: np.ndarray, tier: np.ndarray) -> "AutoHead":
         X = np.asarray(X, dtype=np.float32)
         S = np.asarray(success)
-        cands = self.candidates()
         n = X.shape[0]
         folds = _inner_folds(n, min(self.inner_folds, n), self.seed)
         varied = [j for j in range(S.shape[1]) if np.unique(S[:, j]).size > 1]
         # The score reads the success labels only: a constant tier skips the multinomial fit per candidate.
         no_tier = np.zeros(n, dtype=np.int8)
-        scores = []
-        for name, params in cands:
+
+        def score(name: str, params: dict[str, Any]) -> float:
             oof = np.zeros(S.shape, dtype=np.float64)
             for k in range(int(folds.max()) + 1):
                 test = folds == k
                 head = make_head(name, **params).fit(X[~test], S[~test], no_tier[~test])
                 oof[test], _ = head.predict_proba(X[test])
-            scores.append(float(np.mean([_log_loss(S[:, j], oof[:, j]) for j in varied])) if varied else 0.0)
-        chosen = self._choose(scores)
+            return float(np.mean([_log_loss(S[:, j], oof[:, j]) for j in varied])) if varied else 0.0
+
+        cands, scores, chosen = self._search(self.candidates(), score)
         self._record(cands, scores, chosen, n, weighted=False)
         self.best_ = make_head(cands[chosen][0], **cands[chosen][1]).fit(X, S, tier)
         self.n_features_in_ = X.shape[1]
@@ -134,8 +159,8 @@ class AutoHead(Head):
             raise ValueError("auto head: logged data needs the logreg head (heads=logreg)")
         n = X.shape[0]
         folds = _inner_folds(n, min(self.inner_folds, n), self.seed)
-        scores = []
-        for name, params in cands:
+
+        def score(name: str, params: dict[str, Any]) -> float:
             losses = []
             for k in range(int(folds.max()) + 1):
                 in_test = folds == k
@@ -146,8 +171,9 @@ class AutoHead(Head):
                     sel = in_test[idx]
                     if sel.any() and np.unique(y).size > 1:
                         losses.append((_log_loss(np.asarray(y[sel], float), p[idx[sel], j], w[sel]), float(w[sel].sum())))
-            scores.append(float(np.average([v for v, _ in losses], weights=[w for _, w in losses])) if losses else 0.0)
-        chosen = self._choose(scores)
+            return float(np.average([v for v, _ in losses], weights=[w for _, w in losses])) if losses else 0.0
+
+        cands, scores, chosen = self._search(cands, score)
         self._record(cands, scores, chosen, n, weighted=True)
         self.best_ = make_head(cands[chosen][0], **cands[chosen][1]).fit_logged(X, rows, tier_targets)
         self.n_features_in_ = X.shape[1]

@@ -65,6 +65,7 @@ class ProbeRunner:
         self._probe = probe
         self._lock = threading.Lock()
         self._self_probe: bool | None = None
+        self._makers: dict[str, Any] | None = None
 
     @property
     def probe(self) -> ProbeLike:
@@ -99,20 +100,41 @@ class ProbeRunner:
                 self._self_probe = any(resolve_model(m).key == key for m in self.policy.local_models())
         return self._self_probe
 
+    def _row_makers(self) -> dict[str, Any]:
+        """Per LM feature of the probe, what turns one prefill into its row: the card's feature
+        (``lm:parts=scalars`` keeps 9 of the row's columns), else the whole row (computed once)."""
+        makers = self._makers
+        if makers is None:
+            from triage.probes.features import make_feature
+            from triage.probes.features.lm_internals import lm_features_from_prefill
+
+            specs = {s.name: s for s in getattr(getattr(self.probe, "card", None), "features", []) or []}
+            makers = {}
+            for name in lm_feature_names(self.probe):
+                spec = specs.get(name)
+                feature = make_feature(spec.name, **(spec.params or {})) if spec is not None else None
+                makers[name] = getattr(feature, "row_from_prefill", lm_features_from_prefill)
+            self._makers = makers
+        return makers
+
     def precompute(self, texts: list[str]) -> dict[str, Any] | None:
         """LM features of ``texts`` from the local model's prefill, exactly as the probe was trained:
-        each text chat-formatted as one user turn (:func:`query_messages`), one query at a time."""
+        each text chat-formatted as one user turn (:func:`query_messages`), one query at a time.
+
+        The model need not be one the policy serves (a proxy for API strategies): it is prefilled
+        for the probe alone, and then keeps no KV cache, since no answer continues from it."""
         name = self.lm_model()
         if name is None:
             return None
         import numpy as np
 
-        from triage.probes.features.lm_internals import lm_features_from_prefill, query_messages
+        from triage.probes.features.lm_internals import query_messages
         from triage.lm import get_local_lm
 
         lm = get_local_lm(name)
-        rows = np.stack([lm_features_from_prefill(lm.prefill(query_messages(t))) for t in texts])
-        return {feature: rows for feature in lm_feature_names(self.probe)}
+        keep = self.is_self_probe()
+        prefills = [lm.prefill(query_messages(t), keep_state=keep) for t in texts]
+        return {feature: np.stack([row(p) for p in prefills]) for feature, row in self._row_makers().items()}
 
     def predict(self, text: str) -> ProbeOutput:
         """The probe's output for one request's text (what the SDK, sidecar and replay all call)."""

@@ -99,7 +99,7 @@ def train_logged_probe(
     progress = progress or _Silent()
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    if config.head != "logreg":
+    if config.head not in ("logreg", "auto"):  # auto searches logreg's C on logged data (heads/select.py)
         raise LoggedDataError(f"--head {config.head} cannot train on logged data yet (its fit has no per-row "
                               "weights); use --head logreg")
     feats = list(features) if features is not None else parse_features(config.features)

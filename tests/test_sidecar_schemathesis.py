@@ -82,7 +82,8 @@ CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [
 def test_no_server_error_for_any_input(api_schema, method, path, mode):
     operation = api_schema[path][method]
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: the same generated cases on every run (a random draw of 25 once held no answerable chat)
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case):
         response = case.call(headers=AUTH)

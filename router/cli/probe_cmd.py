@@ -336,7 +336,7 @@ def verify_cmd(
 def build_default_cmd(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help="Probe folder (default: <cache_dir>/probes/default).")] = None,
-    head: Annotated[str, typer.Option("--head", help="auto (logreg, C by inner cross-validation), logreg or mlp.")] = "auto",
+    head: Annotated[str, typer.Option("--head", help="logreg (C=0.05), auto (logreg, C by inner cross-validation) or mlp.")] = "logreg",
 ) -> None:
     """Train the default probe on ../shared/data (RouteLLM GSM8K + MMLU) and export it."""
     from triage.eval.default_probe import build_default_probe

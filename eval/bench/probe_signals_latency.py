@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -17,14 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def gsm8k_questions(limit: int, offset: int = 0) -> list[str]:
-    from triage.settings import get_settings
-
-    path = get_settings().data_dir / "gsm8k" / "test.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r["question"] for r in rows[offset : offset + limit]]
+from triage.eval.bench.probe_latency import gsm8k_questions
 
 
 def _pct(samples: list[float]) -> dict[str, float]:
@@ -88,7 +80,7 @@ def decision_latency(n: int, proxies: tuple[str, ...] = ("text,lm:parts=scalars"
     import yaml
     from triage.router.core import Router
 
-    questions = gsm8k_questions(n + 2, offset=0)
+    questions = gsm8k_questions(n + 2)
     out: dict[str, Any] = {"queries": n}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in ("text", *proxies):

@@ -336,11 +336,13 @@ def test_token_routed_strategy_through_the_sdk_records_tokens_per_model(pair, tm
         assert record.metadata["token_routing"] == {"small_model": split["small_model"], "large_model": split["large_model"],
                                                     "small_tokens": split["small_tokens"],
                                                     "large_tokens": split["large_tokens"]}
-        # streaming (one chunk after decoding) gives the same greedy text
+        # streaming gives the same greedy text, token by token as the pair writes it (not one
+        # chunk at the end)
         stream = router.completion(messages=[{"role": "user", "content": "What is 12 times 7?"}], max_tokens=16,
                                    stream=True)
-        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
-        assert streamed == response.choices[0].message.content
+        pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+        assert "".join(pieces) == response.choices[0].message.content
+        assert len(pieces) >= response.usage.completion_tokens // 2 > 1, pieces
         # ... and the same per-model split in its ledger record (the streamed path used to drop it)
         streamed_record = router.ledger.store.get(stream.triage["request_id"])
         assert streamed_record is not None
@@ -361,3 +363,94 @@ def test_token_routed_strategy_is_validated() -> None:
         Strategy(model="local/smollm2-135m", token_routing={"method": "entropy-threshold"})
     s = Strategy(model="token-routed/a+b", token_routing={"method": "entropy-threshold", "tau": 1.0})
     assert s.is_local and s.is_token_routed and s.local_name is None
+
+
+# -- labels at scale: teacher-forced over reference solutions ---------------------------------------
+
+
+def test_reference_solution_reads_like_the_prompt_asks() -> None:
+    from triage.token_router.forced_labels import reference_solution
+
+    text, number = reference_solution("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                                      "She sold 48+24 = <<48+24=72>>72 clips.\n#### 1,072")
+    assert text == "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.\nThe answer is 1,072."
+    assert number == 1072.0
+    assert reference_solution("no final line <<2*3=6>>6")[0] == "no final line 6"
+    # hostile: an unclosed annotation is left as text, in linear time
+    assert reference_solution("a <<" + "<" * 100_000 + "\n#### 5")[1] == 5.0
+
+
+def test_cheap_label_rule() -> None:
+    from triage.token_router.forced_labels import categorise
+    from triage.token_router.labels import DIVERGENT, IDENTICAL, NEUTRAL, UNRESOLVED
+
+    small, large, solution = [1, 2, 3, 4, 5], [1, 9, 8, 7, 5], [0, 9, 3, 6, 6]
+    assert categorise(small, large, solution).tolist() == [IDENTICAL, DIVERGENT, NEUTRAL, UNRESOLVED, IDENTICAL]
+
+
+@pytest.mark.minutes
+def test_forced_labels_train_a_head_that_routes_a_stream(pair, tmp_path: Path) -> None:
+    """Teacher-forced labels of two train prompts match token-by-token decoding of each model; a
+    head trains on them; a streamed token-routed decode yields every token as it is written."""
+    import json
+
+    from triage.token_router.controllers import make_controller
+    from triage.token_router.decode import DecodeStream, ModelStream, decode, prompt_ids
+    from triage.token_router.forced_labels import ForcedSettings, load_references, run_forced_labels, verify_sample
+    from triage.token_router.gsm8k import messages_for
+    from triage.token_router.head import RouterHead, train_and_export
+    from triage.settings import get_settings
+
+    refs = load_references(Path(get_settings().data_dir) / "gsm8k" / "train.jsonl", 0, 2)
+    manifest = run_forced_labels(pair, refs, ForcedSettings(), out_dir=tmp_path / "labels", command="pytest")
+    assert manifest["positions"] == sum(manifest["counts"].values()) > 40
+    rec = json.loads((tmp_path / "labels" / "prompts" / "0.json").read_text())
+    assert rec["tokens"] == len(rec["solution_tokens"]) == len(rec["categories"])
+    assert pair.tokenizer.decode(rec["solution_tokens"], skip_special_tokens=True).endswith("The answer is 72.")
+    # The labels' greedy tokens are what each model predicts when it reads the solution one token
+    # at a time (KV cache, as the decoder runs it), up to int4 batching ties.
+    ids = prompt_ids(pair, messages_for(refs[0].question)) + rec["solution_tokens"]
+    n0 = rec["prompt_tokens"]
+    tol = _tie_tolerance(pair)
+    for name, lm in (("small_tokens", pair.small), ("large_tokens", pair.large)):
+        stream = ModelStream(lm)
+        for j in range(0, rec["tokens"], 7):
+            stream.advance(ids[:n0 + j])
+            row = np.asarray(stream.logits, dtype=np.float32).reshape(-1)
+            tok = rec[name][j]
+            assert tok == int(row.argmax()) or row.max() - row[tok] <= tol, (name, j)
+    assert rec["solution_tokens"][-1] in pair.eos_ids  # the turn ends as greedy decoding ends it
+
+    # A newer label rule over the same features relabels from the recorded tokens, with no model pass.
+    stale = {**rec, "settings": {**rec["settings"], "label_rule_version": 1}, "categories": [0] * rec["tokens"]}
+    (tmp_path / "labels" / "prompts" / "0.json").write_text(json.dumps(stale))
+    forwards = (pair.small.stats.forwards, pair.large.stats.forwards)
+    again = run_forced_labels(pair, refs, ForcedSettings(), out_dir=tmp_path / "labels", command="pytest")
+    assert (pair.small.stats.forwards, pair.large.stats.forwards) == forwards
+    assert again["counts"] == manifest["counts"]
+    assert json.loads((tmp_path / "labels" / "prompts" / "0.json").read_text())["categories"] == rec["categories"]
+
+    verified = verify_sample(pair, tmp_path / "labels", per_category=1, cap=24)
+    assert set(verified["by_category"]) == {"divergent", "neutral"}
+    assert all(r["verified"] in ("divergent", "neutral", "unfinished") for r in verified["rows"])
+
+    card = train_and_export(labels_folder=tmp_path / "labels", out_dir=tmp_path / "head", target="different",
+                            large_fraction=0.3, epochs=40, command="pytest")
+    assert card["metrics"]["cv"] == "leave-one-prompt-out" and card["metrics"]["prompts"] == 2
+    assert set(card["operating_points"]) >= {"0.1", "0.2"}
+    assert card["training_data"]["counts"] == manifest["counts"]
+    head = RouterHead.load(tmp_path / "head")
+
+    controller = make_controller("token-router", head=head, threshold=card["operating_points"]["0.3"]["threshold"])
+    msgs = messages_for(refs[1].question)
+    stream = DecodeStream(pair, msgs, controller, max_new_tokens=24)
+    events = list(stream)
+    r = stream.result
+    assert r is not None and [e.token for e in events if e.token is not None] == r.token_ids
+    assert [e.source for e in events if e.token is not None] == r.sources
+    assert "".join(e.text for e in events) == r.text
+    assert sum(1 for e in events if e.text) > 1
+    again = decode(pair, msgs, make_controller("token-router", head=head, threshold=controller.threshold),
+                   max_new_tokens=24)
+    assert again.token_ids == r.token_ids and again.sources == r.sources  # greedy: one answer
+    assert r.summary()["large_forwards_per_token"] == round(r.large_forwards / r.n_tokens, 4)

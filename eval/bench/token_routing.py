@@ -1,11 +1,13 @@
-"""Benchmark: token-level small/large routing on a fixed slice of GSM8K test.
+"""Benchmark: token-level small/large routing on a fixed slice of GSM8K test (issue #17).
 
-Methods (one harness, greedy decoding, the same prompt): small-only, large-only, entropy-threshold
-(tau from the router head card: it flags the same share of training positions as the router),
-speculative-thinking (paragraph-level hand-off on reflection cues) and token-router (the trained
-ONNX head). Pair: Qwen2.5-Coder-0.5B-Instruct / Qwen2.5-Coder-1.5B-Instruct (fp32, transformers, CPU).
+Methods (one harness, greedy decoding, the same prompt): small-only, large-only, speculative-thinking
+(paragraph-level hand-off on reflection cues), and two sweeps over the large-token share: the
+token router (the trained ONNX head) and the entropy threshold, each at the head card's
+``operating_points`` (the threshold / tau that flag a share ``f`` of the label set's positions), so
+the two curves are compared at equal large-token share. Pair: Qwen2.5-Coder-0.5B-Instruct /
+Qwen2.5-Coder-1.5B-Instruct, int4 ONNX (onnxruntime-genai, CPU).
 
-Slice: lines ``start .. start+n-1`` of ``<data_dir>/gsm8k/test.jsonl`` (default: the first 10),
+Slice: lines ``start .. start+n-1`` of ``<data_dir>/gsm8k/test.jsonl`` (default: the first 100),
 generations capped at ``--max-new-tokens`` (default 256). Questions run in order and, for each
 question, every method runs back to back, so slow phases of the shared CPU hit all methods alike.
 Per-(method, question) results are appended to ``<cache_dir>/token_router/bench_runs.jsonl`` and
@@ -16,9 +18,13 @@ Per method: ``accuracy``, ``large_token_fraction`` (tokens written by the large 
 params for every token the large model wrote, over generated tokens - R2R's measure),
 ``wall_clock_per_question_s``, ``tokens_per_s``, and also process CPU seconds per question (less
 sensitive to neighbours on shared cores), large-model forwards (hand-offs) and the tokens the large
-model processed per generated token (catch-up included).
+model processed per generated token (catch-up included). Accuracy has a 95% bootstrap interval
+over questions, and the paired difference to large-only has one too. The cost floor of token
+routing on a CPU is the small model's decode plus the large model's prefill of the tokens it did
+not write (measured once per run: ``floor``); the speedups are reported against large-only and
+against that floor. A PNG plots accuracy against large-token share for both sweeps.
 
-    python eval/bench/token_routing.py --json [--n 10] [--start 0] [--max-new-tokens 256] [--methods a,b]
+    python eval/bench/token_routing.py --json [--n 100] [--start 0] [--fractions 0.05,0.1,0.2,0.3]
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-METHODS = ("small-only", "large-only", "entropy-threshold", "speculative-thinking", "token-router")
+METHODS = ("small-only", "large-only", "speculative-thinking", "entropy-threshold", "token-router")
+SWEPT = ("entropy-threshold", "token-router")
 RESULTS = Path(__file__).resolve().parent / "results" / "token_routing.json"
 
 
@@ -76,14 +83,90 @@ def _aggregate(rows: list[dict[str, Any]], small_params: int, large_params: int)
     }
 
 
+def _bootstrap(correct: list[list[bool]], reps: int = 1000, seed: int = 0) -> list[tuple[float, float]]:
+    """95% intervals of the mean of each list (paired: the same question draws for every list)."""
+    import numpy as np
+
+    arr = np.asarray(correct, dtype=float)
+    if arr.size == 0:
+        return []
+    idx = np.random.default_rng(seed).integers(0, arr.shape[1], size=(reps, arr.shape[1]))
+    means = arr[:, idx].mean(axis=2)
+    return [(round(float(np.quantile(m, 0.025)), 4), round(float(np.quantile(m, 0.975)), 4)) for m in means]
+
+
+def _configs(methods: list[str], fractions: list[float], head: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Label -> controller: one per fixed method, one per (swept method, share) from the head card."""
+    from triage.token_router.runner import controller_for
+
+    out: dict[str, Any] = {}
+    points = head.operating_points if head is not None else {}
+    for m in methods:
+        if m not in SWEPT:
+            out[m] = controller_for(m)
+            continue
+        if not points or args.threshold is not None:
+            out[m] = controller_for(m, head_dir=args.head, threshold=args.threshold)
+            continue
+        for f in fractions:
+            op = points.get(f"{f:g}")
+            if op is None:
+                raise SystemExit(f"error: the head card has no operating point for share {f:g} "
+                                 f"(it has {', '.join(points)}); retrain with `triage token-router train`")
+            if m == "token-router":
+                out[f"{m}@{f:g}"] = controller_for(m, head_dir=args.head, threshold=op["threshold"])
+            else:
+                out[f"{m}@{f:g}"] = controller_for(m, tau=op["entropy_tau"])
+    return out
+
+
+def _prefill_ms_per_token(lm: Any, ids: list[int]) -> float:
+    from triage.token_router.engine import teacher_forced
+
+    teacher_forced(lm, ids[:16], 15)  # warm-up
+    t0 = time.perf_counter()
+    teacher_forced(lm, ids, len(ids) - 1)
+    return 1000 * (time.perf_counter() - t0) / len(ids)
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, marker in (("token-router", "o"), ("entropy-threshold", "s")):
+        pts = sorted((v["large_token_fraction"], v["accuracy"], v["accuracy_ci"]) for k, v in result["methods"].items()
+                     if k.split("@")[0] == m and v["large_token_fraction"] is not None)
+        if pts:
+            xs, ys, cis = zip(*pts, strict=True)
+            err = [[y - c[0] for y, c in zip(ys, cis, strict=True)], [c[1] - y for y, c in zip(ys, cis, strict=True)]]
+            ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=m)
+    for m, style in (("small-only", ":"), ("large-only", "--")):
+        if m in result["methods"]:
+            ax.axhline(result["methods"][m]["accuracy"], linestyle=style, color="grey", label=m)
+    spec = result["methods"].get("speculative-thinking")
+    if spec:
+        ax.plot([spec["large_token_fraction"]], [spec["accuracy"]], "^", label="speculative-thinking")
+    ax.set_xlabel("share of tokens written by the large model")
+    ax.set_ylabel(f"GSM8K accuracy ({result['slice']['completed']} questions)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=10, help="Questions in the slice.")
+    ap.add_argument("--n", type=int, default=100, help="Questions in the slice.")
     ap.add_argument("--start", type=int, default=0, help="First line of gsm8k/test.jsonl (0-based).")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--fractions", default="0.05,0.1,0.2,0.3",
+                    help="Large-token shares of the two sweeps (operating points of the head card).")
     ap.add_argument("--head", type=Path, default=None, help="Router head folder (default: the cache's).")
-    ap.add_argument("--threshold", type=float, default=None, help="Override the head card's threshold.")
+    ap.add_argument("--threshold", type=float, default=None, help="One router threshold instead of the sweep.")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="Stop starting new questions after this long; figures cover the completed questions.")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -91,46 +174,58 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
-    if unknown or not 1 <= args.max_new_tokens <= 256 or args.n < 1:
-        print(f"error: bad arguments (unknown methods {unknown}, max-new-tokens 1..256, n >= 1)", file=sys.stderr)
+    try:
+        fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    except ValueError:
+        fractions = []
+    if unknown or not 1 <= args.max_new_tokens <= 256 or args.n < 1 or not fractions:
+        print(f"error: bad arguments (unknown methods {unknown}, max-new-tokens 1..256, n >= 1, "
+              "--fractions a comma list of numbers)", file=sys.stderr)
         return 2
-
-    import torch
 
     from triage.token_router.decode import decode
     from triage.token_router.gsm8k import SYSTEM_PROMPT, extract_answer, load_problems, messages_for, same_answer
+    from triage.token_router.head import head_dir, read_card
     from triage.token_router.pair import load_pair
-    from triage.token_router.runner import controller_for
+    from triage.token_router.runner import check_head_fits
     from triage.settings import get_settings
 
     data = Path(get_settings().data_dir) / "gsm8k" / "test.jsonl"
     problems = load_problems(data, args.start, args.n)
     pair = load_pair()
     small_params, large_params = pair.params()
-    controllers = {m: controller_for(m, head_dir=args.head, threshold=args.threshold) for m in methods}
-    if "token-router" in controllers:
-        controllers["token-router"].head.check_small_model(  # type: ignore[attr-defined]
-            pair.small.name, pair.small.hidden_size, pair.small.sha256)
+    card_dir = Path(args.head or head_dir())
+    card = read_card(card_dir) if (card_dir / "card.json").is_file() else None
+    controllers = _configs(methods, fractions, card, args)
+    for c in controllers.values():
+        check_head_fits(c, pair)
     settings = {"max_new_tokens": args.max_new_tokens, "prompt": SYSTEM_PROMPT,
-                "small": pair.small.sha256[:12], "large": pair.large.sha256[:12]}
+                "small": pair.small.sha256[:12], "large": pair.large.sha256[:12], "engine": pair.engine}
     runs_path = _runs_file()
     runs_path.parent.mkdir(parents=True, exist_ok=True)
     runs = _load_runs(runs_path)
+    probe_ids = [t for p in problems[:4] for t in pair.small.encode_chat(messages_for(p.question))[0]][:200]
+    floor = {"large_prefill_ms_per_token": round(_prefill_ms_per_token(pair.large, probe_ids), 2),
+             "small_prefill_ms_per_token": round(_prefill_ms_per_token(pair.small, probe_ids), 2)}
     load_start = os.getloadavg()
     t_start = time.perf_counter()
+
+    def key_of(label: str, index: int) -> str:
+        m = label.split("@")[0]
+        return json.dumps({"m": m, "i": index, "s": settings, "p": controllers[label].params()}, sort_keys=True)
+
     for p in problems:
         if args.max_minutes is not None and time.perf_counter() - t_start > 60 * args.max_minutes:
             print(f"stopping after {args.max_minutes} min (--max-minutes)", file=sys.stderr)
             break
-        for m in methods:
-            params = controllers[m].params()
-            key = json.dumps({"m": m, "i": p.index, "s": settings, "p": params}, sort_keys=True)
+        for label, controller in controllers.items():
+            key = key_of(label, p.index)
             if key in runs:
                 continue
             c0 = time.process_time()
-            r = decode(pair, messages_for(p.question), controllers[m], max_new_tokens=args.max_new_tokens)
+            r = decode(pair, messages_for(p.question), controller, max_new_tokens=args.max_new_tokens)
             answer = extract_answer(r.text)
-            row = {"key": key, "method": m, "index": p.index, "correct": same_answer(answer, p.answer),
+            row = {"key": key, "method": label.split("@")[0], "index": p.index, "correct": same_answer(answer, p.answer),
                    "answer": answer, "gold": p.answer, "tokens": r.n_tokens, "large_tokens": r.n_large,
                    "small_proposals": r.small_proposals, "wall_s": r.wall_s, "cpu_s": time.process_time() - c0,
                    "large_forwards": r.large_forwards, "large_positions": r.large_positions,
@@ -138,40 +233,86 @@ def main(argv: list[str] | None = None) -> int:
             runs[key] = row
             with runs_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(f"[{m}] q{p.index}: correct={row['correct']} tokens={r.n_tokens} large={r.n_large} "
+            print(f"[{label}] q{p.index}: correct={row['correct']} tokens={r.n_tokens} large={r.n_large} "
                   f"wall={r.wall_s:.1f}s", file=sys.stderr, flush=True)
 
+    # Only questions every configuration finished count (a run stopped early compares like with like).
+    done = [p for p in problems if all(key_of(label, p.index) in runs for label in controllers)]
     result: dict[str, Any] = {"methods": {}, "slice": {
-        "file": "gsm8k/test.jsonl", "start": args.start, "count": args.n,
-        "indices": [p.index for p in problems], "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
+        "file": "gsm8k/test.jsonl", "start": args.start, "count": args.n, "completed": len(done),
+        "completed_indices": [p.index for p in done], "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
         "system_prompt": SYSTEM_PROMPT}}
-    def key_of(m: str, index: int) -> str:
-        return json.dumps({"m": m, "i": index, "s": settings, "p": controllers[m].params()}, sort_keys=True)
-
-    # Only questions every method finished count (a run stopped early still compares like with like).
-    done = [p for p in problems if all(key_of(m, p.index) in runs for m in methods)]
-    result["slice"]["completed_indices"] = [p.index for p in done]
-    for m in methods:
-        rows = [runs[key_of(m, p.index)] for p in done]
-        result["methods"][m] = {**_aggregate(rows, small_params, large_params), "params": controllers[m].params()}
-    large_acc = result["methods"].get("large-only", {}).get("accuracy")
+    labels = list(controllers)
+    correct = [[bool(runs[key_of(label, p.index)]["correct"]) for p in done] for label in labels]
+    cis = _bootstrap(correct)
+    base = labels.index("large-only") if "large-only" in labels else None
+    deltas = _bootstrap([[float(a) - float(b) for a, b in zip(c, correct[base], strict=True)] for c in correct]) \
+        if base is not None and done else []
+    for i, label in enumerate(labels):
+        rows = [runs[key_of(label, p.index)] for p in done]
+        entry = {**_aggregate(rows, small_params, large_params), "params": controllers[label].params()}
+        entry["accuracy_ci"] = list(cis[i]) if cis else None
+        if deltas:
+            entry["accuracy_minus_large_only_ci"] = list(deltas[i])
+        if "@" in label:
+            entry["target_large_fraction"] = float(label.split("@")[1])
+        result["methods"][label] = entry
+    _floor_and_goal(result, floor)
     result["models"] = {"small": {"name": pair.small.name, "params": small_params, "sha256": pair.small.sha256},
                         "large": {"name": pair.large.name, "params": large_params, "sha256": pair.large.sha256}}
-    result["environment"] = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                             "nice": os.nice(0), "loadavg_start": [round(x, 2) for x in load_start],
-                             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "dtype": "float32"}
-    if large_acc is not None and "token-router" in result["methods"]:
-        tr = result["methods"]["token-router"]
-        lo = result["methods"]["large-only"]
-        result["goal"] = {
-            "accuracy_within_2_points_of_large": tr["accuracy"] >= large_acc - 0.02,
-            "large_token_fraction_at_most_0.2": tr["large_token_fraction"] <= 0.2,
-            "faster_than_large_only": tr["wall_clock_per_question_s"] < lo["wall_clock_per_question_s"],
-        }
+    result["head"] = {"version": card.version, "metrics": card.metrics, "training_data": {
+        k: card.training_data.get(k) for k in ("source", "counts", "labels_command")}} if card else None
+    result["environment"] = {"engine": pair.engine, "cpu_count": os.cpu_count(), "nice": os.nice(0),
+                             "loadavg_start": [round(x, 2) for x in load_start],
+                             "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if done:
+        _plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
+
+
+def _floor_and_goal(result: dict[str, Any], floor: dict[str, float]) -> None:
+    """The CPU floor of token routing per token (small decode + large prefill of every token) and
+    the issue's goal, read off the sweeps."""
+    ms = result["methods"]
+    small, large = ms.get("small-only"), ms.get("large-only")
+    if small and small["tokens_per_s"]:
+        floor["small_only_ms_per_token"] = round(1000 / small["tokens_per_s"], 2)  # prompt prefill included
+        floor["token_routing_floor_ms_per_token"] = round(floor["small_only_ms_per_token"]
+                                                          + floor["large_prefill_ms_per_token"], 2)
+    if large and large["tokens_per_s"]:
+        floor["large_only_ms_per_token"] = round(1000 / large["tokens_per_s"], 2)
+    result["floor"] = floor
+    for label, v in ms.items():
+        if v["tokens_per_s"] and "token_routing_floor_ms_per_token" in floor:
+            ms_tok = 1000 / v["tokens_per_s"]
+            v["ms_per_token"] = round(ms_tok, 2)
+            v["ms_per_token_over_floor"] = round(ms_tok / floor["token_routing_floor_ms_per_token"], 3)
+            if large:
+                v["speedup_vs_large_only"] = round(large["wall_clock_per_question_s"] / v["wall_clock_per_question_s"], 3) \
+                    if v["wall_clock_per_question_s"] else None
+    routers = {k: v for k, v in ms.items() if k.split("@")[0] == "token-router"}
+    entropy = sorted((v["large_token_fraction"], v["accuracy"]) for k, v in ms.items()
+                     if k.split("@")[0] == "entropy-threshold")
+    if not (large and routers):
+        return
+    within = {k: v for k, v in routers.items() if v["large_token_fraction"] <= 0.2}
+    best = max(within.items(), key=lambda kv: kv[1]["accuracy"]) if within else None
+    goal: dict[str, Any] = {"large_only_accuracy": large["accuracy"]}
+    if best:
+        k, v = best
+        goal.update({"router": k, "router_accuracy": v["accuracy"], "router_large_token_fraction": v["large_token_fraction"],
+                     "accuracy_within_2_points_of_large": v["accuracy"] >= large["accuracy"] - 0.02,
+                     "faster_than_large_only": v["wall_clock_per_question_s"] < large["wall_clock_per_question_s"]})
+        if len(entropy) >= 2:
+            import numpy as np
+
+            xs, ys = zip(*entropy, strict=True)
+            at = float(np.interp(v["large_token_fraction"], xs, ys))
+            goal.update({"entropy_accuracy_at_same_share": round(at, 4), "beats_entropy_at_same_share": v["accuracy"] > at})
+    result["goal"] = goal
 
 
 if __name__ == "__main__":

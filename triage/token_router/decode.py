@@ -11,12 +11,15 @@ The same loop runs all methods of the benchmark: small-only and large-only are c
 never/always hand over (large-only never runs the small model at all), entropy-threshold hands over
 when the small model's entropy exceeds tau, speculative-thinking lets the large model write a whole
 paragraph after a paragraph break whose next step starts with a reflection cue.
+
+:class:`DecodeStream` yields each token as it is produced (with the text it completes), so a
+streamed token-routed answer arrives token by token; :func:`decode` drains it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,12 +105,97 @@ class DecodeResult:
             "small_forwards": self.small_forwards,
             "large_forwards": self.large_forwards,
             "large_positions": self.large_positions,
+            "large_forwards_per_token": round(self.large_forwards / self.n_tokens, 4) if self.token_ids else 0.0,
+            "tokens_per_s": round(self.n_tokens / self.wall_s, 2) if self.wall_s > 0 else None,
         }
 
 
 def prompt_ids(pair: Any, messages: Sequence[Mapping[str, Any]]) -> list[int]:
     ids, _ = pair.small.encode_chat(messages)
     return ids
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token as it is produced: its id, the model that wrote it, and the text it
+    completes (empty while a multi-byte character is still partial; the end-of-turn token has none).
+    ``token`` None: no new token, only characters held back until the length cap ended the answer."""
+
+    token: int | None
+    source: str
+    text: str
+
+
+class DecodeStream:
+    """Token-routed greedy generation as an iterator of :class:`TokenEvent`; ``result`` (a
+    :class:`DecodeResult`) is set once the iterator is exhausted. Not thread-safe: one consumer."""
+
+    def __init__(self, pair: Any, messages: Sequence[Mapping[str, Any]], controller: Controller, *,
+                 max_new_tokens: int = 256) -> None:
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        self.pair, self.controller, self.max_new_tokens = pair, controller, max_new_tokens
+        self.messages = messages
+        self.result: DecodeResult | None = None
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        return self._run()
+
+    def _run(self) -> Iterator[TokenEvent]:
+        pair, controller = self.pair, self.controller
+        tokenizer = pair.tokenizer
+        eos = pair.eos_ids
+        t0 = time.perf_counter()
+        ids = prompt_ids(pair, self.messages)
+        n_prompt = len(ids)
+        small, large = ModelStream(pair.small), ModelStream(pair.large)
+        controller.reset()
+        sources: list[str] = []
+        router_s = 0.0
+        finish = "length"
+        proposals = 0
+        emitted = ""  # text already yielded: deltas come from decoding the whole answer so far
+        while len(ids) - n_prompt < self.max_new_tokens:
+            if controller.force_large():
+                large.advance(ids)
+                token, source = large.greedy(), LARGE
+            else:
+                small.advance(ids)
+                proposed = small.greedy()
+                proposals += 1
+                r0 = time.perf_counter()
+                step = Step(proposed=proposed, hidden=small.hidden, logits=small.logits,
+                            embed=lambda t=proposed: token_embeddings(pair.small, [t])[0], tokenizer=tokenizer)
+                to_large = controller.hand_over(step)
+                router_s += time.perf_counter() - r0
+                if to_large:
+                    large.advance(ids)  # catch-up: every token since the large model's last run, one forward
+                    token, source = large.greedy(), LARGE
+                else:
+                    token, source = proposed, SMALL
+            ids.append(token)
+            sources.append(source)
+            controller.observe(token, source, tokenizer)
+            delta = ""
+            if token not in eos:
+                text = tokenizer.decode([t for t in ids[n_prompt:] if t not in eos], skip_special_tokens=True)
+                # A token ending inside a multi-byte character decodes to U+FFFD: hold it back.
+                if not text.endswith("\ufffd") and text.startswith(emitted):
+                    delta, emitted = text[len(emitted):], text
+            yield TokenEvent(token=token, source=source, text=delta)
+            if token in eos:
+                finish = "stop"
+                break
+        generated = ids[n_prompt:]
+        text = tokenizer.decode([t for t in generated if t not in eos], skip_special_tokens=True)
+        if len(text) > len(emitted) and text.startswith(emitted):
+            yield TokenEvent(token=None, source="", text=text[len(emitted):])  # held back at the cap
+        self.result = DecodeResult(
+            text=text, token_ids=generated, sources=sources, prompt_tokens=n_prompt, finish_reason=finish,
+            wall_s=time.perf_counter() - t0, small_s=small.seconds, large_s=large.seconds, router_s=router_s,
+            small_forwards=small.forwards, large_forwards=large.forwards, large_positions=large.positions,
+            small_proposals=proposals,
+        )
 
 
 def decode(
@@ -118,48 +206,8 @@ def decode(
     max_new_tokens: int = 256,
 ) -> DecodeResult:
     """Greedy token-routed generation for one chat prompt. ``pair`` is a :class:`~triage.token_router.pair.ModelPair`."""
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
-    tokenizer = pair.tokenizer
-    eos = pair.eos_ids
-    t0 = time.perf_counter()
-    ids = prompt_ids(pair, messages)
-    n_prompt = len(ids)
-    small, large = ModelStream(pair.small), ModelStream(pair.large)
-    controller.reset()
-    sources: list[str] = []
-    router_s = 0.0
-    finish = "length"
-    proposals = 0
-    while len(ids) - n_prompt < max_new_tokens:
-        if controller.force_large():
-            large.advance(ids)
-            token, source = large.greedy(), LARGE
-        else:
-            small.advance(ids)
-            proposed = small.greedy()
-            proposals += 1
-            r0 = time.perf_counter()
-            step = Step(proposed=proposed, hidden=small.hidden, logits=small.logits,
-                        embed=lambda t=proposed: token_embeddings(pair.small, [t])[0], tokenizer=tokenizer)
-            to_large = controller.hand_over(step)
-            router_s += time.perf_counter() - r0
-            if to_large:
-                large.advance(ids)  # catch-up: every token since the large model's last run, one forward
-                token, source = large.greedy(), LARGE
-            else:
-                token, source = proposed, SMALL
-        ids.append(token)
-        sources.append(source)
-        controller.observe(token, source, tokenizer)
-        if token in eos:
-            finish = "stop"
-            break
-    generated = ids[n_prompt:]
-    text = tokenizer.decode([t for t in generated if t not in eos], skip_special_tokens=True)
-    return DecodeResult(
-        text=text, token_ids=generated, sources=sources, prompt_tokens=n_prompt, finish_reason=finish,
-        wall_s=time.perf_counter() - t0, small_s=small.seconds, large_s=large.seconds, router_s=router_s,
-        small_forwards=small.forwards, large_forwards=large.forwards, large_positions=large.positions,
-        small_proposals=proposals,
-    )
+    stream = DecodeStream(pair, messages, controller, max_new_tokens=max_new_tokens)
+    for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result

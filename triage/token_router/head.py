@@ -4,9 +4,9 @@ Training (torch, offline) reads the label set of :mod:`triage.token_router.label
 graph holds the feature standardisation and the sigmoid, so the runtime (:class:`RouterHead`,
 onnxruntime only, no pickle) feeds raw features and gets P(critical). ``card.json`` records the
 feature layout and version, the small/large model identities (sha256), the label set fingerprint and
-counts, the target, the threshold, cross-validated metrics (leave-one-prompt-out AUROC of the head
-and of plain entropy), the exact command and the sha256 of every file; :meth:`RouterHead.load`
-refuses a folder that does not match its card.
+counts, the target, the threshold, cross-validated metrics on held-out prompts (AUROC of the head
+and of plain entropy, precision and recall at the target large-token share), the exact command and
+the sha256 of every file; :meth:`RouterHead.load` refuses a folder that does not match its card.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ HEAD_FILE = "router_head.onnx"
 SCHEMA_VERSION = 1
 LEGACY_ENGINE = "transformers-fp32"
 ONNX_OPSET = 17
+OPERATING_FRACTIONS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
 
 
 class RouterHeadError(ValueError):
@@ -64,6 +65,9 @@ class RouterHeadCard(BaseModel):
     target_large_fraction: float
     entropy_tau: float = Field(description="Entropy threshold (nats) flagging the same share of training positions.")
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # Large-token share -> head threshold and entropy tau flagging that share of the label set's
+    # positions (the benchmark's sweeps). Older cards have none.
+    operating_points: dict[str, dict[str, float]] = Field(default_factory=dict)
     training_data: dict[str, Any] = Field(default_factory=dict)
     libraries: dict[str, str] = Field(default_factory=dict)
     files: dict[str, str]
@@ -172,13 +176,22 @@ def _targets(cats: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown target {target!r}: use 'divergent' or 'different'")
 
 
-def _fit_mlp(X: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, seed: int) -> Any:
+def auto_epochs(n_rows: int, batch_size: int = 4096) -> int:
+    """About 300 optimizer steps, at least 8 passes: full-batch on a small label set (as before),
+    a few minibatch epochs on a large one."""
+    batches = max(1, -(-n_rows // batch_size))
+    return max(8, min(300, -(-300 // batches)))
+
+
+def _fit_mlp(X: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, seed: int, batch_size: int = 4096) -> Any:
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
-    mean = X.mean(0)
-    std = X.std(0) + 1e-4
+    rng = np.random.default_rng(seed)
+    X32 = np.asarray(X, dtype=np.float32)
+    mean = X32.mean(0)
+    std = X32.std(0) + 1e-4
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -191,17 +204,20 @@ def _fit_mlp(X: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, seed: in
             return torch.sigmoid(self.body((x - self.mean) / self.std))
 
     net = Net()
-    xt, yt = torch.tensor(X), torch.tensor(y)
+    xt, yt = torch.from_numpy(X32), torch.tensor(y)
     pos = float(y.sum())
     pos_weight = torch.tensor((len(y) - pos) / max(pos, 1.0))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=5e-2)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     net.train()
     for _ in range(epochs):
-        opt.zero_grad()
-        logits = net.body((xt - net.mean) / net.std).reshape(-1)
-        loss_fn(logits, yt).backward()
-        opt.step()
+        order = rng.permutation(len(y)) if len(y) > batch_size else np.arange(len(y))
+        for b in range(0, len(y), batch_size):
+            idx = torch.from_numpy(order[b:b + batch_size])
+            opt.zero_grad()
+            logits = net.body((xt[idx] - net.mean) / net.std).reshape(-1)
+            loss_fn(logits, yt[idx]).backward()
+            opt.step()
     net.eval()
     return net
 
@@ -209,14 +225,37 @@ def _fit_mlp(X: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, seed: in
 def _predict(net: Any, X: np.ndarray) -> np.ndarray:
     import torch
 
+    out = []
     with torch.inference_mode():
-        return net(torch.tensor(X)).reshape(-1).numpy()
+        for b in range(0, len(X), 16384):  # chunks: a float16 label set is cast piece by piece
+            out.append(net(torch.from_numpy(np.asarray(X[b:b + 16384], dtype=np.float32))).reshape(-1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _cv_folds(groups: np.ndarray, n_folds: int) -> list[np.ndarray]:
+    """Test masks of prompt-grouped folds: leave one prompt out up to ``n_folds`` prompts, else
+    ``n_folds`` folds of whole prompts (a seeded shuffle of the prompts)."""
+    prompts = np.unique(groups)
+    if len(prompts) <= n_folds:
+        return [groups == g for g in prompts]
+    order = np.random.default_rng(0).permutation(prompts)
+    return [np.isin(groups, part) for part in np.array_split(order, n_folds)]
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
+
+
+def _operating_point(y: np.ndarray, score: np.ndarray, fraction: float, name: str) -> dict[str, Any]:
+    """Precision and recall of flagging the top ``fraction`` of held-out rows by ``score``."""
+    if not len(y):
+        return {}
+    flag = score > np.quantile(score, 1.0 - fraction)
+    return {f"cv_precision_{name}_at_fraction": float(y[flag].mean()) if flag.any() else None,
+            f"cv_recall_{name}_at_fraction": float(y[flag].sum() / max(y.sum(), 1)),
+            "cv_base_rate": float(y.mean())}
 
 
 def _libraries() -> dict[str, str]:
@@ -230,9 +269,11 @@ def _libraries() -> dict[str, str]:
 
 
 def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None = None, target: str = "divergent",
-                     large_fraction: float = 0.15, hidden: int = 64, epochs: int = 300, seed: int = 0,
-                     command: str = "") -> dict[str, Any]:
-    """Cross-validate (leave one prompt out), fit on all rows, export ONNX + card. Returns the card dict."""
+                     large_fraction: float = 0.15, hidden: int = 64, epochs: int | None = None, seed: int = 0,
+                     n_folds: int = 5, command: str = "") -> dict[str, Any]:
+    """Cross-validate on held-out prompts (``n_folds`` prompt-grouped folds; leave one prompt out
+    on a tiny set), fit on all rows, export ONNX + card. Returns the card dict. ``epochs`` None:
+    :func:`auto_epochs`."""
     import torch
 
     from triage.token_router.labels import load_labels
@@ -243,27 +284,34 @@ def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None 
     if y.sum() < 3:
         raise ValueError(f"only {int(y.sum())} positive '{target}' positions in the label set; "
                          "label more prompts or train with --target different")
+    epochs = epochs or auto_epochs(len(y))
     oof = np.full(len(y), np.nan, dtype=np.float32)
-    for g in np.unique(gk):
-        test = gk == g
+    folds = _cv_folds(gk, n_folds)
+    for test in folds:
         if y[~test].sum() == 0:
             continue
         oof[test] = _predict(_fit_mlp(Xk[~test], y[~test], hidden=hidden, epochs=epochs, seed=seed), Xk[test])
     have = ~np.isnan(oof)
-    entropy = Xk[:, -1]
+    entropy = np.asarray(Xk[:, -1], dtype=np.float32)
     net = _fit_mlp(Xk, y, hidden=hidden, epochs=epochs, seed=seed)
     # Thresholds flag `large_fraction` of all positions of the reference paths (unresolved ones included).
     all_scores = _predict(net, X)
     threshold = float(np.quantile(all_scores, 1.0 - large_fraction))
-    entropy_tau = float(np.quantile(X[:, -1], 1.0 - large_fraction))
-    oof_flag = oof[have] > np.quantile(oof[have], 1.0 - large_fraction) if have.any() else np.array([])
+    all_entropy = np.asarray(X[:, -1], dtype=np.float32)
+    entropy_tau = float(np.quantile(all_entropy, 1.0 - large_fraction))
+    operating_points = {f"{f:g}": {"threshold": float(np.quantile(all_scores, 1.0 - f)),
+                                   "entropy_tau": float(np.quantile(all_entropy, 1.0 - f))}
+                        for f in OPERATING_FRACTIONS}
     metrics = {
         "rows": int(len(y)),
         "positives": int(y.sum()),
-        "cv": "leave-one-prompt-out",
+        "prompts": int(len(np.unique(gk))),
+        "cv": "leave-one-prompt-out" if len(folds) == len(np.unique(gk)) else f"{len(folds)}-fold by prompt",
+        "epochs": epochs,
         "cv_auroc_head": _auroc(y[have], oof[have]) if have.any() else None,
         "cv_auroc_entropy": _auroc(y, entropy),
-        "cv_recall_at_fraction": float(y[have][oof_flag].sum() / max(y[have].sum(), 1)) if have.any() else None,
+        **_operating_point(y[have], oof[have], large_fraction, "head"),
+        **_operating_point(y[have], entropy[have], large_fraction, "entropy"),
         "train_auroc_head": _auroc(y, _predict(net, Xk)),
     }
 
@@ -298,6 +346,7 @@ def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None 
             target_large_fraction=large_fraction,
             entropy_tau=entropy_tau,
             metrics=metrics,
+            operating_points=operating_points,
             training_data={"labels_manifest_sha256": _sha256(Path(labels_folder or _labels_dir()) / "manifest.json"),
                            "labels_command": manifest["command"], "source": manifest["source"],
                            "prompt_indices": manifest["prompt_indices"], "counts": manifest["counts"]},

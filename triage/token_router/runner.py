@@ -105,15 +105,31 @@ class TokenRoutedExecutor:
             self._pair = load_pair(self.small, self.large)
         return self._pair
 
-    def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256) -> TokenRoutedResponse:
-        from triage.token_router.decode import decode
+    def _start(self, messages: Sequence[Mapping[str, Any]], max_tokens: int) -> tuple[Any, Any]:
+        from triage.token_router.decode import DecodeStream
 
         pair = self._ready()
         controller = controller_for(self.method, head_dir=self.head_dir, threshold=self.threshold, tau=self.tau)
         check_head_fits(controller, pair)
-        r = decode(pair, messages, controller, max_new_tokens=max_tokens)
+        return pair, DecodeStream(pair, messages, controller, max_new_tokens=max_tokens)
+
+    def response(self, pair: Any, stream: Any) -> TokenRoutedResponse:
+        """The receipt of a finished :class:`~triage.token_router.decode.DecodeStream`."""
+        r = stream.result
         return TokenRoutedResponse(
             text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens, completion_tokens=r.n_tokens,
             small_tokens=r.n_tokens - r.n_large, large_tokens=r.n_large, method=self.method,
-            small_model=pair.small.name, large_model=pair.large.name, latency_s=r.wall_s, params=controller.params(),
+            small_model=pair.small.name, large_model=pair.large.name, latency_s=r.wall_s,
+            params=stream.controller.params(),
         )
+
+    def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256) -> TokenRoutedResponse:
+        pair, stream = self._start(messages, max_tokens)
+        for _ in stream:
+            pass
+        return self.response(pair, stream)
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256) -> tuple[Any, Any]:
+        """(pair, :class:`~triage.token_router.decode.DecodeStream`): iterate the stream for tokens as
+        they are produced, then :meth:`response` for the receipt. Bad input raises here, not later."""
+        return self._start(messages, max_tokens)

@@ -12,17 +12,20 @@ The model string names the pair ``<small>+<large>`` (local models sharing a toke
 ``temperature`` is accepted and ignored. ``response._hidden_params["token_routing"]`` carries the
 tokens written by each model, which the router copies into the ledger record.
 
-Streaming yields the whole answer in one chunk after decoding (:class:`OneShotProvider`): the
-hand-off loop keeps both KV caches in step, and it is not worth interleaving with an event loop for
-a CPU-bound local pair.
+Streaming yields each token's text as the pair produces it (async: driven from a worker thread,
+:func:`~triage.policies.kinds.providers.base.iterate_in_thread`); the last chunk carries the usage
+and the per-model split, so a streamed call reaches the ledger with the same receipt.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import litellm
+from litellm.types.llms.openai import ChatCompletionUsageBlock
+from litellm.types.utils import Delta, GenericStreamingChunk, ModelResponse, ModelResponseStream, StreamingChoices
 
 from triage.policies.kinds.providers.base import Answer, OneShotProvider, register_provider
 
@@ -68,15 +71,53 @@ class TokenRoutedProvider(OneShotProvider):
 
     def answer(self, model: str, messages: list, optional_params: dict) -> Answer:
         p = optional_params
-        max_tokens = p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
         with self._lock:
             executor = self._executor(model, p.get("token_routing") or {})
             try:
-                r = executor.complete(messages, max_tokens=int(max_tokens))
+                r = executor.complete(messages, max_tokens=_max_tokens(p))
             except FileNotFoundError as exc:  # router head or model files missing: say which command makes them
-                raise litellm.APIError(status_code=500, message=str(exc), llm_provider=PROVIDER, model=model) from exc
+                raise _missing(exc, model) from exc
         return Answer(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
                       completion_tokens=r.completion_tokens, hidden={"token_routing": _hidden(r)})
+
+    def streaming(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,  # type: ignore[override]
+                  model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                  logging_obj: Any, optional_params: dict, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        p = optional_params or {}
+        with self._lock:  # bad input and missing files raise here, at call time
+            executor = self._executor(model, p.get("token_routing") or {})
+            try:
+                pair, stream = executor.stream(messages, max_tokens=_max_tokens(p))
+            except FileNotFoundError as exc:
+                raise _missing(exc, model) from exc
+        return self._chunks(model, executor, pair, stream)
+
+    def _chunks(self, model: str, executor: Any, pair: Any, stream: Any) -> Iterator[Any]:
+        # The pair's KV caches are one decode's state: the lock is held while this stream decodes
+        # (a consumer that stops early closes the generator, which releases it).
+        with self._lock:
+            for event in stream:
+                if event.text:
+                    yield ModelResponseStream(
+                        model=f"{PROVIDER}/{model}",
+                        choices=[StreamingChoices(index=0, delta=Delta(content=event.text, role="assistant"))],
+                    )
+            r = executor.response(pair, stream)
+        # litellm's generic dict form: the form whose ``usage`` litellm keeps.
+        yield GenericStreamingChunk(
+            text="", tool_use=None, is_finished=True, finish_reason=r.finish_reason, index=0,
+            usage=ChatCompletionUsageBlock(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                                           total_tokens=r.prompt_tokens + r.completion_tokens),
+            provider_specific_fields={"token_routing": _hidden(r)},
+        )
+
+
+def _max_tokens(p: dict[str, Any]) -> int:
+    return int(p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
+
+
+def _missing(exc: FileNotFoundError, model: str) -> Exception:
+    return litellm.APIError(status_code=500, message=str(exc), llm_provider=PROVIDER, model=model)
 
 
 def _hidden(r: Any) -> dict[str, Any]:

@@ -454,3 +454,17 @@ def test_forced_labels_train_a_head_that_routes_a_stream(pair, tmp_path: Path) -
                    max_new_tokens=24)
     assert again.token_ids == r.token_ids and again.sources == r.sources  # greedy: one answer
     assert r.summary()["large_forwards_per_token"] == round(r.large_forwards / r.n_tokens, 4)
+
+
+@pytest.mark.parametrize("module", ["token_routed", "local", "base"])
+def test_importing_a_provider_does_not_reach_for_the_network(module: str) -> None:
+    """litellm fetches its price map from GitHub at import unless told otherwise; every provider
+    module, imported first and alone, must keep it on the copy litellm ships (no network wait)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    out = subprocess.run([sys.executable, "-c", f"import triage.policies.kinds.providers.{module}"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "model cost map" not in out.stderr, out.stderr[-2000:]

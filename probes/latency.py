@@ -35,14 +35,12 @@ def measure_decision_latency(folder: Path | str, texts: Sequence[str], *, n: int
     def lm_row(feature: Any, text: str) -> np.ndarray:
         # The prefill itself, as the router's probe runner does it: a feature's transform may read
         # its on-disk cache, which holds every training query.
-        row_from_prefill = getattr(feature, "row_from_prefill", None)
-        if row_from_prefill is None:
+        if getattr(feature, "row_from_prefill", None) is None:
             return feature.transform([text])
         from triage.lm import get_local_lm
-        from triage.probes.features.lm_internals import query_messages
+        from triage.probes.features.lm_internals import query_prefill, row_maker
 
-        prefill = get_local_lm(feature.model).prefill(query_messages(text), keep_state=False)
-        return row_from_prefill(prefill)[None, :]
+        return row_maker(feature)(query_prefill(get_local_lm(feature.model), text))[None, :]
 
     times = []
     for i, text in enumerate(sample):

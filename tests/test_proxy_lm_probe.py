@@ -99,3 +99,19 @@ def test_replay_router_and_sdk_agree_for_a_proxy_probe(proxy_policy):
     sdk = [router.route(r.messages()) for r in data.records]
     replay = PolicyRouter(path=str(path)).decisions(data, np.arange(data.n))
     assert [d.model_dump() for d in replay] == [d.model_dump() for d in sdk]
+
+
+def test_warm_builds_the_proxy_row_makers_before_any_request(proxy_policy, monkeypatch):
+    """After ``warm()`` (the sidecar's start-up), a request builds nothing for the probe's LM
+    features: making a feature object then would fail this test."""
+    import triage.probes.features as features
+
+    path, _ = proxy_policy
+    router = Router.from_file(path).warm()
+
+    def no_feature_objects_on_the_request_path(*a, **k):
+        raise AssertionError("a feature object was built while serving a request")
+
+    monkeypatch.setattr(features, "make_feature", no_feature_objects_on_the_request_path)
+    routed = router.route_detailed([{"role": "user", "content": QUESTION}])
+    assert routed.decision.strategy in ("cheap", "big")

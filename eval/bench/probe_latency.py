@@ -85,14 +85,10 @@ def lm_ms_per_query(n: int) -> float | None:
     try:
         from triage.probes.features import make_feature
 
+        from triage.eval.bench.timing import time_per_query
+
         feature = make_feature("lm")
-        questions = gsm8k_questions(n + 2)
-        feature.transform(questions[:2])  # load + warm up
-        times = []
-        for q in questions[2:]:
-            t = time.perf_counter()
-            feature.transform([q])
-            times.append(time.perf_counter() - t)
+        times = time_per_query(lambda q: feature.transform([q]), gsm8k_questions(n + 2))
         return float(np.percentile(np.asarray(times) * 1000.0, 50))
     except Exception as exc:  # noqa: BLE001 - reported, not fatal: the text probe figures stand alone
         print(f"lm feature unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)

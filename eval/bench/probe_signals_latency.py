@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,8 @@ def _pct(samples: list[float]) -> dict[str, float]:
 
 def signal_latency(n: int, models: tuple[str, ...] = ("smollm2-135m", "qwen2.5-coder-0.5b")) -> dict[str, Any]:
     from triage.probes.features import make_feature
-    from triage.probes.features.lm_internals import (
-        lm_features_from_prefill,
-        query_messages,
-    )
+    from triage.eval.bench.timing import time_per_query
+    from triage.probes.features.lm_internals import lm_features_from_prefill, query_prefill
 
     from triage.lm import get_local_lm
     from triage.settings import get_settings
@@ -39,24 +36,20 @@ def signal_latency(n: int, models: tuple[str, ...] = ("smollm2-135m", "qwen2.5-c
     for spec in ("lexical", "text:aux=false", "text"):
         name, _, arg = spec.partition(":")
         feature = make_feature(name, **({"aux": False} if arg else {}))
-        feature.transform_checked(questions[:2])  # load + warm up
-        times = []
-        for q in questions[2:]:
-            t = time.perf_counter()
-            feature.transform_checked([q])
-            times.append(time.perf_counter() - t)
+        times = time_per_query(lambda q, f=feature: f.transform_checked([q]), questions)
         out[spec] = _pct(times)
     for model in models:
         print(f"[latency] lm prefill: {model}", file=sys.stderr, flush=True)
         lm = get_local_lm(model)
-        lm.prefill(query_messages(questions[0]), keep_state=False)
-        times, tokens = [], []
-        for q in questions[2:]:
-            t = time.perf_counter()
-            pre = lm.prefill(query_messages(q), keep_state=False)
+        tokens: list[int] = []
+
+        def row(q: str, lm: Any = lm) -> None:
+            pre = query_prefill(lm, q)
             lm_features_from_prefill(pre)
-            times.append(time.perf_counter() - t)
             tokens.append(pre.n_prompt_tokens)
+
+        times = time_per_query(row, questions)
+        del tokens[:len(tokens) - len(times)]  # the warm-up queries' counts
         out[f"lm:{model}"] = {**_pct(times), "prompt_tokens_mean": round(float(np.mean(tokens)), 1),
                               "ms_per_token": round(1000 * float(np.median(np.asarray(times) / tokens)), 3)}
     return out
@@ -78,6 +71,7 @@ def decision_latency(n: int, proxies: tuple[str, ...] = ("text,lm:parts=scalars"
                      train_rows: int = 512) -> dict[str, Any]:
     """``Router.route`` on API-model policies: the text probe and each text+lm proxy probe."""
     import yaml
+    from triage.eval.bench.timing import time_per_query
     from triage.router.core import Router
 
     questions = gsm8k_questions(n + 2)
@@ -92,12 +86,6 @@ def decision_latency(n: int, proxies: tuple[str, ...] = ("text,lm:parts=scalars"
             path = Path(tmp) / f"policy{len(out)}.yaml"
             path.write_text(yaml.safe_dump(policy, sort_keys=False))
             router = Router.from_file(path).warm()
-            for q in questions[:2]:
-                router.route([{"role": "user", "content": q}])
-            times = []
-            for q in questions[2:]:
-                t = time.perf_counter()
-                router.route([{"role": "user", "content": q}])
-                times.append(time.perf_counter() - t)
+            times = time_per_query(lambda q, r=router: r.route([{"role": "user", "content": q}]), questions)
             out[spec] = _pct(times)
     return out

@@ -183,12 +183,18 @@ def main(argv: list[str] | None = None) -> int:
               "--fractions a comma list of numbers)", file=sys.stderr)
         return 2
 
+    from triage.settings import get_settings
     from triage.token_router.decode import decode
-    from triage.token_router.gsm8k import SYSTEM_PROMPT, extract_answer, load_problems, messages_for, same_answer
+    from triage.token_router.gsm8k import (
+        SYSTEM_PROMPT,
+        extract_answer,
+        load_problems,
+        messages_for,
+        same_answer,
+    )
     from triage.token_router.head import head_dir, read_card
     from triage.token_router.pair import load_pair
     from triage.token_router.runner import check_head_fits
-    from triage.settings import get_settings
 
     data = Path(get_settings().data_dir) / "gsm8k" / "test.jsonl"
     problems = load_problems(data, args.start, args.n)

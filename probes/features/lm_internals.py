@@ -80,6 +80,18 @@ def query_messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+def query_prefill(lm: Any, text: str, *, keep_state: bool = False) -> PrefillResult:
+    """The prefill a probe's LM features are read from: ``text`` as one user turn, one query at a
+    time (the request path, the latency card and training all take it from here)."""
+    return lm.prefill(query_messages(text), keep_state=keep_state)
+
+
+def row_maker(feature: Any) -> Any:
+    """What turns one prefill into ``feature``'s row: its own ``row_from_prefill`` (a variant keeps
+    some columns), else the whole LM row."""
+    return getattr(feature, "row_from_prefill", None) or lm_features_from_prefill
+
+
 def lm_feature_names(hidden_size: int) -> list[str]:
     return (
         [f"h_final_{i}" for i in range(hidden_size)]
@@ -186,5 +198,5 @@ class LMInternalsFeature(Feature):
         for i, text in enumerate(texts):
             # One query at a time: padding a batch would change the numbers, and a row must
             # equal what the served model's own prefill gives for the same query.
-            out[i] = lm_features_from_prefill(lm.prefill(query_messages(text), keep_state=False))
+            out[i] = lm_features_from_prefill(query_prefill(lm, text))
         return out

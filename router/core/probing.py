@@ -57,7 +57,8 @@ def probe_lm_name(probe: ProbeLike) -> str | None:
 
 
 class ProbeRunner:
-    """Owns the probe of one router; loads it on first use (thread-safe)."""
+    """Owns the probe of one router: :meth:`load` (the router's ``warm``, the sidecar's start-up)
+    loads it and builds what its LM features need; a request that comes first loads it (thread-safe)."""
 
     def __init__(self, policy: Policy, policy_path: str | None = None, probe: ProbeLike | None = None) -> None:
         self.policy = policy
@@ -70,10 +71,18 @@ class ProbeRunner:
     @property
     def probe(self) -> ProbeLike:
         if self._probe is None:
-            with self._lock:
-                if self._probe is None:
-                    self._probe = load_policy_probe(self.policy, self.policy_path)
-        return self._probe
+            self.load()
+        return self._probe  # type: ignore[return-value]
+
+    def load(self) -> ProbeLike:
+        """Load the probe (unless given) and build its per-feature row makers: the set-up a request
+        would otherwise pay for on first use. Idempotent and thread-safe."""
+        with self._lock:
+            if self._probe is None:
+                self._probe = load_policy_probe(self.policy, self.policy_path)
+            if self._makers is None:
+                self._makers = self._build_row_makers(self._probe)
+            return self._probe
 
     def lm_model(self) -> str | None:
         """The local model whose prefill supplies the probe's LM features (None: text-only probe).
@@ -100,21 +109,19 @@ class ProbeRunner:
                 self._self_probe = any(resolve_model(m).key == key for m in self.policy.local_models())
         return self._self_probe
 
-    def _row_makers(self) -> dict[str, Any]:
+    @staticmethod
+    def _build_row_makers(probe: ProbeLike) -> dict[str, Any]:
         """Per LM feature of the probe, what turns one prefill into its row: the card's feature
-        (``lm:parts=scalars`` keeps 9 of the row's columns), else the whole row (computed once)."""
-        makers = self._makers
-        if makers is None:
-            from triage.probes.features import make_feature
-            from triage.probes.features.lm_internals import lm_features_from_prefill
+        (``lm:parts=scalars`` keeps 9 of the row's columns), else the whole row."""
+        from triage.probes.features import make_feature
+        from triage.probes.features.lm_internals import lm_features_from_prefill, row_maker
 
-            specs = {s.name: s for s in getattr(getattr(self.probe, "card", None), "features", []) or []}
-            makers = {}
-            for name in lm_feature_names(self.probe):
-                spec = specs.get(name)
-                feature = make_feature(spec.name, **(spec.params or {})) if spec is not None else None
-                makers[name] = getattr(feature, "row_from_prefill", lm_features_from_prefill)
-            self._makers = makers
+        specs = {s.name: s for s in getattr(getattr(probe, "card", None), "features", []) or []}
+        makers = {}
+        for name in lm_feature_names(probe):
+            spec = specs.get(name)
+            makers[name] = row_maker(make_feature(spec.name, **(spec.params or {}))) if spec is not None \
+                else lm_features_from_prefill
         return makers
 
     def precompute(self, texts: list[str]) -> dict[str, Any] | None:
@@ -128,13 +135,16 @@ class ProbeRunner:
             return None
         import numpy as np
 
-        from triage.probes.features.lm_internals import query_messages
+        from triage.probes.features.lm_internals import query_prefill
         from triage.lm import get_local_lm
 
         lm = get_local_lm(name)
         keep = self.is_self_probe()
-        prefills = [lm.prefill(query_messages(t), keep_state=keep) for t in texts]
-        return {feature: np.stack([row(p) for p in prefills]) for feature, row in self._row_makers().items()}
+        if self._makers is None:
+            self.load()  # a probe handed in at construction: its makers, once
+        makers = self._makers or {}
+        prefills = [query_prefill(lm, t, keep_state=keep) for t in texts]
+        return {feature: np.stack([row(p) for p in prefills]) for feature, row in makers.items()}
 
     def predict(self, text: str) -> ProbeOutput:
         """The probe's output for one request's text (what the SDK, sidecar and replay all call)."""

@@ -103,7 +103,8 @@ def prepare_bundle(path: str | Path, *, store_prompts: bool, probe: ProbeLike | 
         check_policy_credentials(policy)
         check_policy_models(policy, installed=installed)
         bundle = make_bundle(policy, str(path), probe, store_prompts, fingerprint)
-        out = bundle.probe.predict(CANARY)  # loads the probe artifact; a broken one fails here
+        bundle.probe.load()  # the artifact and what its LM features need; a broken one fails here
+        out = bundle.probe.predict(CANARY)
         decide(bundle.policy, out)
         if register_providers:
             for kind in {s.kind.name: s.kind for s in policy.strategies.values()}.values():

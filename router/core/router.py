@@ -167,7 +167,7 @@ class Router:
 
     def warm(self) -> "Router":
         """Load the probe (and register the local provider) now rather than on the first request."""
-        _ = self.probe
+        self._probe.load()
         self._ensure_providers()
         return self
 

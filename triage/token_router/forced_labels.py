@@ -41,7 +41,14 @@ from triage.token_router.decode import ModelStream, prompt_ids
 from triage.token_router.engine import teacher_forced, token_embeddings
 from triage.token_router.features import DEFAULT_TOP_K, FEATURE_VERSION, router_features
 from triage.token_router.gsm8k import extract_answer, messages_for, same_answer
-from triage.token_router.labels import CATEGORY_NAMES, DIVERGENT, IDENTICAL, NEUTRAL, UNRESOLVED, collect
+from triage.token_router.labels import (
+    CATEGORY_NAMES,
+    DIVERGENT,
+    IDENTICAL,
+    NEUTRAL,
+    UNRESOLVED,
+    collect,
+)
 
 LABEL_RULE_VERSION = 2  # 2: the solution ends with the chat template's end-of-turn token
 LABEL_RULE = ("teacher-forced on the GSM8K reference solution: identical if small==large greedy; divergent if "
@@ -249,7 +256,7 @@ def verify_sample(pair: Any, folder: Path | None = None, *, per_category: int = 
     out = Path(folder or forced_labels_dir())
     eos = pair.eos_ids
     tok = pair.tokenizer
-    decode_text = lambda ids: tok.decode([t for t in ids if t not in eos], skip_special_tokens=True)  # noqa: E731
+    decode_text = lambda ids: tok.decode([t for t in ids if t not in eos], skip_special_tokens=True)
     rng = random.Random(seed)
     pool: dict[int, list[tuple[int, int]]] = {c: [] for c in categories}
     records = {}
@@ -295,5 +302,17 @@ def verify_sample(pair: Any, folder: Path | None = None, *, per_category: int = 
     return results
 
 
-__all__ = ["ForcedSettings", "LABEL_RULE", "end_of_turn_id", "solution_ids", "Reference", "categorise", "forced_labels_dir", "label_reference",
-           "load_references", "reference_solution", "run_forced_labels", "verify_sample"]
+__all__ = [
+    "LABEL_RULE",
+    "ForcedSettings",
+    "Reference",
+    "categorise",
+    "end_of_turn_id",
+    "forced_labels_dir",
+    "label_reference",
+    "load_references",
+    "reference_solution",
+    "run_forced_labels",
+    "solution_ids",
+    "verify_sample",
+]

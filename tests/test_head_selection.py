@@ -35,6 +35,30 @@ def test_noise_features_get_the_strongest_regularisation():
     assert head.describe()[1]["C"] == min(cs) < min(DEFAULT_C_GRID)
 
 
+def test_the_tier_model_chooses_its_own_regularisation():
+    """Success labels that carry little signal choose a tiny C; tiers that a feature predicts well
+    must not inherit it (a flat tier model routes every query alike)."""
+    rng = np.random.default_rng(1)
+    n, d = 600, 40
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    s = np.column_stack([rng.random(n) < 0.5, rng.random(n) < 0.5]).astype(np.int8)  # noise
+    tier = np.digitize(X[:, 1] + 0.3 * rng.normal(size=n), [-0.5, 0.5])  # strong: feature 1
+    test = np.arange(n) >= 450
+    head = make_head("auto").fit(X[~test], s[~test], tier[~test])
+    params = head.describe()[1]
+    assert params["tier_C"] > params["C"], params
+    assert head.selection_["tier"]["chosen"]["tier_C"] == params["tier_C"]
+    shared = make_head("logreg", C=params["C"]).fit(X[~test], s[~test], tier[~test])
+
+    def held_out_loss(h) -> float:
+        _, probs = h.predict_proba(X[test])
+        return float(-np.log(np.clip(probs[np.arange(int(test.sum())), tier[test]], 1e-4, 1)).mean())
+
+    assert held_out_loss(head) < held_out_loss(shared) - 0.1
+    _, probs = head.predict_proba(X[test])
+    assert probs[:, 2].std() > 0.2  # P(hard) moves with the query
+
+
 def test_the_search_can_be_held_to_the_grid():
     X, s, tier = _data(300, 200, signal=0.0)
     head = make_head("auto", extend=0).fit(X, s, tier)
@@ -102,7 +126,10 @@ def test_probe_train_records_the_selection_in_the_card(probe_slice_file, tmp_pat
     head = json.loads((out / "card.json").read_text())["head"]
     tried = [c["params"]["C"] for c in head["selection"]["candidates"]]
     assert head["kind"] == "logreg" and head["params"]["C"] in tried and set(DEFAULT_C_GRID) <= set(tried)
-    assert head["selection"]["chosen"] == {"head": "logreg", "params": {"C": head["params"]["C"]}}
+    assert head["selection"]["chosen"] == {"head": "logreg", "params": {"C": head["params"]["C"],
+                                                                        "tier_C": head["params"]["tier_C"]}}
+    tier_tried = [c["C"] for c in head["selection"]["tier"]["candidates"]]
+    assert head["params"]["tier_C"] in tier_tried and set(DEFAULT_C_GRID) <= set(tier_tried)
     assert head["selection"]["rows"] == 200
 
     fixed = tmp_path / "fixed"

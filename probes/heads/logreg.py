@@ -29,20 +29,25 @@ class _Constant:
 class LogRegHead(Head):
     name = "logreg"
 
-    def __init__(self, C: float = 0.05, max_iter: int = 2000, class_weight: str | None = None) -> None:
+    def __init__(self, C: float = 0.05, max_iter: int = 2000, class_weight: str | None = None,
+                 tier_C: float | None = None) -> None:
         self.C = C
         self.max_iter = max_iter
         self.class_weight = class_weight
+        self.tier_C = tier_C  # the tier model's own regularisation (None: C); the auto head chooses it
 
-    def _pipeline(self) -> Any:
+    def _pipeline(self, C: float | None = None) -> Any:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         return make_pipeline(
             StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight),
+            LogisticRegression(C=self.C if C is None else C, max_iter=self.max_iter, class_weight=self.class_weight),
         )
+
+    def _tier_pipeline(self) -> Any:
+        return self._pipeline(self.tier_C)
 
     def fit(self, X: np.ndarray, success: np.ndarray, tier: np.ndarray) -> "LogRegHead":
         X = np.asarray(X, dtype=np.float32)
@@ -62,7 +67,7 @@ class LogRegHead(Head):
             self.tier_model_: Any = _Constant(probs)
             self.tier_classes_ = np.arange(len(TIERS))
         else:
-            self.tier_model_ = self._pipeline().fit(X, t)
+            self.tier_model_ = self._tier_pipeline().fit(X, t)
             self.tier_classes_ = present
         return self
 
@@ -100,7 +105,7 @@ class LogRegHead(Head):
             self.tier_classes_ = np.arange(len(TIERS))
         else:
             Xt = np.tile(X, (len(TIERS), 1))[keep]
-            self.tier_model_ = self._pipeline().fit(Xt, t[keep], logisticregression__sample_weight=w[keep])
+            self.tier_model_ = self._tier_pipeline().fit(Xt, t[keep], logisticregression__sample_weight=w[keep])
             self.tier_classes_ = present
         return self
 

@@ -11,6 +11,11 @@ candidate within ``tolerance`` of the best loses to a simpler one (smaller C, lo
 noise does not buy a weaker regulariser. When the best C is at an edge of the grid, the search goes
 up to ``extend`` steps past it (x2.5 apart): the default probe's 15k rows chose the grid's smallest C.
 
+The tier model is a separate multinomial fit with its own needs: the C that is best for the success
+labels can flatten it (the default probe's rows chose C=0.0008, and P(hard) no longer told
+"What is 2 + 2?" from a proof). So when logreg wins, its ``tier_C`` is chosen the same way on the
+multinomial log loss of the tier labels (same inner folds, same grid and edge extension).
+
 The fitted head is the chosen candidate refitted on every row; :meth:`AutoHead.describe` gives its
 kind and parameters plus the selection table for the probe card.
 """
@@ -145,9 +150,38 @@ class AutoHead(Head):
 
         cands, scores, chosen = self._search(self.candidates(), score)
         self._record(cands, scores, chosen, n, weighted=False)
-        self.best_ = make_head(cands[chosen][0], **cands[chosen][1]).fit(X, S, tier)
+        if cands[chosen][0] == "logreg":
+            self._choose_tier_C(X, np.asarray(tier).astype(int), folds)
+        self.best_ = make_head(self.chosen_[0], **self.chosen_[1]).fit(X, S, tier)
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _choose_tier_C(self, X: np.ndarray, tier: np.ndarray, folds: np.ndarray) -> None:
+        """The tier model's C by the same inner folds, on the multinomial log loss of the tier labels."""
+        if np.unique(tier).size < 2:
+            return
+        no_success = np.zeros((X.shape[0], 1), dtype=np.int8)  # constant: no success model is fitted
+
+        def score(_: str, params: dict[str, Any]) -> float:
+            losses = []
+            for k in range(int(folds.max()) + 1):
+                test = folds == k
+                head = make_head("logreg", C=params["C"]).fit(X[~test], no_success[~test], tier[~test])
+                _, probs = head.predict_proba(X[test])
+                p = np.clip(probs[np.arange(int(test.sum())), tier[test]].astype(np.float64), _EPS, 1.0)
+                losses.append(-np.log(p))
+            return float(np.mean(np.concatenate(losses)))
+
+        grid = [c for c in self.candidates() if c[0] == "logreg"]
+        cands, scores, chosen = self._search(grid, score)
+        tier_C = cands[chosen][1]["C"]
+        self.chosen_ = (self.chosen_[0], {**self.chosen_[1], "tier_C": tier_C})
+        self.selection_["chosen"] = {"head": self.chosen_[0], "params": dict(self.chosen_[1])}
+        self.selection_["tier"] = {
+            "score": "mean out-of-fold multinomial log loss of the tier labels",
+            "candidates": [{"C": p["C"], "log_loss": round(v, 6)} for (_, p), v in zip(cands, scores, strict=True)],
+            "chosen": {"tier_C": tier_C},
+        }
 
     def fit_logged(self, X: np.ndarray, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                    tier_targets: np.ndarray | None) -> "AutoHead":

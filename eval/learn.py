@@ -5,8 +5,9 @@ Every step is an existing piece; this module chains them and refuses at the firs
 
 1. export the ledger as logged bandit data (:func:`triage.router.ledger.export.export_jsonl`, prompts
    required: :class:`~triage.router.ledger.logged.PromptsMissingError`);
-2. train a probe on it, inverse-propensity weighted (:mod:`triage.probes.bandit_training`; labels with
-   too few logged outcomes are refused: the logging policy never explored them);
+2. train a probe on it (:mod:`triage.probes.bandit_training`: per label an inverse-propensity weighted
+   or unweighted fit, whichever has the lower IPS-weighted cross-fitted log loss; labels with too few
+   logged outcomes are refused: the logging policy never explored them);
 3. calibrate the new policy to the objective. Tier shares need only the probe outputs. A target
    accuracy or cost cap needs every strategy's outcome on every query, which logged data lacks; it
    is calibrated on doubly-robust pseudo-outcomes instead: ``G[i, a] = q(x_i, a) + 1[a = a_i] /
@@ -61,6 +62,7 @@ class LearnConfig:
     features: str | None = None
     folds: int = 5
     max_weight: float = 20.0
+    weighting: str = "auto"  # per-label fit weighting (triage.probes.bandit_training): auto, ips or none
     min_rows: int = 30
     assume_propensity: float | None = None
     support_tolerance: float = 0.01
@@ -158,7 +160,7 @@ def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], 
     feats = parse_features(_features(cfg, policy))
     config = TrainConfig(features=[f.name for f in feats], folds=cfg.folds, seed=cfg.seed, n_boot=100,
                          head_params={"C": 0.02})
-    trained = train_logged_probe(labels, config, features=feats, data_name=export.stem)
+    trained = train_logged_probe(labels, config, features=feats, weighting=cfg.weighting, data_name=export.stem)
     trained.data_fingerprint = file_fingerprint(export)
     trained.data_fingerprint["split"] = "all"
     export_probe(trained, out, command=cfg.command or "triage learn", plot=False)

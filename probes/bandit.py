@@ -260,7 +260,9 @@ def weights_for(labels: LoggedLabels, rows: np.ndarray, j: int, *, weighting: st
 
 def weighting_summary(labels: LoggedLabels, weighting: str) -> Mapping[str, Any]:
     return {
-        "estimator": "inverse propensity weighted (clipped)" if weighting == "ips" else "unweighted",
+        "estimator": {"ips": "inverse propensity weighted (clipped)", "none": "unweighted",
+                      "auto": "per label: IPS-weighted or unweighted fit, whichever has the lower IPS-weighted "
+                              "cross-fitted log loss (see weighting)"}[weighting],
         "max_weight": labels.max_weight,
         "assumed_propensity": labels.assumed_propensity,
         "tier_rule": "tier from per-label success estimates, labels independent given the query",

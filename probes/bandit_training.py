@@ -11,6 +11,17 @@ calibration fitted on out-of-fold predictions, honest cross-calibrated metrics -
 3. metrics are per label on its logged rows: AUROC (unweighted: it ranks the queries the label saw)
    and IPS-weighted Brier / base rate (what the label would score on all logged queries).
 
+Weighting (``weighting``): ``ips`` fits and calibrates every label inverse-propensity weighted,
+``none`` unweighted, ``auto`` (the default) chooses per label by the IPS-weighted log loss of the
+cross-fitted, cross-calibrated predictions on the label's logged rows - an estimate of the loss on
+*all* logged queries, so unbiased whichever fit produced the predictions. Why a choice: weighting
+removes the bias of a per-label model only where the logging policy chose by something the features
+do not see (tests/test_bandit_training.py); where it chose by the query's features (a probe's
+policy, the simulator) the conditional model is unbiased unweighted, and the weights only cost
+variance - with epsilon 0.2 exploration the explored rows weigh 10x the greedy ones, the effective
+sample size drops to ~35% of the rows, and on SimpleQA the strong label's cross-fitted AUROC fell to
+0.50, which Platt calibration then flattened to a constant (eval/bench/learning_loop.py).
+
 Doubly-robust targets are not used: per-label logistic models cannot take the DR pseudo-outcomes
 (outside 0..1), and on the shared data IPS with clipping already tracks the full-information probe
 (tests/test_bandit_training.py).
@@ -46,25 +57,54 @@ from triage.probes.training import (
     parse_features,
 )
 
-WEIGHTINGS = ("ips", "none")
+WEIGHTINGS = ("auto", "ips", "none")
+#: Predictions are clipped to this before the log loss (a calibrated 0 or 1 would be infinite).
+_LOSS_EPS = 1e-4
 
 
-def _fit(config: TrainConfig, X: np.ndarray, labels: LoggedLabels, rows: np.ndarray, weighting: str,
+def _fit(config: TrainConfig, X: np.ndarray, labels: LoggedLabels, rows: np.ndarray, weighting: Sequence[str],
          tier_targets: np.ndarray | None = None) -> Any:
     per_label = []
     for j in range(labels.m):
-        sel, w = weights_for(labels, rows, j, weighting=weighting)
+        sel, w = weights_for(labels, rows, j, weighting=weighting[j])
         per_label.append((rows[sel], labels.success[rows[sel]], w))
     head = make_head(config.head, **config.head_params)
     return head.fit_logged(X, per_label, tier_targets)
 
 
-def _calibrate(method: str, p: np.ndarray, labels: LoggedLabels, rows: np.ndarray, weighting: str) -> list[dict]:
+def _calibrate(method: str, p: np.ndarray, labels: LoggedLabels, rows: np.ndarray,
+               weighting: Sequence[str]) -> list[dict]:
     out = []
     for j in range(labels.m):
-        sel, w = weights_for(labels, rows, j, weighting=weighting)
+        sel, w = weights_for(labels, rows, j, weighting=weighting[j])
         out.append(cal.fit_binary(method, p[rows[sel], j], labels.success[rows[sel]], w))
     return out
+
+
+def _cross_fit(config: TrainConfig, X: np.ndarray, labels: LoggedLabels, folds: np.ndarray,
+               weighting: Sequence[str], progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold, cross-calibrated out-of-fold) success predictions, (n, m) each."""
+    n = labels.n
+    oof_s = np.zeros((n, labels.m), dtype=np.float32)
+    for k in range(config.folds):
+        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        oof_s[test] = _fit(config, X, labels, train, weighting).predict_proba(X[test])[0]
+        progress.advance()
+    cal_s = np.zeros_like(oof_s)
+    for k in range(config.folds):
+        test = folds == k
+        params = _calibrate(config.calibration, oof_s, labels, np.flatnonzero(~test), weighting)
+        cal_s[test] = np.column_stack([cal.apply_binary(c, oof_s[test, j]) for j, c in enumerate(params)])
+    return oof_s, cal_s
+
+
+def ips_log_loss(labels: LoggedLabels, p: np.ndarray, j: int) -> float:
+    """Label j's log loss over all logged queries, estimated on its rows with the clipped IPS weights."""
+    sel = labels.label == j
+    y = labels.success[sel].astype(float)
+    q = np.clip(np.asarray(p[sel, j], dtype=float), _LOSS_EPS, 1.0 - _LOSS_EPS)
+    w = labels.weight[sel]
+    return float(-(w * (y * np.log(q) + (1.0 - y) * np.log1p(-q))).sum() / w.sum())
 
 
 def _label_metrics(labels: LoggedLabels, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
@@ -90,11 +130,12 @@ def train_logged_probe(
     cache_dir: Path | str | None = None,
     precomputed: Mapping[str, np.ndarray] | None = None,
     progress: Progress | None = None,
-    weighting: str = "ips",
+    weighting: str = "auto",
     data_name: str = "logged",
 ) -> TrainedProbe:
     """Fit a probe on logged rows (see the module docstring). ``weighting="none"`` is the naive fit
-    (kept for comparison; it is biased whenever the logging policy depended on the query)."""
+    (biased whenever the logging policy chose by something the features do not see), ``"ips"``
+    always weights, ``"auto"`` chooses per label by the IPS-weighted cross-fitted log loss."""
     config = config or TrainConfig()
     progress = progress or _Silent()
     if weighting not in WEIGHTINGS:
@@ -106,24 +147,24 @@ def train_logged_probe(
     X = feature_matrix(feats, labels.texts, cache_dir=cache_dir, precomputed=precomputed, progress=progress)
     n, m = labels.n, labels.m
     folds = fold_ids(labels.label * 2 + labels.success, config.folds, config.seed)
-    oof_s = np.zeros((n, m), dtype=np.float32)
-    progress.start(f"cross-fitting {config.head} on logged rows ({config.folds} folds)", config.folds)
-    for k in range(config.folds):
-        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        oof_s[test] = _fit(config, X, labels, train, weighting).predict_proba(X[test])[0]
-        progress.advance()
+    tried = ("ips", "none") if weighting == "auto" else (weighting,)
+    fits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for wt in tried:
+        progress.start(f"cross-fitting {config.head} on logged rows ({config.folds} folds, {wt} weights)",
+                       config.folds)
+        fits[wt] = _cross_fit(config, X, labels, folds, [wt] * m, progress)
+    losses = [{wt: ips_log_loss(labels, fits[wt][1], j) for wt in tried} for j in range(m)]
+    # Ties (uniform logging: the two fits coincide) keep the IPS fit, the unbiased one.
+    chosen = [min(tried, key=lambda wt, j=j: (losses[j][wt], wt != "ips")) for j in range(m)]
+    oof_s = np.column_stack([fits[chosen[j]][0][:, j] for j in range(m)]).astype(np.float32)
+    cal_s = np.column_stack([fits[chosen[j]][1][:, j] for j in range(m)]).astype(np.float32)
     everything = np.arange(n)
     method = config.calibration
-    calibration = {"method": method, "success": _calibrate(method, oof_s, labels, everything, weighting),
+    calibration = {"method": method, "success": _calibrate(method, oof_s, labels, everything, chosen),
                    "tier": {"method": "none"}}
-    cal_s = np.zeros_like(oof_s)
-    for k in range(config.folds):
-        test = folds == k
-        params = _calibrate(method, oof_s, labels, np.flatnonzero(~test), weighting)
-        cal_s[test] = np.column_stack([cal.apply_binary(c, oof_s[test, j]) for j, c in enumerate(params)])
     tier_targets = tier_from_success(cal_s, labels.rule.easy_candidates)
     progress.start("final fit on all logged rows", 1)
-    head = _fit(config, X, labels, everything, weighting, tier_targets)
+    head = _fit(config, X, labels, everything, chosen, tier_targets)
     progress.advance()
     observed = labels.observed()
     success = np.zeros((n, m), dtype=np.int8)
@@ -136,7 +177,9 @@ def train_logged_probe(
                 "(AUROC unweighted; base rate and Brier inverse-propensity weighted)",
         "calibrated": _label_metrics(labels, cal_s, config.n_boot, config.seed),
     }
-    logged = {**weighting_summary(labels, weighting), "rows": n, "labels": labels.summary()}
+    logged = {**weighting_summary(labels, weighting), "rows": n, "labels": labels.summary(),
+              "weighting": {c: {"chosen": chosen[j], "ips_weighted_log_loss": {k: round(v, 5) for k, v in losses[j].items()}}
+                            for j, c in enumerate(labels.candidates)}}
     return TrainedProbe(config=config, features=feats, labels=probe_labels, head=head, calibration=calibration,
                         metrics=metrics, oof_success=cal_s, oof_tier=tier_targets, X=X, data_name=data_name,
                         logged=logged, training_rows=training_rows_block(labels.texts))

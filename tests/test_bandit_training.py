@@ -129,6 +129,43 @@ def test_inverse_propensity_weighting_fixes_skewed_logging(world):
     assert naive[world.cands[1]]["bias"] < -0.05  # and GPT-4 looks worse than it is
 
 
+def test_auto_weighting_keeps_ips_where_it_removes_bias_and_drops_it_where_it_only_adds_variance(world):
+    """``weighting="auto"`` (the default) picks, per label, the fit with the lower IPS-weighted
+    cross-fitted log loss. (a) The informed logger of the test above: the unweighted Mixtral model is
+    biased, so auto keeps IPS and matches the IPS probe. (b) A logger that chose by the query's
+    features only (the full-information probe's own cross-fitted P(Mixtral succeeds), greedy with 10%
+    exploration, as a probe-driven policy logs): the unweighted per-label models are unbiased given x,
+    while weights of 9 vs 1.1 halve the effective sample size; auto then drops the weights for at least
+    one label and ranks at least as well as the IPS fit (test AUROC, summed over the labels)."""
+    weak = world.cands[0]
+
+    def informed(r) -> np.ndarray:
+        return np.array([0.9, 0.1]) if r.outcomes[weak].score >= 0.5 else np.array([0.1, 0.9])
+
+    labels = make_logged_labels(world.logged(informed))
+    auto = train_logged_probe(labels, CONFIG, features=world.feats)
+    assert auto.logged["weighting"][weak]["chosen"] == "ips", auto.logged["weighting"]
+    assert abs(world.scores(auto)[weak]["bias"]) < 0.04
+
+    p_weak = dict(zip(world.full.labels.rows.tolist(), world.full.oof_success[:, 0].tolist(), strict=True))
+    row_of = {r.id: k for k, r in enumerate(world.train)}  # ReplayData.from_records keeps the order
+    cut = float(np.median(world.full.oof_success[:, 0]))
+
+    def by_features(r) -> np.ndarray:
+        easy = p_weak.get(row_of[r.id], cut) >= cut
+        return np.array([0.9, 0.1]) if easy else np.array([0.1, 0.9])
+
+    labels = make_logged_labels(world.logged(by_features))
+    auto = train_logged_probe(labels, CONFIG, features=world.feats)
+    ips = train_logged_probe(labels, CONFIG, features=world.feats, weighting="ips")
+    chosen = {c: v["chosen"] for c, v in auto.logged["weighting"].items()}
+    assert "none" in chosen.values(), auto.logged["weighting"]
+    got, base = world.scores(auto), world.scores(ips)
+    assert sum(got[c]["auroc"] for c in world.cands) >= sum(base[c]["auroc"] for c in world.cands) - 1e-9, (got, base)
+    for c, v in auto.logged["weighting"].items():  # the choice is the lower of the two recorded losses
+        assert v["ips_weighted_log_loss"][v["chosen"]] == min(v["ips_weighted_log_loss"].values())
+
+
 def _write(records, path: Path) -> Path:
     write_replay(records, path)
     return path
@@ -162,7 +199,8 @@ def test_probe_train_reads_a_ledger_export(world, logged_probe):
     _, folder = logged_probe
     card = json.loads((folder / "card.json").read_text())
     logged = card["training_data"]["logged"]
-    assert logged["estimator"].startswith("inverse propensity") and logged["max_weight"] == 20.0
+    assert logged["estimator"].startswith("per label: IPS-weighted or unweighted") and logged["max_weight"] == 20.0
+    assert {v["chosen"] for v in logged["weighting"].values()} <= {"ips", "none"}  # `triage probe train` chose
     assert set(logged["labels"]) == set(world.cands) and all(v["ess"] > 1000 for v in logged["labels"].values())
     assert card["labels"] == world.cands
     probe = load_probe(folder)
@@ -177,6 +215,16 @@ def test_missing_propensity_is_refused_unless_assumed(world, tmp_path):
     res = _train(data, tmp_path / "p", "--assume-propensity", "1")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "p" / "card.json").read_text())["training_data"]["logged"]["assumed_propensity"] == 1
+
+
+def test_probe_train_weighting_can_be_fixed_and_is_checked(world, tmp_path):
+    data = _write(world.logged(uniform)[:600], tmp_path / "export.jsonl")
+    res = _train(data, tmp_path / "p", "--weighting", "none")
+    assert res.exit_code == 0, res.output
+    logged = json.loads((tmp_path / "p" / "card.json").read_text())["training_data"]["logged"]
+    assert logged["estimator"] == "unweighted"
+    _one_line_exit_2(_train(data, tmp_path / "q", "--weighting", "sometimes"), "--weighting must be auto, ips or none")
+    assert not (tmp_path / "q").exists()
 
 
 def test_too_few_rows_for_a_candidate_is_refused(world, tmp_path):

@@ -23,17 +23,19 @@ of the best strategy's accuracy; when that is refused, tier shares 0.5/0.25/0.25
 * exploration cost: the chosen strategies' cost minus the greedy choices' on the round's traffic.
 
 No choice is made on the test split: the pair, the objective, epsilon and the features are fixed
-before any test figure is read. Subsampling (one run in ~10 min on 2 cores): at most ``--train``
-train rows (a seed-0 shuffle of each train split: RouterBench's file is grouped by task) split into ``--rounds``
-rounds, and ``--test`` test rows drawn with seed 0. `triage learn` trains on 70% of the logged
-queries (the rest is its OPE holdout); the full-information probe sees every train row.
+before any test figure is read. Traffic is the whole train split (a seed-0 shuffle: RouterBench's
+file is grouped by task) in rounds of about ``--round-size`` queries (``--rounds`` fixes the count
+instead); the whole test split is scored. ``--train`` / ``--test`` cap them (seed-0 draws) for quick
+runs. `triage learn` trains on 70% of the logged queries (the rest is its OPE holdout); the
+full-information probe sees every train row.
 
-    python eval/bench/learning_loop.py --json [--rounds 3 --train 1500 --test 600]
+    python eval/bench/learning_loop.py --json [--round-size 500 | --rounds N] [--train N --test N]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -143,8 +145,10 @@ def router_figures(data: Any, specs: list[str]) -> dict[str, dict[str, Any]]:
     """Every router's and baseline's curve metrics on the test rows (split protocol: fit on train)."""
     from triage.eval.evaluation import evaluate
 
-    res = evaluate(data, specs, n_boot=0, protocol="split")
-    keep = ("aiq", "apgr", "cost_ratio_at_best_accuracy", "accuracy", "cost")
+    # 95% bootstrap intervals over the test rows (not paired between routers): how far apart AIQs
+    # must be to mean anything - the full-information router's gain over random is ~0.02-0.06 AIQ.
+    res = evaluate(data, specs, n_boot=200, protocol="split")
+    keep = ("aiq", "aiq_ci", "apgr", "cost_ratio_at_best_accuracy", "accuracy", "cost")
     figs = {}
     for key, r in res.routers.items():
         m = r.metrics
@@ -159,7 +163,15 @@ def gain_share(aiq: float | None, random_aiq: float | None, full_aiq: float | No
     return (aiq - random_aiq) / (full_aiq - random_aiq)
 
 
-def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -> dict[str, Any]:
+def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each round: ``rounds`` equal parts, or parts of about ``round_size`` rows."""
+    k = rounds if rounds > 0 else max(1, round(n / round_size))
+    cuts = np.linspace(0, n, k + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
+
+
+def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
+                round_size: int = 500) -> dict[str, Any]:
     from triage.errors import TriageError
     from triage.eval.calibrate import Objective
     from triage.eval.learn import LearnConfig, learn
@@ -168,9 +180,9 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
 
     t0 = time.perf_counter()
     train, test_recs = load(name)
-    train = train[:n_train]
+    train = train[:n_train] if n_train > 0 else train
     rng = np.random.default_rng(0)
-    if len(test_recs) > n_test:
+    if 0 < n_test < len(test_recs):
         test_recs = [test_recs[i] for i in sorted(rng.choice(len(test_recs), n_test, replace=False))]
     cheap, strong = pick_pair(train)
     # Train rows (split "train") and test rows (split "test"): the evaluator fits learned routers on
@@ -185,10 +197,9 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
     out: dict[str, Any] = {"pair": {"cheap": cheap, "strong": strong}, "train_rows": len(train),
                            "test_rows": len(test_recs), "rounds": []}
     probes: list[tuple[int, str]] = []
-    chunk = len(train) // rounds
-    for r in range(rounds):
-        sim = simulate(train[r * chunk:(r + 1) * chunk], policy_path, ledger, seed=r)
-        row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "traffic_total": (r + 1) * chunk,
+    for r, (lo, hi) in enumerate(round_bounds(len(train), rounds, round_size)):
+        sim = simulate(train[lo:hi], policy_path, ledger, seed=r)
+        row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "traffic_total": hi,
                                "explored": sim.explored, "exploration_cost_usd": sim.exploration_cost_usd,
                                "exploration_cost_share": sim.exploration_cost_usd / sim.greedy_cost_usd
                                if sim.greedy_cost_usd else None,
@@ -207,7 +218,12 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
             held = [full[i.split(":", 1)[1]] for i in res.holdout_ids]
             truth_test = policy_value(res.policy, test_recs)
             truth_logged = policy_value(res.policy, held)
+            card = json.loads((Path(res.probe) / "card.json").read_text(encoding="utf-8"))
+            logged = (card.get("training_data") or {}).get("logged") or {}
             row.update({"version": res.new_version, "logged_rows": res.rows, "verdict": res.verdict,
+                        # per label: logged rows, successes, IPS effective sample size, the weighting chosen
+                        "probe_labels": {c: {**v, **(logged.get("weighting") or {}).get(c, {})}
+                                         for c, v in (logged.get("labels") or {}).items()},
                         "ope_new_policy": ope_figures(res, truth_test, truth_logged)})
             probes.append((r + 1, str(res.probe)))
         out["rounds"].append(row)
@@ -230,6 +246,8 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
            for m in ("accuracy",)]
     cov_cost = [x["ope_new_policy"]["cost"]["dr_covers_test"] for x in out["rounds"] if "ope_new_policy" in x]
     out["dr_coverage_test"] = {"accuracy": sum(cov), "cost": sum(cov_cost), "rounds": len(cov)}
+    out["gain_share_per_round"] = [x.get("test_router", {}).get("gain_share_of_full_information")
+                                   for x in out["rounds"]]
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -237,19 +255,22 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--train", type=int, default=1500)
-    ap.add_argument("--test", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=0, help="Number of rounds (0: from --round-size).")
+    ap.add_argument("--round-size", type=int, default=500, help="About this many queries per round.")
+    ap.add_argument("--train", type=int, default=0, help="Cap on train rows used as traffic (0: all).")
+    ap.add_argument("--test", type=int, default=0, help="Cap on test rows scored (0: all).")
     ap.add_argument("--datasets", default="routerbench,simpleqa")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
-    doc: dict[str, Any] = {"config": {"rounds": args.rounds, "train": args.train, "test": args.test,
-                                      "epsilon": EPSILON, "features": FEATURES, "seed": 0}, "datasets": {}}
+    doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
+                                      "test": args.test, "epsilon": EPSILON, "features": FEATURES, "seed": 0,
+                                      "bandit_weighting": "auto (triage.probes.bandit_training)"},
+                           "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="learning-loop-") as tmp:
         for name in args.datasets.split(","):
             work = Path(tmp) / name
             work.mkdir()
-            doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work)
+            doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size)
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())

@@ -119,6 +119,9 @@ def train_cmd(
         "--max-weight", help="Logged data: clip of the inverse-propensity weights.")] = 20.0,
     min_rows: Annotated[int, typer.Option(
         "--min-rows", help="Logged data: fewest logged outcomes a label needs.")] = 30,
+    weighting: Annotated[str, typer.Option(
+        "--weighting", help="Logged data: auto (per label, the IPS-weighted or unweighted fit with the lower "
+                            "IPS-weighted cross-fitted log loss), ips or none.")] = "auto",
 ) -> None:
     """Train a probe on replay outcomes and export it (ONNX + card) to OUT.
 
@@ -139,6 +142,8 @@ def train_cmd(
         fail(f"--calibration must be one of {', '.join(METHODS)}, got {calibration!r}")
     if folds < 2:
         fail(f"--folds must be at least 2, got {folds}")
+    if weighting not in ("auto", "ips", "none"):
+        fail(f"--weighting must be auto, ips or none, got {weighting!r}")
     feats = parse_features(features)  # unknown feature -> one line, exit 2
     budgets = dict(parse_budget(b) for b in budget or [])
     head, head_params = _head_choice(head, C, seed)
@@ -148,7 +153,7 @@ def train_cmd(
     )
     logged = _load_logged(data, split, candidates, config.rule, assume_propensity, max_weight, min_rows)
     if logged is not None:
-        _train_logged(ctx, logged, config, feats, data, split, out)
+        _train_logged(ctx, logged, config, feats, data, split, out, weighting)
         return
     dataset = _load_data(data, split, candidates)
     with _progress() as progress:
@@ -202,14 +207,14 @@ def _load_logged(path: Path, split: str, candidates: str | None, rule: Any, assu
 
 
 def _train_logged(ctx: typer.Context, labels: Any, config: Any, feats: list[Any], data: Path, split: str,
-                  out: Path) -> None:
+                  out: Path, weighting: str = "auto") -> None:
     from triage.probes.bandit_training import train_logged_probe
     from triage.probes.export import export_probe
     from triage.probes.training import file_fingerprint
 
     with _progress() as progress:
-        trained = train_logged_probe(labels, config, features=feats, progress=StepProgress(progress),
-                                     data_name=data.stem)
+        trained = train_logged_probe(labels, config, features=feats, weighting=weighting,
+                                     progress=StepProgress(progress), data_name=data.stem)
     trained.data_fingerprint = file_fingerprint(data)
     trained.data_fingerprint["split"] = split
     card = export_probe(trained, out, command=_command_line(ctx))

@@ -41,8 +41,12 @@ def check_policy_credentials(policy: Policy) -> None:
 
 
 def register_settings_secrets(settings: Any) -> None:
-    """Register the secrets of sidecar settings (the ledger URL's password) for scrubbing."""
+    """Register the secrets of sidecar settings (the ledger URL's password, the decision-token
+    HMAC key) for scrubbing."""
     register_url_secret(getattr(settings, "ledger_url", None))
+    token_secret = getattr(settings, "decision_token_secret", None)
+    if token_secret is not None:
+        register_secret(token_secret.get_secret_value())
     register_env_secrets()
 
 

@@ -170,6 +170,9 @@ class RouteResponse(BaseModel):
     request_id: str
     policy: str
     decision: dict[str, Any] = Field(description="Tier, probabilities, strategy, model, budget, expected cost...")
+    decision_token: str = Field(description="Send as header x-triage-decision-token on the chat call with the "
+                                "same model and messages: it then draws this decision's strategy.")
+    decision_token_ttl_s: float = Field(description="Seconds the token is accepted for.")
 
 
 class FeedbackRequest(_JsonBody):

@@ -28,6 +28,7 @@ from triage.router.sidecar.budget import (
     request_cost_bound,
 )
 from triage.router.sidecar.chat import complete, stream_completion, upstream_kwargs
+from triage.router.sidecar.decision_token import HEADER as DECISION_TOKEN_HEADER
 from triage.router.sidecar.errors import SidecarError
 from triage.router.sidecar.openai_schema import (
     ERROR_RESPONSES,
@@ -71,14 +72,18 @@ def _ledger_fields(caller: Caller, endpoint: str, requested: str, stream: bool,
 
 
 async def _decide(request: Request, services: Services, caller: Caller, model: str | None,
-                  messages: list[dict[str, Any]]) -> tuple[Any, Any]:
+                  messages: list[dict[str, Any]], token: str | None = None) -> tuple[Any, Any]:
     target = services.resolve(model or "triage")
     if target.alias is not None:  # echoed as x-triage-alias / x-triage-alias-target
         request.state.triage_alias = target.alias
         request.state.triage_alias_target = target.name
     authorize_model(caller, target.name)  # a key's `models` restrict what is called, whatever its name
+    seed = request.state.request_id
+    if token is not None:  # a /v1/route decision reused: its id seeds the exploration draw (400 if invalid)
+        seed = services.tokens.check(token, caller.key_id, target.name).request_id
+        request.state.route_request_id = seed
     try:
-        routed = await asyncio.to_thread(target.route, messages, request.state.request_id)
+        routed = await asyncio.to_thread(target.route, messages, seed)
     except DecisionError as exc:  # the policy and its probe do not fit: the server's fault, said plainly
         raise SidecarError(500, f"policy '{target.name}' cannot decide: {str(exc).splitlines()[0]}",
                            type="server_error", code="policy_error") from None
@@ -99,7 +104,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     services = services_of(request)
     services.spend.check(caller)
     kwargs = upstream_kwargs(body, services.settings.upstream_timeout_s)
-    target, routed = await _decide(request, services, caller, body.model, body.messages_as_dicts())
+    target, routed = await _decide(request, services, caller, body.model, body.messages_as_dicts(),
+                                   token=request.headers.get(DECISION_TOKEN_HEADER))
     # Last check before money is spent: a call the ledger cannot record is not made (503 + Retry-After).
     # A store that fails after this point is covered by the writer's spool (docs/sidecar.md).
     unavailable = services.ledger_unavailable()
@@ -112,6 +118,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                                caller_max_tokens=kwargs.get("max_tokens"))
     request_id = request.state.request_id
     fields = _ledger_fields(caller, "chat.completions", body.model, body.stream, target)
+    route_id = getattr(request.state, "route_request_id", None)
+    if route_id is not None:  # the /v1/route call whose decision this is (its id seeded the draw)
+        fields["metadata"]["route_request_id"] = route_id
     reservation = services.spend.reserve(caller, bound)
     try:
         if body.stream:
@@ -135,13 +144,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 
 @api.post("/v1/route", response_model=RouteResponse, tags=["triage"], responses=ERROR_RESPONSES)
 async def route(body: RouteRequest, request: Request, caller: Caller = Depends(caller_of)) -> RouteResponse:
-    """The decision only (tier, probabilities, strategy, model, budget, expected cost); nothing is called."""
+    """The decision only (tier, probabilities, strategy, model, budget, expected cost); nothing is called.
+    `decision_token`, sent back as the `x-triage-decision-token` header of a chat call with the same
+    model and messages, makes that call draw the same strategy (docs/sidecar.md)."""
     services = services_of(request)
     target, routed = await _decide(request, services, caller, body.model, body.messages_as_dicts())
     d = routed.decision
     services.metrics.observe_decision(routed.decision_latency_s, tier=d.tier, strategy=d.strategy)
-    return RouteResponse(request_id=request.state.request_id, policy=d.policy,
-                         decision=d.model_dump(mode="json"))
+    request_id = request.state.request_id
+    return RouteResponse(request_id=request_id, policy=d.policy, decision=d.model_dump(mode="json"),
+                         decision_token=services.tokens.issue(request_id, caller.key_id, target.name),
+                         decision_token_ttl_s=services.tokens.ttl_s)
 
 
 @api.post("/v1/feedback", response_model=FeedbackResponse, tags=["triage"], responses=ERROR_RESPONSES)

@@ -35,6 +35,7 @@ from triage.router.ledger.metrics import LedgerMetrics
 from triage.router.ledger.writer import DEFAULT_SPOOL
 from triage.logging import get_logger
 from triage.router.sidecar.auth import KeyRing
+from triage.router.sidecar.decision_token import DecisionTokens
 from triage.router.sidecar.errors import SidecarError
 from triage.router.sidecar.limits import RateLimiter, SpendTracker
 from triage.router.sidecar.settings import SidecarSettings
@@ -68,6 +69,11 @@ def check_model_aliases(settings: SidecarSettings, policies: dict[str, Policy]) 
                               "admitted by the `models` setting")
 
 
+def decision_tokens(settings: SidecarSettings) -> DecisionTokens:
+    secret = settings.decision_token_secret
+    return DecisionTokens(secret.get_secret_value().encode() if secret else None, settings.decision_token_ttl_s)
+
+
 @dataclass
 class Target:
     """Where a request's ``model`` sends it."""
@@ -80,7 +86,7 @@ class Target:
 
     def route(self, messages: list[dict[str, Any]], request_id: str | None = None) -> Routed:
         """Probe + decision (CPU work: run it in a worker thread). ``request_id`` seeds the
-        policy's exploration; the request must then be executed under the same id."""
+        policy's exploration: the request's own id, or the /v1/route id of a decision token."""
         routed = self.policy_router.route_detailed(messages, request_id=request_id)
         if not self.passthrough:
             return routed
@@ -103,6 +109,7 @@ class Services:
     passthrough: dict[str, Router] = field(default_factory=dict)
     warm: dict[str, str] = field(default_factory=dict)  # policy -> "loading" | "ready" | error text
     reloads: Any = None  # triage.router.sidecar.reload.ReloadState, made by its first use (lifespan start)
+    tokens: DecisionTokens = field(default_factory=DecisionTokens)  # /v1/route -> chat (decision_token.py)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -132,7 +139,7 @@ class Services:
         keyring = KeyRing(settings.api_keys, allow_anonymous=settings.anonymous_allowed)
         services = cls(settings=settings, routers=routers, default_policy=next(iter(routers)), store=store,
                        writer=writer, metrics=metrics, keyring=keyring, limiter=RateLimiter(),
-                       spend=SpendTracker(settings.budget_status))
+                       spend=SpendTracker(settings.budget_status), tokens=decision_tokens(settings))
         services.warm = {name: "loading" for name in routers}
         try:
             services.check_aliases()

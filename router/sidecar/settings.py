@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -125,6 +125,13 @@ class SidecarSettings(BaseSettings):
         "this many seconds and reload them when they change (off by default; POST /v1/admin/reload and "
         "SIGHUP reload on demand).",
     )
+    decision_token_secret: SecretStr | None = Field(
+        default=None, min_length=16, description="HMAC key of the decision tokens /v1/route returns (a chat "
+        "call reuses the route's decision with them). Default: random per process, so tokens do not survive a "
+        "restart nor cross workers; set it (env TRIAGE_SIDECAR_DECISION_TOKEN_SECRET) when workers > 1.",
+    )
+    decision_token_ttl_s: float = Field(default=300.0, gt=0.0, le=86400.0,
+                                        description="How long a decision token from /v1/route is accepted.")
     log_json: bool = True
     log_level: str = Field(default="INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
     access_log: bool = Field(default=True, description="One JSON line per request (never keys or bodies).")

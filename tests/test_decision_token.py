@@ -23,6 +23,7 @@ from triage.router.sidecar.decision_token import HEADER, DecisionTokens
 from triage.router.sidecar.errors import SidecarError
 
 from tests.support.sidecar import (
+    openai_client,
     CLIENT_KEY,
     LOCAL_POLICY,
     OTHER_KEY,
@@ -86,9 +87,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=server.url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=300) as c:
+    with openai_client(server) as c:
         yield c
 
 

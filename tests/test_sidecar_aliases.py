@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tests.support.sidecar import (
+    openai_client,
     CLIENT_KEY,
     LOCAL_MODEL,
     LOCAL_POLICY,
@@ -39,9 +40,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=server.url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=300) as c:
+    with openai_client(server) as c:
         yield c
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support.sidecar import (
+    openai_client,
     ALL_SECRETS,
     CLIENT_KEY,
     LOCAL_MODEL,
@@ -36,9 +37,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    from openai import OpenAI
-
-    with OpenAI(base_url=server.url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=300) as c:
+    with openai_client(server) as c:
         yield c
 
 

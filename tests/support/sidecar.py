@@ -36,6 +36,15 @@ UPSTREAM_KEY = "sk-upstream-provider-SECRET-5b2d8f1e7c"
 ALL_SECRETS = (CLIENT_KEY, OTHER_KEY, LIMITED_KEY, BROKE_KEY, SPENDER_KEY, RESTRICTED_KEY, UPSTREAM_KEY)
 
 
+@contextmanager
+def openai_client(server: Any, key: str = CLIENT_KEY) -> Any:
+    """The official openai client on a running sidecar (no retries: a test sees every error)."""
+    from openai import OpenAI
+
+    with OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=300) as c:
+        yield c
+
+
 def sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

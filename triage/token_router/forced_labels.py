@@ -40,7 +40,7 @@ import numpy as np
 from triage.token_router.decode import ModelStream, prompt_ids
 from triage.token_router.engine import teacher_forced, token_embeddings
 from triage.token_router.features import DEFAULT_TOP_K, FEATURE_VERSION, router_features
-from triage.token_router.gsm8k import extract_answer, messages_for, same_answer
+from triage.token_router.gsm8k import extract_answer, messages_for, read_rows, same_answer
 from triage.token_router.labels import (
     CATEGORY_NAMES,
     DIVERGENT,
@@ -90,19 +90,10 @@ def reference_solution(answer_field: str) -> tuple[str, float | None]:
 
 
 def load_references(path: Path | str, start: int = 0, count: int | None = None) -> list[Reference]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"GSM8K file not found: {p}")
-    out: list[Reference] = []
-    with p.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if i < start:
-                continue
-            if count is not None and len(out) >= count:
-                break
-            row = json.loads(line)
-            text, number = reference_solution(row["answer"])
-            out.append(Reference(index=i, question=row["question"], solution=text, answer=number))
+    out = []
+    for i, row in read_rows(path, start, count):
+        text, number = reference_solution(row["answer"])
+        out.append(Reference(index=i, question=row["question"], solution=text, answer=number))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,21 +55,28 @@ def same_answer(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and abs(a - b) < 1e-6
 
 
-def load_problems(path: Path | str, start: int = 0, count: int | None = None) -> list[Problem]:
-    """Problems ``start .. start+count-1`` of a GSM8K jsonl file (reference answer after '####')."""
+def read_rows(path: Path | str, start: int = 0, count: int | None = None) -> Iterator[tuple[int, dict]]:
+    """(line index, row) for lines ``start .. start+count-1`` of a GSM8K jsonl file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"GSM8K file not found: {p}")
-    out: list[Problem] = []
+    n = 0
     with p.open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if i < start:
                 continue
-            if count is not None and len(out) >= count:
+            if count is not None and n >= count:
                 break
-            row = json.loads(line)
-            ref = _to_number(row["answer"].split("####")[-1].strip())
-            if ref is None:
-                raise ValueError(f"{p}:{i + 1}: no numeric answer after '####'")
-            out.append(Problem(index=i, question=row["question"], answer=ref))
+            n += 1
+            yield i, json.loads(line)
+
+
+def load_problems(path: Path | str, start: int = 0, count: int | None = None) -> list[Problem]:
+    """Problems ``start .. start+count-1`` of a GSM8K jsonl file (reference answer after '####')."""
+    out: list[Problem] = []
+    for i, row in read_rows(path, start, count):
+        ref = _to_number(row["answer"].split("####")[-1].strip())
+        if ref is None:
+            raise ValueError(f"{path}:{i + 1}: no numeric answer after '####'")
+        out.append(Problem(index=i, question=row["question"], answer=ref))
     return out

@@ -428,6 +428,7 @@ def test_forced_labels_train_a_head_that_routes_a_stream(pair, tmp_path: Path) -
     again = run_forced_labels(pair, refs, ForcedSettings(), out_dir=tmp_path / "labels", command="pytest")
     assert (pair.small.stats.forwards, pair.large.stats.forwards) == forwards
     assert again["counts"] == manifest["counts"]
+    assert [(r["prompts_labelled"], r["prompts_relabelled"]) for r in again["runs"]] == [(2, 0), (0, 1)]
     assert json.loads((tmp_path / "labels" / "prompts" / "0.json").read_text())["categories"] == rec["categories"]
 
     verified = verify_sample(pair, tmp_path / "labels", per_category=1, cap=24)

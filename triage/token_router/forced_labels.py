@@ -186,6 +186,7 @@ def run_forced_labels(pair: Any, refs: Sequence[Reference], s: ForcedSettings, *
     (out / "prompts").mkdir(parents=True, exist_ok=True)
     settings = settings_record(pair, s)
     done: list[int] = []
+    labelled = relabelled = 0
     t_start = time.perf_counter()
     for n, ref in enumerate(refs):
         npz, js = out / "prompts" / f"{ref.index}.npz", out / "prompts" / f"{ref.index}.json"
@@ -201,6 +202,7 @@ def run_forced_labels(pair: Any, refs: Sequence[Reference], s: ForcedSettings, *
                     fixed["settings"] = settings
                     js.write_text(json.dumps(fixed))
                     done.append(ref.index)
+                    relabelled += 1
                     continue
         if deadline is not None and time.time() > deadline:
             break
@@ -209,6 +211,7 @@ def run_forced_labels(pair: Any, refs: Sequence[Reference], s: ForcedSettings, *
         np.savez(npz, features=feats, categories=cats)
         js.write_text(json.dumps(record))
         done.append(ref.index)
+        labelled += 1
         if progress and (n % 25 == 0 or n == len(refs) - 1):
             counts = {CATEGORY_NAMES[c]: int((cats == c).sum()) for c in CATEGORY_NAMES}
             progress(f"[{n + 1}/{len(refs)}] prompt {ref.index}: {record['tokens']} tokens {counts} "
@@ -216,7 +219,21 @@ def run_forced_labels(pair: Any, refs: Sequence[Reference], s: ForcedSettings, *
                      f"(elapsed {time.perf_counter() - t_start:.0f} s)")
     if not done:
         raise ValueError("no prompt was labelled (the deadline passed before the first one)")
-    return collect(out, done, command=command, source=source, pair=pair, settings=settings)
+    runs = _previous_runs(out / "manifest.json")
+    manifest = collect(out, done, command=command, source=source, pair=pair, settings=settings)
+    # A label set grows over resumed runs: the manifest keeps every run, not only the last command.
+    runs.append({"command": command, "finished_at": manifest["created_at"], "prompts_labelled": labelled,
+                 "prompts_relabelled": relabelled, "seconds": round(time.perf_counter() - t_start, 1)})
+    manifest["runs"] = runs
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _previous_runs(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(path.read_text()).get("runs", []))
+    except (OSError, ValueError):
+        return []
 
 
 # -- verification against the R2R rule -------------------------------------------------------------

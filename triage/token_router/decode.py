@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from triage.lm.decoding import TextEmitter
 from triage.token_router.controllers import Controller, Step
 from triage.token_router.engine import new_state, token_embeddings
 
@@ -154,7 +155,7 @@ class DecodeStream:
         router_s = 0.0
         finish = "length"
         proposals = 0
-        emitted = ""  # text already yielded: deltas come from decoding the whole answer so far
+        emitter = TextEmitter()  # holds back a multi-byte character split across tokens
         while len(ids) - n_prompt < self.max_new_tokens:
             if controller.force_large():
                 large.advance(ids)
@@ -176,20 +177,17 @@ class DecodeStream:
             ids.append(token)
             sources.append(source)
             controller.observe(token, source, tokenizer)
-            delta = ""
-            if token not in eos:
-                text = tokenizer.decode([t for t in ids[n_prompt:] if t not in eos], skip_special_tokens=True)
-                # A token ending inside a multi-byte character decodes to U+FFFD: hold it back.
-                if not text.endswith("\ufffd") and text.startswith(emitted):
-                    delta, emitted = text[len(emitted):], text
+            delta = "" if token in eos else emitter.update(
+                tokenizer.decode([t for t in ids[n_prompt:] if t not in eos], skip_special_tokens=True))
             yield TokenEvent(token=token, source=source, text=delta)
             if token in eos:
                 finish = "stop"
                 break
         generated = ids[n_prompt:]
         text = tokenizer.decode([t for t in generated if t not in eos], skip_special_tokens=True)
-        if len(text) > len(emitted) and text.startswith(emitted):
-            yield TokenEvent(token=None, source="", text=text[len(emitted):])  # held back at the cap
+        rest = emitter.flush(text)
+        if rest:
+            yield TokenEvent(token=None, source="", text=rest)  # held back at the cap
         self.result = DecodeResult(
             text=text, token_ids=generated, sources=sources, prompt_tokens=n_prompt, finish_reason=finish,
             wall_s=time.perf_counter() - t0, small_s=small.seconds, large_s=large.seconds, router_s=router_s,

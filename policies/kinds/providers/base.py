@@ -62,6 +62,19 @@ async def iterate_in_thread(chunks: Iterator[Any]) -> AsyncIterator[Any]:
             pass
 
 
+def final_chunk(finish_reason: str, prompt_tokens: int, completion_tokens: int, hidden: dict[str, Any],
+                text: str = "") -> GenericStreamingChunk:
+    """A stream's last chunk, in litellm's generic dict form: the form whose ``usage`` litellm keeps
+    (a ModelResponseStream without content is swallowed with its usage). ``hidden`` reaches the
+    router as the chunk's ``provider_specific_fields`` (e.g. the per-model token split)."""
+    return GenericStreamingChunk(
+        text=text, tool_use=None, is_finished=True, finish_reason=finish_reason, index=0,
+        usage=ChatCompletionUsageBlock(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                       total_tokens=prompt_tokens + completion_tokens),
+        provider_specific_fields=dict(hidden),
+    )
+
+
 class ThreadedProvider(CustomLLM):
     """A ``CustomLLM`` whose async calls run its sync ``completion``/``streaming`` in a worker thread."""
 
@@ -114,12 +127,6 @@ class OneShotProvider(ThreadedProvider):
         a = self.answer(model, messages, optional_params or {})  # at call time: errors raise before streaming
 
         def chunks() -> Iterator[GenericStreamingChunk]:
-            # litellm's generic dict form: the form whose ``usage`` litellm keeps.
-            yield GenericStreamingChunk(
-                text=a.text, tool_use=None, is_finished=True, finish_reason=a.finish_reason, index=0,
-                usage=ChatCompletionUsageBlock(prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,
-                                               total_tokens=a.prompt_tokens + a.completion_tokens),
-                provider_specific_fields=dict(a.hidden),
-            )
+            yield final_chunk(a.finish_reason, a.prompt_tokens, a.completion_tokens, a.hidden, text=a.text)
 
         return chunks()

@@ -29,7 +29,6 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
-from litellm.types.llms.openai import ChatCompletionUsageBlock  # noqa: E402
 from litellm.types.utils import (  # noqa: E402
     ChatCompletionTokenLogprob,
     ChoiceLogprobs,
@@ -51,7 +50,7 @@ from triage.lm.specs import (  # noqa: E402
     UnknownLocalModelError,
 )
 from triage.lm.types import GenerationResult, TokenInfo  # noqa: E402
-from triage.policies.kinds.providers.base import ThreadedProvider, register_provider  # noqa: E402
+from triage.policies.kinds.providers.base import ThreadedProvider, final_chunk, register_provider  # noqa: E402
 
 PROVIDER = "local"
 
@@ -239,21 +238,8 @@ class LocalProvider(ThreadedProvider):
         except LocalModelError as exc:
             raise _map_error(exc, model) from exc
         result = stream.result
-        # The last chunk is litellm's generic dict form: that is the form whose ``usage`` litellm
-        # keeps (a ModelResponseStream without content is swallowed with its usage).
-        yield GenericStreamingChunk(
-            text="",
-            tool_use=None,
-            is_finished=True,
-            finish_reason=result.finish_reason,
-            usage=ChatCompletionUsageBlock(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=result.prompt_tokens + result.completion_tokens,
-            ),
-            index=0,
-            provider_specific_fields={"local": _hidden(lm, result)},
-        )
+        yield final_chunk(result.finish_reason, result.prompt_tokens, result.completion_tokens,
+                          {"local": _hidden(lm, result)})
 
 
 def register_local_provider() -> LocalProvider:

@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import litellm
-from litellm.types.llms.openai import ChatCompletionUsageBlock
-from litellm.types.utils import Delta, GenericStreamingChunk, ModelResponse, ModelResponseStream, StreamingChoices
+from litellm.types.utils import Delta, ModelResponse, ModelResponseStream, StreamingChoices
 
-from triage.policies.kinds.providers.base import Answer, OneShotProvider, register_provider
+from triage.policies.kinds.providers.base import Answer, OneShotProvider, final_chunk, register_provider
 
 PROVIDER = "token-routed"
 DEFAULT_MAX_TOKENS = 256
@@ -103,13 +102,7 @@ class TokenRoutedProvider(OneShotProvider):
                         choices=[StreamingChoices(index=0, delta=Delta(content=event.text, role="assistant"))],
                     )
             r = executor.response(pair, stream)
-        # litellm's generic dict form: the form whose ``usage`` litellm keeps.
-        yield GenericStreamingChunk(
-            text="", tool_use=None, is_finished=True, finish_reason=r.finish_reason, index=0,
-            usage=ChatCompletionUsageBlock(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                                           total_tokens=r.prompt_tokens + r.completion_tokens),
-            provider_specific_fields={"token_routing": _hidden(r)},
-        )
+        yield final_chunk(r.finish_reason, r.prompt_tokens, r.completion_tokens, {"token_routing": _hidden(r)})
 
 
 def _max_tokens(p: dict[str, Any]) -> int:

@@ -20,9 +20,11 @@ params for every token the large model wrote, over generated tokens - R2R's meas
 sensitive to neighbours on shared cores), large-model forwards (hand-offs) and the tokens the large
 model processed per generated token (catch-up included). Accuracy has a 95% bootstrap interval
 over questions, and the paired difference to large-only has one too. The cost floor of token
-routing on a CPU is the small model's decode plus the large model's prefill of the tokens it did
-not write (measured once per run: ``floor``); the speedups are reported against large-only and
-against that floor. A PNG plots accuracy against large-token share for both sweeps.
+routing on a CPU is the small model's decode plus the large model's prefill of every token, the
+prompt's included (per-token rates measured once per run: ``floor``; each configuration's floor
+per question from its own prompt and answer lengths); the speedups are reported against large-only
+and against that floor. ``diagnosis`` says where each configuration loses against large-only. A
+PNG plots accuracy against large-token share for both sweeps.
 
     python eval/bench/token_routing.py --json [--n 100] [--start 0] [--fractions 0.05,0.1,0.2,0.3]
 """
@@ -129,6 +131,28 @@ def _prefill_ms_per_token(lm: Any, ids: list[int]) -> float:
     return 1000 * (time.perf_counter() - t0) / len(ids)
 
 
+def _decode_ms_per_token(pair: Any, method: str, messages: list[dict[str, str]], n: int = 48) -> float:
+    """Greedy decode cost per generated token: (wall of n tokens - wall of 1 token) / (n - 1)."""
+    from triage.token_router.decode import decode
+    from triage.token_router.runner import controller_for
+
+    controller = controller_for(method)
+    decode(pair, messages, controller, max_new_tokens=4)  # warm-up
+    one = decode(pair, messages, controller, max_new_tokens=1)
+    many = decode(pair, messages, controller, max_new_tokens=n)
+    return 1000 * (many.wall_s - one.wall_s) / max(1, many.n_tokens - 1)
+
+
+def _measure_rates(pair: Any, problems: list[Any], messages_for: Any) -> dict[str, float]:
+    """Per-token prefill and decode costs of both models on this machine, measured once per run."""
+    ids = [t for p in problems[:4] for t in pair.small.encode_chat(messages_for(p.question))[0]][:200]
+    messages = messages_for(problems[0].question)
+    return {"large_prefill_ms_per_token": round(_prefill_ms_per_token(pair.large, ids), 2),
+            "small_prefill_ms_per_token": round(_prefill_ms_per_token(pair.small, ids), 2),
+            "large_decode_ms_per_token": round(_decode_ms_per_token(pair, "large-only", messages), 2),
+            "small_decode_ms_per_token": round(_decode_ms_per_token(pair, "small-only", messages), 2)}
+
+
 def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -169,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=None, help="One router threshold instead of the sweep.")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="Stop starting new questions after this long; figures cover the completed questions.")
+    ap.add_argument("--override-questions", type=int, default=30,
+                    help="Hand-off precision: rows recorded before decodes counted overrides are decoded again "
+                         "on this many of the completed questions (0: skip).")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", action="store_true", help="Print the result object as JSON.")
     args = ap.parse_args(argv)
@@ -210,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_path = _runs_file()
     runs_path.parent.mkdir(parents=True, exist_ok=True)
     runs = _load_runs(runs_path)
-    probe_ids = [t for p in problems[:4] for t in pair.small.encode_chat(messages_for(p.question))[0]][:200]
-    floor = {"large_prefill_ms_per_token": round(_prefill_ms_per_token(pair.large, probe_ids), 2),
-             "small_prefill_ms_per_token": round(_prefill_ms_per_token(pair.small, probe_ids), 2)}
+    prompt_tokens = {p.index: len(pair.small.encode_chat(messages_for(p.question))[0]) for p in problems}
+    floor = _measure_rates(pair, problems, messages_for)
     load_start = os.getloadavg()
     t_start = time.perf_counter()
 
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                    "answer": answer, "gold": p.answer, "tokens": r.n_tokens, "large_tokens": r.n_large,
                    "small_proposals": r.small_proposals, "wall_s": r.wall_s, "cpu_s": time.process_time() - c0,
                    "large_forwards": r.large_forwards, "large_positions": r.large_positions,
-                   "finish_reason": r.finish_reason, "text": r.text}
+                   "finish_reason": r.finish_reason, "text": r.text, "large_overrides": r.large_overrides}
             runs[key] = row
             with runs_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -263,10 +289,22 @@ def main(argv: list[str] | None = None) -> int:
         if "@" in label:
             entry["target_large_fraction"] = float(label.split("@")[1])
         result["methods"][label] = entry
-    _floor_and_goal(result, floor)
+    # Router against the entropy threshold at the same target share, paired over questions.
+    for label in labels:
+        twin = label.replace("token-router@", "entropy-threshold@")
+        if label.startswith("token-router@") and twin in labels and done:
+            a, b = correct[labels.index(label)], correct[labels.index(twin)]
+            ci = _bootstrap([[float(x) - float(y) for x, y in zip(a, b, strict=True)]])[0]
+            result["methods"][label]["accuracy_minus_entropy_same_target"] = {
+                "entropy": twin, "difference": round((sum(a) - sum(b)) / len(a), 4), "ci": list(ci)}
+    _floor_and_goal(result, floor, {label: [(prompt_tokens[p.index], runs[key_of(label, p.index)]["tokens"])
+                                            for p in done] for label in labels})
+    overrides = _count_overrides(pair, done, controllers, runs, key_of, args, messages_for)
+    result["diagnosis"] = _diagnosis(result, {label: [runs[key_of(label, p.index)] for p in done] for label in labels},
+                                     overrides)
     result["models"] = {"small": {"name": pair.small.name, "params": small_params, "sha256": pair.small.sha256},
                         "large": {"name": pair.large.name, "params": large_params, "sha256": pair.large.sha256}}
-    result["head"] = {"version": card.version, "metrics": card.metrics, "training_data": {
+    result["head"] = {"version": card.version, "target": card.target, "metrics": card.metrics, "training_data": {
         k: card.training_data.get(k) for k in ("source", "counts", "labels_command")}} if card else None
     result["environment"] = {"engine": pair.engine, "cpu_count": os.cpu_count(), "nice": os.nice(0),
                              "loadavg_start": [round(x, 2) for x in load_start],
@@ -279,26 +317,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _floor_and_goal(result: dict[str, Any], floor: dict[str, float]) -> None:
-    """The CPU floor of token routing per token (small decode + large prefill of every token) and
-    the issue's goal, read off the sweeps."""
+def _floor_and_goal(result: dict[str, Any], floor: dict[str, float],
+                    lengths: dict[str, list[tuple[int, int]]]) -> None:
+    """The CPU floor of token routing and the issue's goal, read off the sweeps.
+
+    On this machine a token the large model did not write still costs it a prefill position (its KV
+    cache must hold every token), so for a question with P prompt tokens and T generated ones the
+    token router cannot take less than P*(small_prefill + large_prefill) + T*(small_decode +
+    large_prefill), whatever it routes; large-only takes P*large_prefill + T*large_decode. Both are
+    computed per question from the measured per-token rates (``floor``) and the configuration's own
+    P and T, and each configuration's measured wall-clock is reported against its floor."""
     ms = result["methods"]
-    small, large = ms.get("small-only"), ms.get("large-only")
-    if small and small["tokens_per_s"]:
-        floor["small_only_ms_per_token"] = round(1000 / small["tokens_per_s"], 2)  # prompt prefill included
-        floor["token_routing_floor_ms_per_token"] = round(floor["small_only_ms_per_token"]
-                                                          + floor["large_prefill_ms_per_token"], 2)
-    if large and large["tokens_per_s"]:
-        floor["large_only_ms_per_token"] = round(1000 / large["tokens_per_s"], 2)
+    large = ms.get("large-only")
+    sp, lp = floor["small_prefill_ms_per_token"], floor["large_prefill_ms_per_token"]
+    sd, ld = floor["small_decode_ms_per_token"], floor["large_decode_ms_per_token"]
+    floor["token_routing_floor_ms_per_generated_token"] = round(sd + lp, 2)
+    floor["large_only_ms_per_generated_token"] = ld
+    floor["floor_speedup_bound_long_answers"] = round(ld / (sd + lp), 3)  # T >> P
     result["floor"] = floor
     for label, v in ms.items():
-        if v["tokens_per_s"] and "token_routing_floor_ms_per_token" in floor:
-            ms_tok = 1000 / v["tokens_per_s"]
-            v["ms_per_token"] = round(ms_tok, 2)
-            v["ms_per_token_over_floor"] = round(ms_tok / floor["token_routing_floor_ms_per_token"], 3)
-            if large:
-                v["speedup_vs_large_only"] = round(large["wall_clock_per_question_s"] / v["wall_clock_per_question_s"], 3) \
-                    if v["wall_clock_per_question_s"] else None
+        pt = lengths.get(label) or []
+        if not pt:
+            continue
+        floor_s = sum(p * (sp + lp) + t * (sd + lp) for p, t in pt) / 1000 / len(pt)
+        large_model_s = sum(p * lp + t * ld for p, t in pt) / 1000 / len(pt)
+        v["mean_prompt_tokens"] = round(sum(p for p, _ in pt) / len(pt), 1)
+        v["floor_wall_per_question_s"] = round(floor_s, 3)
+        v["wall_over_floor"] = round(v["wall_clock_per_question_s"] / floor_s, 3) if floor_s else None
+        # What large-only would take for the same P and T: the most token routing could save here.
+        v["floor_speedup_bound_vs_large_only"] = round(large_model_s / floor_s, 3) if floor_s else None
+        if large and v["wall_clock_per_question_s"]:
+            v["speedup_vs_large_only"] = round(large["wall_clock_per_question_s"] / v["wall_clock_per_question_s"], 3)
     routers = {k: v for k, v in ms.items() if k.split("@")[0] == "token-router"}
     entropy = sorted((v["large_token_fraction"], v["accuracy"]) for k, v in ms.items()
                      if k.split("@")[0] == "entropy-threshold")
@@ -319,6 +368,80 @@ def _floor_and_goal(result: dict[str, Any], floor: dict[str, float]) -> None:
             at = float(np.interp(v["large_token_fraction"], xs, ys))
             goal.update({"entropy_accuracy_at_same_share": round(at, 4), "beats_entropy_at_same_share": v["accuracy"] > at})
     result["goal"] = goal
+
+
+def _count_overrides(pair: Any, done: list[Any], controllers: dict[str, Any], runs: dict[str, dict[str, Any]],
+                     key_of: Any, args: argparse.Namespace, messages_for: Any) -> dict[str, int]:
+    """Run key -> large-model overrides, for rows recorded before decodes counted them: such rows of
+    the swept configurations are decoded again on the first ``--override-questions`` completed
+    questions (greedy, so the same tokens; checked) into ``bench_overrides.jsonl`` beside the runs."""
+    from triage.token_router.decode import decode
+
+    path = _runs_file().with_name("bench_overrides.jsonl")
+    known = {row["key"]: row["large_overrides"] for row in _load_runs(path).values()}
+    for p in done[: max(0, args.override_questions)]:
+        for label, controller in controllers.items():
+            key = key_of(label, p.index)
+            if label.split("@")[0] not in SWEPT or "large_overrides" in runs[key] or key in known:
+                continue
+            r = decode(pair, messages_for(p.question), controller, max_new_tokens=args.max_new_tokens)
+            if r.text != runs[key]["text"]:
+                raise SystemExit(f"error: {label} q{p.index} decoded another text than its recorded run; "
+                                 "the recorded runs do not match these models (delete the runs file)")
+            known[key] = r.large_overrides
+            with path.open("a") as fh:
+                fh.write(json.dumps({"key": key, "large_overrides": r.large_overrides}) + "\n")
+            print(f"[{label}] q{p.index}: overrides={r.large_overrides}/{r.n_large}", file=sys.stderr, flush=True)
+    return known
+
+
+def _wilson(k: int, n: int) -> list[float] | None:
+    if n == 0:
+        return None
+    z, ph = 1.96, k / n
+    mid, half = (ph + z * z / (2 * n)) / (1 + z * z / n), z * ((ph * (1 - ph) + z * z / (4 * n)) / n) ** 0.5 / (1 + z * z / n)
+    return [round(mid - half, 4), round(mid + half, 4)]
+
+
+def _diagnosis(result: dict[str, Any], rows: dict[str, list[dict[str, Any]]],
+               overrides: dict[str, int]) -> dict[str, Any]:
+    """Where a swept configuration stands against large-only, and why: per configuration, how its
+    decode-time large share compares with the share its threshold flags on the label set (the shift
+    between teacher-forced reference solutions and the model's own text), how often it gives
+    large-only's answer, the questions it loses and wins against large-only, and the hand-off cost
+    (large-model forwards and tokens processed per generated token). Plus the label check
+    (``eval/data/token_router/verify.json``) when it is there."""
+    out: dict[str, Any] = {"configurations": {}}
+    large = rows.get("large-only")
+    for label, rs in rows.items():
+        v = result["methods"][label]
+        d: dict[str, Any] = {"large_token_fraction": v["large_token_fraction"],
+                             "target_large_fraction": v.get("target_large_fraction"),
+                             "large_forwards_per_token": round(sum(r["large_forwards"] for r in rs)
+                                                               / max(1, sum(r["tokens"] for r in rs)), 4),
+                             "large_positions_per_token": v["large_positions_per_token"]}
+        if label.split("@")[0] in SWEPT:
+            # Hand-off precision at decode time: of the tokens handed to the large model, the share it
+            # wrote differently from the small model's proposal (the rest changed nothing).
+            counted = [(r.get("large_overrides", overrides.get(r["key"])), r["large_tokens"]) for r in rs]
+            counted = [(o, n) for o, n in counted if o is not None]
+            k, n = sum(o for o, _ in counted), sum(n for _, n in counted)
+            d["hand_offs"] = {"questions": len(counted), "hand_offs": n, "overrides": k,
+                              "override_rate": round(k / n, 4) if n else None, "override_rate_ci": _wilson(k, n)}
+        if large is not None and label != "large-only":
+            same = sum(1 for a, b in zip(rs, large, strict=True) if a["answer"] is not None and a["answer"] == b["answer"])
+            d["same_answer_as_large_only"] = round(same / len(rs), 4) if rs else None
+            d["lost_vs_large_only"] = sum(1 for a, b in zip(rs, large, strict=True) if b["correct"] and not a["correct"])
+            d["won_vs_large_only"] = sum(1 for a, b in zip(rs, large, strict=True) if a["correct"] and not b["correct"])
+        out["configurations"][label] = d
+    verify = Path(__file__).resolve().parents[2] / "eval" / "data" / "token_router" / "verify.json"
+    if verify.is_file():
+        checked = json.loads(verify.read_text())
+        out["label_check"] = {"source": "eval/data/token_router/verify.json",
+                              "by_category": {k: {"sampled": c["sampled"], "agreement": c["agreement"],
+                                                  "verified": c["verified"]}
+                                              for k, c in checked["by_category"].items()}}
+    return out
 
 
 if __name__ == "__main__":

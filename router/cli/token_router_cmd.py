@@ -133,7 +133,8 @@ def verify(
 @app.command()
 @user_errors
 def train(
-    target: str = typer.Option("divergent", help="'divergent' (R2R) or 'different' (any small/large disagreement)."),
+    target: str = typer.Option("different", help="'different' (any small/large disagreement; routes better in "
+                                                 "eval/bench/token_routing.py) or 'divergent' (R2R's label)."),
     large_fraction: float = typer.Option(0.15, min=0.01, max=0.9, help="Token share the threshold aims at."),
     labels: Path = typer.Option(None, help="Label folder (default: <cache_dir>/token_router/labels)."),
     out: Path = typer.Option(None, help="Head folder (default: <cache_dir>/token_router/head)."),

@@ -82,6 +82,9 @@ class DecodeResult:
     large_forwards: int
     large_positions: int  # tokens the large model processed, prompt and catch-ups included
     small_proposals: int = 0  # steps where the small model proposed a token (ran its forward)
+    # Hand-offs where the large model wrote another token than the small model proposed: the routed
+    # positions that changed the text (the rest cost a large forward and changed nothing).
+    large_overrides: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +109,7 @@ class DecodeResult:
             "small_forwards": self.small_forwards,
             "large_forwards": self.large_forwards,
             "large_positions": self.large_positions,
+            "large_overrides": self.large_overrides,
             "large_forwards_per_token": round(self.large_forwards / self.n_tokens, 4) if self.token_ids else 0.0,
             "tokens_per_s": round(self.n_tokens / self.wall_s, 2) if self.wall_s > 0 else None,
         }
@@ -154,7 +158,7 @@ class DecodeStream:
         sources: list[str] = []
         router_s = 0.0
         finish = "length"
-        proposals = 0
+        proposals = overrides = 0
         emitter = TextEmitter()  # holds back a multi-byte character split across tokens
         while len(ids) - n_prompt < self.max_new_tokens:
             if controller.force_large():
@@ -172,6 +176,7 @@ class DecodeStream:
                 if to_large:
                     large.advance(ids)  # catch-up: every token since the large model's last run, one forward
                     token, source = large.greedy(), LARGE
+                    overrides += token != proposed
                 else:
                     token, source = proposed, SMALL
             ids.append(token)
@@ -192,7 +197,7 @@ class DecodeStream:
             text=text, token_ids=generated, sources=sources, prompt_tokens=n_prompt, finish_reason=finish,
             wall_s=time.perf_counter() - t0, small_s=small.seconds, large_s=large.seconds, router_s=router_s,
             small_forwards=small.forwards, large_forwards=large.forwards, large_positions=large.positions,
-            small_proposals=proposals,
+            small_proposals=proposals, large_overrides=overrides,
         )
 
 

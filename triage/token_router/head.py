@@ -164,7 +164,12 @@ class RouterHead:
 
 
 def _targets(cats: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row mask, 0/1 labels). divergent: R2R labels, unresolved rows dropped; different: any disagreement."""
+    """(row mask, 0/1 labels). divergent: R2R labels, unresolved rows dropped; different: any disagreement.
+
+    ``different`` is the default: on the decode benchmark (eval/bench/results/token_routing*.json)
+    its head was as accurate or more at every large-token share. The cheap ``neutral`` label is a
+    weak negative (40% of a checked sample were truly divergent), and a hand-off is only useful where
+    the large model writes another token, which is what ``different`` predicts."""
     from triage.token_router.labels import DIVERGENT, IDENTICAL, UNRESOLVED
 
     if target == "divergent":
@@ -268,7 +273,7 @@ def _libraries() -> dict[str, str]:
     return out
 
 
-def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None = None, target: str = "divergent",
+def train_and_export(*, labels_folder: Path | None = None, out_dir: Path | None = None, target: str = "different",
                      large_fraction: float = 0.15, hidden: int = 64, epochs: int | None = None, seed: int = 0,
                      n_folds: int = 5, command: str = "") -> dict[str, Any]:
     """Cross-validate on held-out prompts (``n_folds`` prompt-grouped folds; leave one prompt out

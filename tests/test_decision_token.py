@@ -23,11 +23,11 @@ from triage.router.sidecar.decision_token import HEADER, DecisionTokens
 from triage.router.sidecar.errors import SidecarError
 
 from tests.support.sidecar import (
-    openai_client,
     CLIENT_KEY,
     LOCAL_POLICY,
     OTHER_KEY,
     SidecarProcess,
+    openai_client,
     record_of,
 )
 

@@ -15,13 +15,13 @@ import sys
 import pytest
 
 from tests.support.sidecar import (
-    openai_client,
     CLIENT_KEY,
     LOCAL_MODEL,
     LOCAL_POLICY,
     REPO,
     RESTRICTED_KEY,
     SidecarProcess,
+    openai_client,
     record_of,
 )
 

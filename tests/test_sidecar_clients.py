@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from tests.support.sidecar import (
-    openai_client,
     ALL_SECRETS,
     CLIENT_KEY,
     LOCAL_MODEL,
     LOCAL_POLICY,
     SidecarProcess,
+    openai_client,
     record_of,
 )
 

@@ -245,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_and_goal(result, floor, {label: [(prompt_tokens[p.index], runs[key_of(label, p.index)]["tokens"])
                                             for p in done] for label in labels})
     overrides = _count_overrides(pair, done, controllers, runs, key_of, args, messages_for)
-    result["diagnosis"] = diagnosis(result, {label: [runs[key_of(label, p.index)] for p in done] for label in labels},
-                                     overrides)
+    result["diagnosis"] = diagnosis({label: [runs[key_of(label, p.index)] for p in done] for label in labels}, overrides)
     result["models"] = {"small": {"name": pair.small.name, "params": small_params, "sha256": pair.small.sha256},
                         "large": {"name": pair.large.name, "params": large_params, "sha256": pair.large.sha256}}
     result["head"] = {"version": card.version, "target": card.target, "metrics": card.metrics, "training_data": {

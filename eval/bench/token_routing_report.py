@@ -30,6 +30,7 @@ def aggregate(rows: list[dict[str, Any]], small_params: int, large_params: int) 
         "cpu_s_per_question": round(cpu / n, 2) if n else None,
         "mean_tokens_per_question": round(tokens / n, 1) if n else None,
         "large_forwards_per_question": round(sum(r["large_forwards"] for r in rows) / n, 2) if n else None,
+        "large_forwards_per_token": round(sum(r["large_forwards"] for r in rows) / tokens, 4) if tokens else None,
         "large_positions_per_token": round(sum(r["large_positions"] for r in rows) / tokens, 3) if tokens else None,
         "truncated": sum(1 for r in rows if r["finish_reason"] == "length"),
     }
@@ -136,23 +137,16 @@ def _wilson(k: int, n: int) -> list[float] | None:
     return [round(mid - half, 4), round(mid + half, 4)]
 
 
-def diagnosis(result: dict[str, Any], rows: dict[str, list[dict[str, Any]]],
-               overrides: dict[str, int]) -> dict[str, Any]:
-    """Where a swept configuration stands against large-only, and why: per configuration, how its
-    decode-time large share compares with the share its threshold flags on the label set (the shift
-    between teacher-forced reference solutions and the model's own text), how often it gives
-    large-only's answer, the questions it loses and wins against large-only, and the hand-off cost
-    (large-model forwards and tokens processed per generated token). Plus the label check
-    (``eval/data/token_router/verify.json``) when it is there."""
+def diagnosis(rows: dict[str, list[dict[str, Any]]], overrides: dict[str, int]) -> dict[str, Any]:
+    """Where each configuration loses against large-only, and why, beside its figures in
+    ``methods`` (large share against the target share, large forwards and positions per token):
+    for the swept configurations the hand-off precision at decode time, and for every one how often
+    it gives large-only's answer and the questions it loses and wins against large-only. Plus the
+    label check (``eval/data/token_router/verify.json``) when it is there."""
     out: dict[str, Any] = {"configurations": {}}
     large = rows.get("large-only")
     for label, rs in rows.items():
-        v = result["methods"][label]
-        d: dict[str, Any] = {"large_token_fraction": v["large_token_fraction"],
-                             "target_large_fraction": v.get("target_large_fraction"),
-                             "large_forwards_per_token": round(sum(r["large_forwards"] for r in rs)
-                                                               / max(1, sum(r["tokens"] for r in rs)), 4),
-                             "large_positions_per_token": v["large_positions_per_token"]}
+        d: dict[str, Any] = {}
         if label.split("@")[0] in SWEPT:
             # Hand-off precision at decode time: of the tokens handed to the large model, the share it
             # wrote differently from the small model's proposal (the rest changed nothing).
@@ -166,7 +160,8 @@ def diagnosis(result: dict[str, Any], rows: dict[str, list[dict[str, Any]]],
             d["same_answer_as_large_only"] = round(same / len(rs), 4) if rs else None
             d["lost_vs_large_only"] = sum(1 for a, b in zip(rs, large, strict=True) if b["correct"] and not a["correct"])
             d["won_vs_large_only"] = sum(1 for a, b in zip(rs, large, strict=True) if a["correct"] and not b["correct"])
-        out["configurations"][label] = d
+        if d:
+            out["configurations"][label] = d
     verify = Path(__file__).resolve().parents[2] / "eval" / "data" / "token_router" / "verify.json"
     if verify.is_file():
         checked = json.loads(verify.read_text())

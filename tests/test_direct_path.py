@@ -195,8 +195,8 @@ def test_an_answer_gives_the_same_receipt_and_record(tmp_path: Path, stub: str, 
     receipt = direct[0]
     assert receipt["prompt_tokens"] == 7 and receipt["completion_tokens"] == 2
     assert receipt["cost_usd"] == pytest.approx((7 * 1.0 + 2 * 3.0) / 1e6)  # Triage's price table
-    # One call each: litellm's (the OpenAI SDK's agent), then the direct path's (httpx's).
-    assert len(faults.agents) == 2 and "OpenAI" in faults.agents[0] and faults.agents[1].startswith("python-httpx")
+    # One call each: litellm's (the OpenAI SDK's agent), then the direct path's (Triage's own).
+    assert len(faults.agents) == 2 and "OpenAI" in faults.agents[0] and faults.agents[1].startswith("triage-router/")
 
 
 @pytest.mark.parametrize("fault,kind", [("fault-500", "server"), ("fault-429", "rate_limit"),
@@ -307,3 +307,35 @@ def test_the_path_is_chosen_per_strategy(tmp_path: Path, stub: str) -> None:
     assert not uses_direct(strategy(model="openai/m", api_base=stub, extra={"drop_params": True}))  # litellm's option
     with pytest.raises((ConfigError, ValueError), match="OpenAI-compatible server: set api_base"):
         strategy(model="openai/m", api="openai")
+
+
+def test_async_calls_share_one_pooled_session_that_closes_with_its_loop(
+        faults: FaultUpstream, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder) -> None:
+    """One aiohttp session per loop, reused by every call on it; ``asyncio.run`` closes it as the loop
+    ends (no "Unclosed client session" error from aiohttp when the session is collected)."""
+    import gc
+
+    from triage.router.providers import http_clients, openai_direct
+
+    sessions = []
+
+    async def calls() -> list[str]:
+        out = []
+        for stream in (False, True, False):
+            answer = await openai_direct.acompletion(model="openai/gpt-4o-mini", messages=ASK, api_base=faults.base,
+                                                     api_key="sk-test", timeout=5.0, stream=stream)
+            if stream:
+                out.append("".join([c.choices[0].delta.content or "" async for c in answer if c.choices]))
+            else:
+                out.append(answer.choices[0].message.content)
+            sessions.append(await http_clients.async_session())
+        return out
+
+    for _ in range(2):
+        assert asyncio.run(calls()) == ["red", "red", "red"]
+    assert len({id(s) for s in sessions[:3]}) == 1 and sessions[0] is not sessions[3]  # per loop
+    assert all(s.closed for s in sessions)
+    del sessions[:]
+    gc.collect()
+    assert "Unclosed" not in caplog.text
+    assert not [w for w in recwarn if "Unclosed client session" in str(w.message)]

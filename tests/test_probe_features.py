@@ -152,3 +152,24 @@ def test_aux_regressor_onnx_matches_sklearn(tmp_path):
     base = cached_transform(make_feature("text", aux=False), ["How many apples?"])
     out = AuxRegressor(folder).predict(base)
     assert out.shape == (1, len(TARGETS)) and np.isfinite(out).all()
+
+
+_CHAR_SAMPLES = ["", "Tom has 12 apples and BUYS 3 more?", "x" * 500, "ÉCOLE ١٢٣ ²³ ½ Ünïcödé 日本語 A1", "\t\n 0\x7f~"]
+
+
+@pytest.mark.parametrize("text", _CHAR_SAMPLES)
+def test_character_counts_are_the_str_predicates(text: str) -> None:
+    """The ASCII fast path counts exactly what str.isdigit/isalpha/isupper count (the head was
+    trained on those values), and non-ASCII text takes the per-character definition."""
+    from triage.probes.features.lexical import _char_counts
+
+    assert _char_counts(text) == (sum(c.isdigit() for c in text), sum(c.isalpha() for c in text),
+                                  sum(c.isupper() for c in text), sum(ord(c) > 127 for c in text))
+
+
+def test_character_counts_match_on_every_ascii_character() -> None:
+    from triage.probes.features.lexical import _char_counts
+
+    for code in range(128):
+        c = chr(code)
+        assert _char_counts(c * 3) == (3 * c.isdigit(), 3 * c.isalpha(), 3 * c.isupper(), 0), repr(c)

@@ -162,7 +162,8 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 def breakdown(stack: Stack, n: int = 200) -> dict[str, Any]:
     """Where a request's time goes, measured in this process on the same policy and stub: CPU of the
-    probe + policy, CPU of the upstream call through litellm, wall time of a durable ledger commit."""
+    probe + policy, CPU of the upstream call (the direct path: the bench strategies are `openai/...` with
+    an `api_base`), wall time of a durable ledger commit."""
     from triage.router.core.receipt import ledger_record
     from triage.router.core.router import Router
     from triage.router.ledger import LedgerWriter, open_ledger
@@ -195,7 +196,7 @@ def breakdown(stack: Stack, n: int = 200) -> dict[str, Any]:
     commit_ms = (time.perf_counter() - t0) / n * 1000.0
     writer.close()
     store.close()
-    return {"probe_and_policy_cpu_ms": round(probe_cpu, 2), "litellm_call_cpu_ms": round(call_cpu, 2),
+    return {"probe_and_policy_cpu_ms": round(probe_cpu, 2), "upstream_call_cpu_ms": round(call_cpu, 2),
             "ledger_commit_wall_ms": round(commit_ms, 2)}
 
 

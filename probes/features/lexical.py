@@ -77,6 +77,26 @@ def _parse_number(token: str) -> float | None:
         return None
 
 
+_ASCII_DIGITS = b"0123456789"
+_ASCII_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ASCII_LETTERS = _ASCII_UPPER + _ASCII_UPPER.lower()
+
+
+def _char_counts(text: str) -> tuple[int, int, int, int]:
+    """(digits, letters, upper-case, non-ASCII) characters, by ``str.isdigit``/``isalpha``/``isupper``.
+
+    On ASCII text those are exactly 0-9, A-Za-z and A-Z, counted by ``bytes.translate`` in C: the
+    per-character loop cost ~0.4 ms of a sidecar request's ~2.5 ms probe for a 200-character query.
+    """
+    if text.isascii():
+        raw = text.encode("ascii")
+        n = len(raw)
+        return (n - len(raw.translate(None, _ASCII_DIGITS)), n - len(raw.translate(None, _ASCII_LETTERS)),
+                n - len(raw.translate(None, _ASCII_UPPER)), 0)
+    return (sum(ch.isdigit() for ch in text), sum(ch.isalpha() for ch in text), sum(ch.isupper() for ch in text),
+            sum(ord(ch) > 127 for ch in text))
+
+
 def lexical_vector(text: str) -> list[float]:
     n_chars = len(text)
     words = text.split()
@@ -84,10 +104,7 @@ def lexical_vector(text: str) -> list[float]:
     numbers = _NUMBER.findall(text)
     values = [v for v in (_parse_number(t) for t in numbers) if v is not None and math.isfinite(v)]
     max_number = max(values, default=0.0)
-    digits = sum(ch.isdigit() for ch in text)
-    letters = sum(ch.isalpha() for ch in text)
-    upper = sum(ch.isupper() for ch in text)
-    non_ascii = sum(ord(ch) > 127 for ch in text)
+    digits, letters, upper, non_ascii = _char_counts(text)
     word_lens = [len(w.strip(".,;:!?()\"'")) for w in words]
     lg = math.log1p
     return [

@@ -1,7 +1,7 @@
-"""The direct path: OpenAI-compatible upstreams called with a pooled httpx client, without litellm.
+"""The direct path: OpenAI-compatible upstreams called with pooled HTTP clients, without litellm.
 
 litellm costs ~8 ms of CPU per call (its dispatch, response handling, logging and cost
-calculation); a pooled ``httpx`` call to the same upstream ~1 ms. For a strategy whose upstream
+calculation); a pooled aiohttp call to the same upstream ~0.2 ms. For a strategy whose upstream
 speaks the OpenAI wire format (``openai/...`` with an ``api_base``, or ``api: openai``), this module
 makes the call itself:
 
@@ -12,22 +12,18 @@ makes the call itself:
 * the answer is parsed once into litellm's ``ModelResponse`` / ``ModelResponseStream`` (what every
   consumer - receipts, the sidecar, the SDK, LangChain - already reads), nothing else;
 * an HTTP error becomes the ``openai`` exception litellm would have raised for that status, and a
-  transport error stays the ``httpx`` error, so :func:`~triage.router.core.calls.classify` gives the
+  transport error an ``httpx`` error, so :func:`~triage.router.core.calls.classify` gives the
   same kind, and the plan the same fallback, on both paths;
 * no retries (the policy's fallback is the retry); the timeout is the one build_kwargs computed.
 
-One client per upstream base URL (and, for async, per event loop: an ``AsyncClient``'s connections
-belong to the loop that opened them), kept alive and sized for well over 64 concurrent calls.
-HTTP/2 is used for ``https`` upstreams only when the ``h2`` package is installed.
+The clients (aiohttp for async calls, httpx for sync ones and for HTTP/2) are pooled, kept alive and
+sized for well over 64 concurrent calls: :mod:`triage.router.providers.http_clients`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -36,6 +32,15 @@ from triage.policies.kinds.base import DEFAULT_KIND
 from triage.policies.strategy import Strategy
 from triage.router.core.errors import UpstreamProtocolError
 from triage.router.core.fields import CHAT_FIELDS, DROPPED_FIELDS
+from triage.router.providers.http_clients import (
+    MAX_LINE_BYTES,
+    async_httpx_client,
+    async_session,
+    async_timeout,
+    http2,
+    sync_client,
+    transport_error,
+)
 
 # Body fields taken from the call's keyword arguments (model and messages are set explicitly).
 _BODY_FIELDS = CHAT_FIELDS - DROPPED_FIELDS - {"model", "messages"}
@@ -44,7 +49,6 @@ _BODY_FIELDS = CHAT_FIELDS - DROPPED_FIELDS - {"model", "messages"}
 _DIRECT_EXTRA = frozenset({"extra_body", "extra_headers"})
 # litellm's bookkeeping keys build_kwargs always sets (no retries: the policy's fallback retries).
 _CALL_KEYS = frozenset({"num_retries", "max_retries", "api_base", "api_key", "timeout", "model", "messages"})
-_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0)
 # Status -> the exception litellm raises for it (classify() reads the class names).
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
     400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
@@ -56,17 +60,6 @@ _CONTEXT_HINTS = ("context length", "context window", "maximum context", "too ma
 
 class ContextWindowExceededError(openai.BadRequestError):
     """A 400 that says the prompt does not fit (litellm's class of the same name: kind context_window)."""
-
-
-def _has_h2() -> bool:
-    try:
-        import h2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_HTTP2 = _has_h2()
 
 
 # -- which strategies go direct ------------------------------------------------------------------
@@ -106,49 +99,6 @@ def request_parts(kwargs: dict[str, Any]) -> tuple[str, str, dict[str, str], dic
     if kwargs.get("api_key"):
         headers["authorization"] = f"Bearer {kwargs['api_key']}"
     return base, "/chat/completions", headers, body, float(kwargs.get("timeout") or 600.0)
-
-
-# -- pooled clients ------------------------------------------------------------------------------
-
-_sync_clients: dict[str, httpx.Client] = {}
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
-    weakref.WeakKeyDictionary())
-_lock = threading.Lock()
-
-
-def _http2(base: str) -> bool:
-    return _HTTP2 and base.startswith("https://")
-
-
-def sync_client(base: str) -> httpx.Client:
-    client = _sync_clients.get(base)
-    if client is None:
-        with _lock:
-            client = _sync_clients.get(base)
-            if client is None:
-                client = httpx.Client(base_url=base, limits=_LIMITS, http2=_http2(base), trust_env=False)
-                _sync_clients[base] = client
-    return client
-
-
-def async_client(base: str) -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    per_loop = _async_clients.get(loop)
-    if per_loop is None:
-        per_loop = _async_clients.setdefault(loop, {})
-    client = per_loop.get(base)
-    if client is None:
-        client = per_loop[base] = httpx.AsyncClient(base_url=base, limits=_LIMITS, http2=_http2(base),
-                                                    trust_env=False)
-    return client
-
-
-def close_clients() -> None:
-    """Close the sync clients (async ones close with their loop's garbage)."""
-    with _lock:
-        for client in _sync_clients.values():
-            client.close()
-        _sync_clients.clear()
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -299,11 +249,11 @@ class DirectStream(Iterator[Any]):
 
 
 class AsyncDirectStream(AsyncIterator[Any]):
-    """An async SSE stream of litellm chunks over an open ``httpx`` response."""
+    """An async SSE stream of litellm chunks over the lines of an open response (either client)."""
 
-    def __init__(self, resp: httpx.Response, body: dict[str, Any]) -> None:
-        self._resp = resp
-        self._lines = resp.aiter_lines()
+    def __init__(self, lines: AsyncIterator[str], close: Callable[[], Awaitable[None]], body: dict[str, Any]) -> None:
+        self._lines = lines
+        self._close = close
         self._tally = _Tally(body)
 
     def __aiter__(self) -> AsyncDirectStream:
@@ -326,7 +276,7 @@ class AsyncDirectStream(AsyncIterator[Any]):
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
-        await self._resp.aclose()
+        await self._close()
 
 
 # -- calls (litellm's signature: the keyword arguments of build_kwargs) ---------------------------
@@ -356,7 +306,52 @@ def completion(**kwargs: Any) -> Any:
 async def acompletion(**kwargs: Any) -> Any:
     """``litellm.acompletion`` for an OpenAI-compatible upstream."""
     base, path, headers, body, timeout = request_parts(kwargs)
-    client = async_client(base)
+    if http2(base):
+        return await _acompletion_httpx(base, path, headers, body, timeout)
+    import aiohttp
+
+    url = base + path
+    session = await async_session()
+    try:
+        resp = await session.post(url, data=json.dumps(body).encode(), headers=headers,
+                                  timeout=async_timeout(timeout), allow_redirects=False)
+        if not body.get("stream") or resp.status >= 400:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc, url) from exc
+    if resp.status >= 400:
+        raise status_error(httpx.Response(resp.status, headers=list(resp.headers.items()), content=raw,
+                                          request=httpx.Request("POST", url)))
+    if not body.get("stream"):
+        return _model_response(_loads(raw))
+
+    async def close() -> None:
+        await lines.aclose()
+        resp.release()  # back to the pool when the body was read to its end, else closed
+
+    lines = _aiohttp_lines(resp, url)
+    return AsyncDirectStream(lines, close, body)
+
+
+async def _aiohttp_lines(resp: Any, url: str) -> AsyncIterator[str]:
+    import aiohttp
+
+    try:
+        async for raw in resp.content:
+            yield raw.decode("utf-8", "replace").rstrip("\r\n")
+    except ValueError as exc:  # aiohttp buffers a line whole, up to its read buffer
+        raise UpstreamProtocolError(f"the upstream streamed a line over {MAX_LINE_BYTES >> 20} MiB") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc, url) from exc
+
+
+async def _acompletion_httpx(base: str, path: str, headers: dict[str, str], body: dict[str, Any],
+                             timeout: float) -> Any:
+    """The HTTP/2 call of an ``https`` upstream (``h2`` installed)."""
+    client = async_httpx_client(base)
     request = client.build_request("POST", path, content=json.dumps(body).encode(), headers=headers,
                                    timeout=timeout)
     if not body.get("stream"):
@@ -371,11 +366,15 @@ async def acompletion(**kwargs: Any) -> Any:
         finally:
             await resp.aclose()
         raise status_error(resp)
-    return AsyncDirectStream(resp, body)
+    return AsyncDirectStream(resp.aiter_lines(), resp.aclose, body)
 
 
 def _json(resp: httpx.Response) -> Any:
+    return _loads(resp.content)
+
+
+def _loads(raw: bytes) -> Any:
     try:
-        return resp.json()
+        return json.loads(raw)
     except ValueError as exc:
         raise UpstreamProtocolError("the upstream answered 200 with a body that is not JSON") from exc

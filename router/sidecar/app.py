@@ -27,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from triage.router.ledger.metrics import LedgerMetrics
+from triage.router.providers.http_clients import aclose_async_session
 from triage.logging import get_logger
 from triage.router.sidecar.errors import install_error_handlers
 from triage.router.sidecar.middleware import SidecarMiddleware
@@ -94,6 +95,7 @@ def create_app(settings: SidecarSettings, services: Services | None = None) -> F
                 log.error("sidecar_drain_timeout", requests=left, waited_s=RECORD_DRAIN_S)
             if services is None:  # services handed in are closed by whoever opened them
                 await asyncio.to_thread(opened.close)
+            await aclose_async_session()  # the direct path's pooled upstream connections
             executor.shutdown(wait=False)
             log.info("sidecar_stopped")
 

@@ -308,3 +308,38 @@ def test_cli_bad_line_and_skip_invalid(replay_file: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n"] == 200
     assert "skipped 1 invalid line" in result.stderr
+
+
+def test_aiq_replicates_are_paired_across_routers() -> None:
+    """Each router's AIQ bootstrap replicates resample the same queries: the random mix's replicates
+    follow from the two candidates' (paired), an informative router's differ; none reach the JSON."""
+    data = ReplayData.from_records(synthetic_records(400))
+    result = evaluate(data, ["threshold:score=difficulty"], n_boot=300)
+    r = result.routers
+    good, rand = r["threshold:score=difficulty"].replicates["aiq"], r["random"].replicates["aiq"]
+    assert good.shape == rand.shape == (300,)
+    lo, hi = r["threshold:score=difficulty"].metrics["aiq_ci"]
+    assert lo <= float(np.median(good)) <= hi
+    # Paired: the difference is tighter than either interval would suggest if they were independent.
+    diff = good - rand
+    assert diff.std() < np.hypot(good.std(), rand.std())
+    assert "replicates" not in r["random"].to_json()
+
+
+def test_gain_share_test_of_the_learning_loop_bench() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_loop", Path(__file__).resolve().parents[1]
+                                                  / "eval/bench/learning_loop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    rand = 0.70 + rng.normal(0, 0.01, 1000)
+    full = rand + 0.05 + rng.normal(0, 0.002, 1000)
+    met = mod.gain_share_test(full - 0.001, rand, full)
+    assert met["goal_verdict_on_test_rows"] == "met" and 0.9 < met["ci"][0] < met["ci"][1] < 1.0
+    missed = mod.gain_share_test(rand + 0.01, rand, full)
+    assert missed["goal_verdict_on_test_rows"] == "missed" and missed["ci"][1] < 0.5
+    noisy = mod.gain_share_test(rand + 0.045 + rng.normal(0, 0.03, 1000), rand, full)
+    assert noisy["goal_verdict_on_test_rows"] == "undecided"
+    assert mod.gain_share_test(np.zeros(0), np.zeros(0), np.zeros(0)) == {}

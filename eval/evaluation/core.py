@@ -183,12 +183,14 @@ def _router_result(entry: _Entry, out: RoutedOutcomes, ctx: _Context) -> RouterR
             aiq_b = np.array([np.nan if v is None else v for v in
                               (aiq(cost_kb[b], acc_kb[b], lo_b[b], hi_b[b]) for b in range(boot.n_boot))])
         metrics["aiq_ci"] = _ci(aiq_b, True)
+        replicates = {"aiq": np.asarray(aiq_b, dtype=float)}
     else:
         metrics["aiq_ci"] = None
+        replicates = {}
     metrics["cost_ratio_at_best_accuracy"] = cost_ratio_at_accuracy(
         cost_k, acc_k, float(ctx.cand_acc[ctx.best]), float(ctx.cand_cost[ctx.best]))
     return RouterResult(name=entry.key, spec=entry.spec, kind=entry.kind,
-                        learned=bool(entry.router.learned), metrics=metrics, curve=curve)
+                        learned=bool(entry.router.learned), metrics=metrics, curve=curve, replicates=replicates)
 
 
 def _entries(data: ReplayData, routers: Sequence[str | ReplayRouter]) -> list[_Entry]:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 RouterKind = Literal["candidate", "baseline", "router"]
 
 __all__ = ["EvaluationResult", "RouterResult", "jsonable"]
@@ -37,6 +39,10 @@ class RouterResult:
     learned: bool
     metrics: dict[str, Any]
     curve: list[dict[str, Any]]
+    #: Bootstrap replicates of headline metrics (``aiq``: (n_boot,)), paired across the routers of one
+    #: evaluation (the same resampled queries): for intervals of differences and ratios between
+    #: routers. Not part of the JSON.
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return jsonable({"spec": self.spec, "kind": self.kind, "learned": self.learned,

@@ -129,12 +129,23 @@ async def async_session() -> Any:
         return entry.session
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_S)
+    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_S,
+                                     ssl=_tls_context())
     session = aiohttp.ClientSession(connector=connector, headers={"user-agent": USER_AGENT},
                                     read_bufsize=MAX_LINE_BYTES // 2, trust_env=False, auto_decompress=True)
     entry = _async_sessions[loop] = _LoopSession(session)
     await entry.keeper.__anext__()  # parked: the loop's async-generator shutdown closes the session
     return session
+
+
+def _tls_context() -> Any:
+    """Certificates verified against certifi's bundle, as httpx does: the same upstreams are trusted
+    whichever client calls them (a slim image without system CA certificates included)."""
+    import ssl
+
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 async def aclose_async_session() -> None:

@@ -89,14 +89,15 @@ def pick_pair(train: list[ReplayRecord]) -> tuple[str, str]:
     return cheap, strong
 
 
-def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "default") -> None:
+def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "default",
+                 epsilon: float = EPSILON) -> None:
     doc = {
         "name": name, "version": 1, "probe": probe,
         "strategies": {"cheap": {"model": f"openai/{cheap}", "replay_candidate": cheap},
                        "strong": {"model": f"openai/{strong}", "replay_candidate": strong}},
         "tiers": {"easy": "cheap", "normal": "strong", "hard": "strong"},
         "rule": {"type": "thresholds", "thresholds": {"normal": 0.5, "hard": 0.5}},
-        "exploration": {"type": "epsilon", "epsilon": EPSILON},
+        "exploration": {"type": "epsilon", "epsilon": epsilon},
         "ledger": {"store_prompts": True},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
@@ -201,7 +202,7 @@ def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
 
 
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
-                round_size: int = 500) -> dict[str, Any]:
+                round_size: int = 500, epsilon: float = EPSILON) -> dict[str, Any]:
     from triage.errors import TriageError
     from triage.eval.calibrate import Objective
     from triage.eval.learn import LearnConfig, learn
@@ -221,7 +222,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         [r.model_copy(update={"split": "test"}) for r in test_recs]
     data = ReplayData.from_records(both, candidates=[cheap, strong], name=f"{name}-train+test")
     policy_path = work / f"{name}.yaml"
-    write_policy(policy_path, name, cheap, strong)
+    write_policy(policy_path, name, cheap, strong, epsilon=epsilon)
     ledger = str(work / f"{name}.sqlite")
     full = {r.id: r for r in train}
     out: dict[str, Any] = {"pair": {"cheap": cheap, "strong": strong}, "train_rows": len(train),
@@ -292,17 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=0, help="Cap on train rows used as traffic (0: all).")
     ap.add_argument("--test", type=int, default=0, help="Cap on test rows scored (0: all).")
     ap.add_argument("--datasets", default="routerbench,simpleqa")
+    ap.add_argument("--epsilon", type=float, default=EPSILON,
+                    help=f"Exploration share (the headline is {EPSILON}; another value is a sensitivity run, "
+                         "written to results/learning_loop_epsilon<E>.json).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
-                                      "test": args.test, "epsilon": EPSILON, "features": FEATURES, "seed": 0,
+                                      "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "seed": 0,
                                       "bandit_weighting": "auto (triage.probes.bandit_training)"},
                            "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="learning-loop-") as tmp:
         for name in args.datasets.split(","):
             work = Path(tmp) / name
             work.mkdir()
-            doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size)
+            doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size,
+                                                args.epsilon)
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
@@ -317,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+        out = RESULTS if args.epsilon == EPSILON else RESULTS.with_name(f"learning_loop_epsilon{args.epsilon:g}.json")
+        out.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     print(json.dumps(doc, default=str) if args.json else json.dumps(doc, indent=2, default=str))
     return 0
 

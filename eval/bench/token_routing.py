@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                    "answer": answer, "gold": p.answer, "tokens": r.n_tokens, "large_tokens": r.n_large,
                    "small_proposals": r.small_proposals, "wall_s": r.wall_s, "cpu_s": time.process_time() - c0,
                    "large_forwards": r.large_forwards, "large_positions": r.large_positions,
-                   "finish_reason": r.finish_reason, "text": r.text, "large_overrides": r.large_overrides}
+                   "finish_reason": r.finish_reason, "text": r.text, "large_overrides": r.large_overrides,
+                   "loadavg_1min": round(os.getloadavg()[0], 2)}  # what the decode ran beside (wall_s)
             runs[key] = row
             with runs_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -250,9 +252,17 @@ def main(argv: list[str] | None = None) -> int:
                         "large": {"name": pair.large.name, "params": large_params, "sha256": pair.large.sha256}}
     result["head"] = {"version": card.version, "target": card.target, "metrics": card.metrics, "training_data": {
         k: card.training_data.get(k) for k in ("source", "counts", "labels_command")}} if card else None
+    # The decodes may come from the cache (earlier invocations): their own load is in each run row; the
+    # load of this invocation says only how busy the machine was while it ran (or aggregated).
+    run_loads = [row["loadavg_1min"] for label in labels for p in done
+                 if (row := runs[key_of(label, p.index)]).get("loadavg_1min") is not None]
     result["environment"] = {"engine": pair.engine, "cpu_count": os.cpu_count(), "nice": os.nice(0),
-                             "loadavg_start": [round(x, 2) for x in load_start],
-                             "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+                             "decodes_loadavg_1min": {"runs": len(run_loads), "of": len(labels) * len(done),
+                                                      "min": min(run_loads, default=None),
+                                                      "median": statistics.median(run_loads) if run_loads else None,
+                                                      "max": max(run_loads, default=None)},
+                             "this_invocation_loadavg_start": [round(x, 2) for x in load_start],
+                             "this_invocation_loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if done:

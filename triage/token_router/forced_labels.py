@@ -219,21 +219,9 @@ def run_forced_labels(pair: Any, refs: Sequence[Reference], s: ForcedSettings, *
                      f"(elapsed {time.perf_counter() - t_start:.0f} s)")
     if not done:
         raise ValueError("no prompt was labelled (the deadline passed before the first one)")
-    runs = _previous_runs(out / "manifest.json")
-    manifest = collect(out, done, command=command, source=source, pair=pair, settings=settings)
-    # A label set grows over resumed runs: the manifest keeps every run, not only the last command.
-    runs.append({"command": command, "finished_at": manifest["created_at"], "prompts_labelled": labelled,
-                 "prompts_relabelled": relabelled, "seconds": round(time.perf_counter() - t_start, 1)})
-    manifest["runs"] = runs
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def _previous_runs(path: Path) -> list[dict[str, Any]]:
-    try:
-        return list(json.loads(path.read_text()).get("runs", []))
-    except (OSError, ValueError):
-        return []
+    return collect(out, done, command=command, source=source, pair=pair, settings=settings,
+                   run={"command": command, "prompts_labelled": labelled, "prompts_relabelled": relabelled,
+                        "seconds": round(time.perf_counter() - t_start, 1)})
 
 
 # -- verification against the R2R rule -------------------------------------------------------------

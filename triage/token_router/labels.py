@@ -169,8 +169,12 @@ def run_labels(pair: Any, problems: Sequence[Problem], s: LabelSettings, *, out_
 
 
 def collect(out: Path, indices: Sequence[int], *, command: str, source: str, pair: Any,
-            settings: dict[str, Any]) -> dict[str, Any]:
-    """Stack per-prompt files into ``features.npy``/``categories.npy``/``groups.npy`` + ``manifest.json``."""
+            settings: dict[str, Any], run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stack per-prompt files into ``features.npy``/``categories.npy``/``groups.npy`` + ``manifest.json``.
+
+    ``run``: this labelling run's record, appended to the ``runs`` of the manifest it replaces - a
+    label set grows over resumed runs, and the manifest keeps every one, not only the last command.
+    """
     feats, cats, groups, prompts = [], [], [], []
     for i in indices:
         data = np.load(out / "prompts" / f"{i}.npz")
@@ -199,8 +203,17 @@ def collect(out: Path, indices: Sequence[int], *, command: str, source: str, pai
         "prompts": prompts,
         "files": {n: _sha256(out / n) for n in ("features.npy", "categories.npy", "groups.npy")},
     }
+    if run is not None:
+        manifest["runs"] = [*_previous_runs(out / "manifest.json"), {**run, "finished_at": manifest["created_at"]}]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _previous_runs(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(path.read_text()).get("runs", []))
+    except (OSError, ValueError):
+        return []
 
 
 def load_labels(folder: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:

@@ -145,14 +145,15 @@ def ope_figures(res: Any, truth_test: dict[str, float], truth_logged: dict[str, 
 N_BOOT = 1000
 
 
-def router_figures(data: Any, specs: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+def router_figures(data: Any, specs: list[str],
+                   n_boot: int = N_BOOT) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Every router's and baseline's curve metrics on the test rows (split protocol: fit on train),
     and each one's AIQ bootstrap replicates (paired: the same resampled test rows for all)."""
     from triage.eval.evaluation import evaluate
 
     # 95% bootstrap intervals over the test rows: how far apart AIQs must be to mean anything - the
     # full-information router's gain over random is ~0.02-0.06 AIQ.
-    res = evaluate(data, specs, n_boot=N_BOOT, protocol="split")
+    res = evaluate(data, specs, n_boot=n_boot, protocol="split")
     keep = ("aiq", "aiq_ci", "apgr", "cost_ratio_at_best_accuracy", "accuracy", "cost")
     figs, reps = {}, {}
     for key, r in res.routers.items():
@@ -192,6 +193,37 @@ def gain_share_test(aiq_b: np.ndarray, random_b: np.ndarray, full_b: np.ndarray,
     verdict = "met" if lo > 0 else "missed" if hi < 0 else "undecided"
     return {"ci": percentile_interval(share), "undefined_share": round(float(1.0 - ok.mean()), 4),
             "goal_margin_ci": [lo, hi], "goal_verdict_on_test_rows": verdict, "n_boot": int(aiq_b.size)}
+
+
+#: Shares of the train queries (every outcome known) the label-volume curve trains on, and its draws.
+CURVE_FRACTIONS = (0.15, 0.35, 0.5, 0.7)
+CURVE_SEEDS = 3
+
+
+def label_volume_curve(train: list[ReplayRecord], test: list[ReplayRecord], candidates: list[str], name: str,
+                       random_aiq: float, full_aiq: float) -> dict[str, Any]:
+    """The full-information router trained on a random share of the train queries (every outcome of
+    each), scored on the same test rows: how its gain share grows with labelled queries. The bandit's
+    logged data has one outcome per query and trains on 70% of them, so it holds about a third of the
+    full-information labels (fewer for the arm the greedy policy seldom picks); this curve says where
+    that label volume alone puts a router, whatever the bandit machinery does."""
+    from triage.replay import ReplayData
+
+    spec = f"probe-text:features={FEATURES}"
+    test_rows = [r.model_copy(update={"split": "test"}) for r in test]
+    curve = {}
+    for frac in CURVE_FRACTIONS:
+        shares = []
+        for seed in range(CURVE_SEEDS):
+            pick = np.random.default_rng(seed).choice(len(train), int(round(frac * len(train))), replace=False)
+            rows = [train[i].model_copy(update={"split": "train"}) for i in sorted(pick)] + test_rows
+            data = ReplayData.from_records(rows, candidates=candidates, name=f"{name}-{frac}-{seed}")
+            figs, _ = router_figures(data, [spec], n_boot=0)
+            shares.append(gain_share(figs[spec]["aiq"], random_aiq, full_aiq))
+        known = [x for x in shares if x is not None]
+        curve[f"{frac:g}"] = {"train_queries": int(round(frac * len(train))), "gain_share_per_draw": shares,
+                              "gain_share_mean": float(np.mean(known)) if known else None}
+    return curve
 
 
 def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
@@ -281,8 +313,19 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
     out["dr_coverage_test"] = {"accuracy": sum(cov), "cost": sum(cov_cost), "rounds": len(cov)}
     out["gain_share_per_round"] = [x.get("test_router", {}).get("gain_share_of_full_information")
                                    for x in out["rounds"]]
+    out["label_volume_curve"] = label_volume_curve(train, test_recs, [cheap, strong], name, rand["aiq"], fi["aiq"])
+    out["logged_label_share"] = _logged_label_share(out["rounds"], len(train))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _logged_label_share(rounds: list[dict[str, Any]], n_train: int) -> dict[str, Any] | None:
+    """The last round's training labels per candidate, as a share of the full-information labels
+    (every train query, one outcome per candidate) - to read against ``label_volume_curve``."""
+    last = next((r for r in reversed(rounds) if r.get("probe_labels")), None)
+    if last is None or not n_train:
+        return None
+    return {c: round(v["rows"] / n_train, 3) for c, v in last["probe_labels"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -339,3 +339,29 @@ def test_async_calls_share_one_pooled_session_that_closes_with_its_loop(
     gc.collect()
     assert "Unclosed" not in caplog.text
     assert not [w for w in recwarn if "Unclosed client session" in str(w.message)]
+
+
+def test_an_async_stream_left_early_frees_its_connection(faults: FaultUpstream,
+                                                          recwarn: pytest.WarningsRecorder) -> None:
+    """A caller that stops reading a stream (a client gone mid-answer) closes it without error, and the
+    pool keeps serving the next calls on the loop."""
+    import gc
+
+    from triage.router.providers import openai_direct
+
+    async def calls() -> list[str]:
+        out = []
+        for _ in range(3):
+            stream = await openai_direct.acompletion(model="openai/gpt-4o-mini", messages=ASK, api_base=faults.base,
+                                                     api_key="sk-test", timeout=5.0, stream=True)
+            first = await stream.__anext__()
+            out.append(first.choices[0].delta.content)
+            await stream.aclose()
+        answer = await openai_direct.acompletion(model="openai/gpt-4o-mini", messages=ASK, api_base=faults.base,
+                                                 api_key="sk-test", timeout=5.0)
+        out.append(answer.choices[0].message.content)
+        return out
+
+    assert asyncio.run(calls(), debug=True) == ["re", "re", "re", "red"]  # debug: aiohttp warns of unclosed responses
+    gc.collect()
+    assert not [w for w in recwarn if "Unclosed" in str(w.message)]

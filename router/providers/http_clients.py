@@ -160,11 +160,12 @@ async def aclose_async_session() -> None:
 
 
 def async_timeout(seconds: float) -> Any:
-    """httpx's ``Timeout(seconds)`` in aiohttp's terms: connect and each read, not the whole answer
-    (a long stream is not cut while tokens keep coming)."""
+    """httpx's ``Timeout(seconds)`` in aiohttp's terms: waiting for a pooled connection (``connect``
+    includes it, as httpx's pool timeout), connecting, and each read - not the whole answer (a long
+    stream is not cut while tokens keep coming)."""
     import aiohttp
 
-    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
 
 
 def transport_error(exc: BaseException, url: str) -> httpx.TransportError:

@@ -30,9 +30,17 @@ from typing import Any
 
 import httpx
 
-import triage
 
-USER_AGENT = f"triage-router/{triage.__version__}"
+def _user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"triage-router/{version('triage-router')}"
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "triage-router"
+
+
+USER_AGENT = _user_agent()
 #: Connections per process (all upstreams together); keep-alive long enough to span traffic gaps.
 MAX_CONNECTIONS = 512
 KEEPALIVE_S = 30.0

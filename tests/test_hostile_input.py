@@ -132,6 +132,31 @@ def test_malformed_content_parts_are_422(http, hostile, name, content, param):
     assert err["param"] == param, err
 
 
+@pytest.mark.parametrize("name, token", [
+    ("decision token of 24 KB (under the 32 KB head cap)", "A" * 12_000 + "." + "B" * 12_000),
+    ("decision token of dots only", "." * 4000),
+    ("decision token with many parts", ".".join(["QUFB"] * 500)),
+    ("decision token of base64 garbage", "eyJyaWQiOiJ4In0." + "A" * 43),
+    ("decision token with latin-1 bytes", "\xe9\xe8.\xff"),
+    ("empty decision token", ""),
+])
+def test_forged_decision_tokens_are_400_and_call_nothing(http, server, hostile, name, token):
+    """The decision-token header (a /v1/route decision reused) is untrusted input: any value the
+    server did not sign is a 400 ``invalid_decision_token`` before routing - linear in the header's
+    length, nothing called or recorded (tests/test_decision_token.py has the signed-token cases)."""
+    body = json.dumps({"model": "triage/local", "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "What is 2 + 2?"}]}).encode()
+    before = server.ledger_bytes()
+    t0 = time.perf_counter()
+    r, hung = timed_post(http, CHAT, body, headers={"x-triage-decision-token": token.encode("latin-1")})
+    case = hostile.case(name, statuses=[r.status_code] if r is not None else [], hangs=hung)
+    assert case.hangs == 0 and case.count_5xx == 0
+    err = check_error(r.status_code, dict(r.headers), r.content, 400, "invalid_decision_token")
+    assert err["param"] == "x-triage-decision-token"
+    assert time.perf_counter() - t0 < BOUND_S
+    assert server.ledger_bytes() == before
+
+
 @pytest.mark.parametrize("since", ["99999999999999d", "9999999w", "0001-01-01T00:00:00+05:00"])
 def test_since_out_of_range_is_400(http, hostile, since):
     r = http.get("/v1/ledger/summary", params={"since": since})
@@ -267,7 +292,8 @@ def test_the_sidecar_still_answers_after_the_hostile_cases(http, server):
 def test_docs_list_every_error_code_of_these_cases():
     doc = (REPO / "docs" / "sidecar.md").read_text()
     for code in ("invalid_json", "invalid_value", "invalid_summary_query", "upstream_unreachable", "model_not_found",
-                 "request_header_too_large", "request_timeout", "request_too_large", "invalid_http"):
+                 "request_header_too_large", "request_timeout", "request_too_large", "invalid_http",
+                 "invalid_decision_token"):
         assert f"`{code}`" in doc, code
 
 

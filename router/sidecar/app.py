@@ -45,7 +45,8 @@ WORKER_THREADS = 64
 
 DESCRIPTION = """OpenAI-compatible router. Point any OpenAI client at this server's `/v1` and use
 `model="triage/<policy>"`: a difficulty probe picks the strategy (model, prompt, token budget),
-the call goes through litellm, and every request is recorded in the ledger. Responses carry
+the call goes to the upstream (directly for OpenAI-compatible ones, else through litellm), and every
+request is recorded in the ledger. Responses carry
 `x-triage-request-id`, `x-triage-tier` and `x-triage-strategy`; post outcomes to `/v1/feedback`."""
 
 

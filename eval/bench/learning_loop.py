@@ -215,13 +215,13 @@ def label_volume_curve(train: list[ReplayRecord], test: list[ReplayRecord], cand
     for frac in CURVE_FRACTIONS:
         shares = []
         for seed in range(CURVE_SEEDS):
-            pick = np.random.default_rng(seed).choice(len(train), int(round(frac * len(train))), replace=False)
+            pick = np.random.default_rng(seed).choice(len(train), round(frac * len(train)), replace=False)
             rows = [train[i].model_copy(update={"split": "train"}) for i in sorted(pick)] + test_rows
             data = ReplayData.from_records(rows, candidates=candidates, name=f"{name}-{frac}-{seed}")
             figs, _ = router_figures(data, [spec], n_boot=0)
             shares.append(gain_share(figs[spec]["aiq"], random_aiq, full_aiq))
         known = [x for x in shares if x is not None]
-        curve[f"{frac:g}"] = {"train_queries": int(round(frac * len(train))), "gain_share_per_draw": shares,
+        curve[f"{frac:g}"] = {"train_queries": round(frac * len(train)), "gain_share_per_draw": shares,
                               "gain_share_mean": float(np.mean(known)) if known else None}
     return curve
 

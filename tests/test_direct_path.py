@@ -312,14 +312,16 @@ def test_the_path_is_chosen_per_strategy(tmp_path: Path, stub: str) -> None:
 def test_async_calls_share_one_pooled_session_that_closes_with_its_loop(
         faults: FaultUpstream, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder) -> None:
     """One aiohttp session per loop, reused by every call on it; ``asyncio.run`` closes it as the loop
-    ends (no "Unclosed client session" error from aiohttp when the session is collected)."""
+    ends (no "Unclosed client session" error from aiohttp when the session is collected). The loopback
+    fault server stands in for the upstream: what is tested is Triage's client pool, not an answer."""
     import gc
 
     from triage.router.providers import http_clients, openai_direct
 
-    sessions = []
+    sessions, loops = [], []
 
     async def calls() -> list[str]:
+        loops.append(asyncio.get_running_loop())
         out = []
         for stream in (False, True, False):
             answer = await openai_direct.acompletion(model="openai/gpt-4o-mini", messages=ASK, api_base=faults.base,
@@ -335,6 +337,7 @@ def test_async_calls_share_one_pooled_session_that_closes_with_its_loop(
         assert asyncio.run(calls()) == ["red", "red", "red"]
     assert len({id(s) for s in sessions[:3]}) == 1 and sessions[0] is not sessions[3]  # per loop
     assert all(s.closed for s in sessions)
+    assert not [lp for lp in loops if lp in http_clients._async_sessions]  # entries gone, not only closed
     del sessions[:]
     gc.collect()
     assert "Unclosed" not in caplog.text
@@ -344,7 +347,8 @@ def test_async_calls_share_one_pooled_session_that_closes_with_its_loop(
 def test_an_async_stream_left_early_frees_its_connection(faults: FaultUpstream,
                                                           recwarn: pytest.WarningsRecorder) -> None:
     """A caller that stops reading a stream (a client gone mid-answer) closes it without error, and the
-    pool keeps serving the next calls on the loop."""
+    pool keeps serving the next calls on the loop (the loopback fault server stands in for the upstream,
+    as above)."""
     import gc
 
     from triage.router.providers import openai_direct

@@ -327,12 +327,8 @@ def test_aiq_replicates_are_paired_across_routers() -> None:
 
 
 def test_gain_share_test_of_the_learning_loop_bench() -> None:
-    import importlib.util
+    from triage.eval.bench import learning_loop as mod
 
-    spec = importlib.util.spec_from_file_location("learning_loop", Path(__file__).resolve().parents[1]
-                                                  / "eval/bench/learning_loop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     rng = np.random.default_rng(0)
     rand = 0.70 + rng.normal(0, 0.01, 1000)
     full = rand + 0.05 + rng.normal(0, 0.002, 1000)

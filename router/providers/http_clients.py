@@ -23,6 +23,7 @@ SDK script does not end with aiohttp's "Unclosed client session" error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
 from collections.abc import AsyncGenerator
@@ -111,7 +112,8 @@ def close_clients() -> None:
 class _LoopSession:
     """The aiohttp session of one loop and the parked generator that closes it with the loop."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: Any) -> None:
+        self.loop = loop
         self.session = session
         self.keeper = self._keep()
 
@@ -119,18 +121,18 @@ class _LoopSession:
         try:
             yield
         finally:
-            await self.close()
-
-    async def close(self) -> None:
-        if not self.session.closed:
-            await self.session.close()
+            # The session refers to its loop, so the weak-keyed entry would outlive the loop: drop it.
+            if _async_sessions.get(self.loop) is self:
+                del _async_sessions[self.loop]
+            if not self.session.closed:
+                await self.session.close()
 
 
 _async_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSession] = weakref.WeakKeyDictionary()
 
 
 async def async_session() -> Any:
-    """This loop's ``aiohttp.ClientSession`` (opened on first use)."""
+    """This loop's ``aiohttp.ClientSession`` (opened on first use; the sidecar opens it at start-up)."""
     loop = asyncio.get_running_loop()
     entry = _async_sessions.get(loop)
     if entry is not None and not entry.session.closed:
@@ -141,14 +143,16 @@ async def async_session() -> Any:
                                      ssl=_tls_context())
     session = aiohttp.ClientSession(connector=connector, headers={"user-agent": USER_AGENT},
                                     read_bufsize=MAX_LINE_BYTES // 2, trust_env=False, auto_decompress=True)
-    entry = _async_sessions[loop] = _LoopSession(session)
+    entry = _async_sessions[loop] = _LoopSession(loop, session)
     await entry.keeper.__anext__()  # parked: the loop's async-generator shutdown closes the session
     return session
 
 
+@functools.cache
 def _tls_context() -> Any:
     """Certificates verified against certifi's bundle, as httpx does: the same upstreams are trusted
-    whichever client calls them (a slim image without system CA certificates included)."""
+    whichever client calls them (a slim image without system CA certificates included). Built once
+    (loading the bundle takes milliseconds) and shared by every loop's session."""
     import ssl
 
     import certifi
@@ -159,10 +163,9 @@ def _tls_context() -> Any:
 async def aclose_async_session() -> None:
     """Close this loop's session and HTTP/2 clients (the sidecar's shutdown)."""
     loop = asyncio.get_running_loop()
-    entry = _async_sessions.pop(loop, None)
+    entry = _async_sessions.get(loop)
     if entry is not None:
-        await entry.close()
-        await entry.keeper.aclose()
+        await entry.keeper.aclose()  # its ``finally`` closes the session and drops the entry
     for client in _async_httpx.pop(loop, {}).values():
         await client.aclose()
 
@@ -185,7 +188,7 @@ def transport_error(exc: BaseException, url: str) -> httpx.TransportError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(text, request=request)
     if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are asyncio.TimeoutError subclasses
-        return httpx.ReadTimeout(text or "timed out", request=request)
+        return httpx.ReadTimeout(text, request=request)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return httpx.ConnectError(text, request=request)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):

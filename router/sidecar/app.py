@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from triage.router.ledger.metrics import LedgerMetrics
-from triage.router.providers.http_clients import aclose_async_session
+from triage.router.providers.http_clients import aclose_async_session, async_session
 from triage.logging import get_logger
 from triage.router.sidecar.errors import install_error_handlers
 from triage.router.sidecar.middleware import SidecarMiddleware
@@ -81,6 +81,7 @@ def create_app(settings: SidecarSettings, services: Services | None = None) -> F
         opened = services if services is not None else await asyncio.to_thread(Services.open, settings, metrics)
         app.state.services = opened
         await opened.warm_up()
+        await async_session()  # the direct path's pool (and aiohttp's import) now, not on the first request
         triggers = ReloadTriggers(opened, settings.watch_policies_s)  # SIGHUP and the optional file watch
         triggers.start()
         log.info("sidecar_started", policies=list(opened.routers), ledger=opened.store.where,

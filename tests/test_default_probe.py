@@ -50,3 +50,24 @@ def test_build_default_writes_the_real_default_probe_that_serving_loads(tmp_path
     # the session's small probe is untouched
     session = json.loads((default_probe_path() / "card.json").read_text())
     assert session["command"] == SESSION_PROBE_COMMAND
+
+
+def test_build_default_with_the_fast_probe_features(tmp_path: Path) -> None:
+    """`--features text:variant=l0` (the fast probe of the README) builds a probe that reads the
+    encoder's embedding layer only, and serving loads it like the default one."""
+    from triage.probes.runtime import load_probe
+
+    out = tmp_path / "fast"
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage.router.cli.main", "probe", "build-default", "--features", "text:variant=l0",
+         "--out", str(out)],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "card.json").read_text())
+    assert [(f["name"], f["params"]["variant"], f["params"]["aux"]) for f in card["features"]] == [("text", "l0", True)]
+    assert set(card["files"]) >= {"features/text/model.l0.onnx", "features/text/tokenizer.json"}
+    assert "features/text/model.l2.int8.onnx" not in card["files"]
+    for label, m in card["metrics"]["calibrated"]["success"].items():
+        assert m["auroc"]["value"] > 0.65, label
+    easy, hard = load_probe(out).predict(["What is 2 + 2?", "Prove the four colour theorem via discharging."])
+    assert hard.tier_probs["hard"] > easy.tier_probs["hard"]

@@ -120,6 +120,10 @@ def test_text_encoder_matches_torch_reference_and_is_batch_independent():
         shallow = TextEncoder(folder, variant=variant).encode(texts)
         assert (np.sum(shallow * reference_embeddings(texts, layers=layers), axis=1) > 0.98).all()
         assert (np.sum(shallow * ref, axis=1) < 0.999).any()  # it is not the full model
+    # no layer (the fast probe's): the mean-pooled embedding layer, fp32, so torch's values exactly
+    bare = TextEncoder(folder, variant="l0").encode(texts)
+    np.testing.assert_allclose(bare, reference_embeddings(texts, layers=0), atol=1e-5)
+    assert (np.sum(bare * ref, axis=1) < 0.99).all()
 
 
 def test_text_feature_identity_names_the_encoder():

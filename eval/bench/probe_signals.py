@@ -28,6 +28,12 @@ under a policy whose strategies are API models.
 
     python eval/bench/probe_signals.py --json [--datasets gsm8k,gsm8k-proxy,routerbench,simpleqa]
         [--max-rows gsm8k-proxy=400,simpleqa=1500,routerbench=1000] [--latency-n 30]
+
+The fast probe's encoder (``text-l0``: MiniLM's embedding layer only) against the default's, in the
+default probe's set-up, on four sets (MMLU, 57 subjects, is not in the default list):
+
+    python eval/bench/probe_signals.py --datasets gsm8k,routerbench,simpleqa,mmlu --only text,text-l0 \
+        --C 0.05 --max-rows simpleqa=3232,mmlu=5000 --latency-n 0 --out eval/bench/results/probe_signals_l0.json
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ QWEN = "qwen2.5-coder-0.5b"
 BASE_CONFIGS: list[tuple[str, str, str]] = [
     ("text", "text", ""),
     ("text-noaux", "text:aux=false", ""),
+    ("text-l0", "text:variant=l0", ""),  # the fast probe's input: no transformer layer
     ("lexical", "lexical", ""),
     ("lm-scalars", "lm:parts=scalars", ""),
     ("lm-final", "lm:parts=final", ""),
@@ -83,7 +90,8 @@ PROXY_CONFIGS: list[tuple[str, str, str]] = [
     ("lexical+selfconf", "lexical", "selfconf:smollm2-135m"),
     ("text+selfconf", "text", "selfconf:smollm2-135m"),
 ]
-HEADLINE = {"gsm8k": "apgr", "gsm8k-proxy": "apgr", "routerbench": "aiq", "simpleqa": "cost_ratio_at_best_accuracy"}
+HEADLINE = {"gsm8k": "apgr", "gsm8k-proxy": "apgr", "routerbench": "aiq", "simpleqa": "cost_ratio_at_best_accuracy",
+            "mmlu": "apgr"}
 
 
 def configs_for(name: str, n_tasks: int, skip: set[str]) -> list[tuple[str, str, str]]:

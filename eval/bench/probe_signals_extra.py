@@ -30,8 +30,10 @@ SOURCES = {  # name -> (importer, folder under data_dir, dataset)
     "gsm8k": ("routellm", "routellm", "gsm8k"),
     "routerbench": ("routerbench", "routerbench-subset", None),
     "simpleqa": ("pricing-reversal", "pricing-reversal", "simpleqa-test"),
+    "mmlu": ("routellm", "routellm", "mmlu"),
 }
-REPLAY_FILES = {"gsm8k": "gsm8k.jsonl", "routerbench": "routerbench.jsonl", "simpleqa": "simpleqa-test.jsonl"}
+REPLAY_FILES = {"gsm8k": "gsm8k.jsonl", "routerbench": "routerbench.jsonl", "simpleqa": "simpleqa-test.jsonl",
+                "mmlu": "mmlu.jsonl"}
 
 
 def load_dataset(name: str, max_rows: int | None, *, replay_dir: Path | None = None) -> tuple[ReplayData, str]:

@@ -9,7 +9,8 @@ Scenarios: ``1_client`` (sequential), ``32_paced`` (32 clients offering ``--rate
 below every system's saturation, so latency is work, not queueing), ``32_saturated`` (closed loop).
 Added latency = the system's quantile - the stub's same quantile in the same round and scenario.
 Figures are medians over rounds with min and max; ratios are Triage ÷ LiteLLM proxy per round, then
-the median (``ratios``) and min..max (``ratios_range``).
+the median (``ratios``) and min..max (``ratios_range``). A ``triage-fast-probe`` system (the sidecar
+with the fast probe) gets the same headline and ratios in its own ``triage_fast_probe`` block.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = ("1_client", "32_paced", "32_saturated")
-SYSTEMS = ("direct", "triage", "triage-2-workers", "litellm-proxy")
+SYSTEMS = ("direct", "triage", "triage-2-workers", "triage-fast-probe", "litellm-proxy")
 
 
 @dataclass
@@ -136,31 +137,42 @@ def summarize(raw: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]
                 out.append(s[field])
         return out
 
-    ratios: dict[str, float | None] = {}
-    ranges: dict[str, list[float] | None] = {}
-    for key, scenario, field in (("added_p50_1_client", "1_client", "added_p50"),
-                                 ("added_p99_1_client", "1_client", "added_p99"),
-                                 ("rps_32_saturated", "32_saturated", "rps")):
-        rs = [_ratio(t, lp) for t, lp in zip(per_round("triage", scenario, field), per_round("litellm-proxy", scenario, field))]
-        sp = spread(rs)
-        ratios[key] = sp["median"] if sp else None
-        ranges[key] = [sp["min"], sp["max"]] if sp else None
+    def ratios_of(system: str) -> tuple[dict[str, float | None], dict[str, list[float] | None]]:
+        ratios: dict[str, float | None] = {}
+        ranges: dict[str, list[float] | None] = {}
+        for key, scenario, field in (("added_p50_1_client", "1_client", "added_p50"),
+                                     ("added_p99_1_client", "1_client", "added_p99"),
+                                     ("rps_32_saturated", "32_saturated", "rps")):
+            rs = [_ratio(t, lp) for t, lp in zip(per_round(system, scenario, field), per_round("litellm-proxy", scenario, field))]
+            sp = spread(rs)
+            ratios[key] = sp["median"] if sp else None
+            ranges[key] = [sp["min"], sp["max"]] if sp else None
+        return ratios, ranges
 
     def med(system: str, scenario: str, field: str) -> float | None:
         e = systems.get(system, {}).get("scenarios", {}).get(scenario, {}).get(field)
         return e["median"] if e else None
 
-    headline = {
-        "added_p50_ms_1_client": med("triage", "1_client", "added_p50_ms"),
-        "added_p99_ms_1_client": med("triage", "1_client", "added_p99_ms"),
-        "rps_32_saturated": med("triage", "32_saturated", "rps"),
-        "rps_32_saturated_2_workers": med("triage-2-workers", "32_saturated", "rps"),
-        # Saturated: the most requests per scenario, so idle background work weighs least per request.
-        "cpu_ms_per_request": med("triage", "32_saturated", "cpu_ms_per_request"),
-    }
+    def headline_of(system: str, two_workers: str | None) -> dict[str, float | None]:
+        return {
+            "added_p50_ms_1_client": med(system, "1_client", "added_p50_ms"),
+            "added_p99_ms_1_client": med(system, "1_client", "added_p99_ms"),
+            "rps_32_saturated": med(system, "32_saturated", "rps"),
+            "rps_32_saturated_2_workers": med(two_workers, "32_saturated", "rps") if two_workers else None,
+            # Saturated: the most requests per scenario, so idle background work weighs least per request.
+            "cpu_ms_per_request": med(system, "32_saturated", "cpu_ms_per_request"),
+        }
+
+    ratios, ranges = ratios_of("triage")
+    headline = headline_of("triage", "triage-2-workers")
+    fast: dict[str, Any] = {}
+    if "triage-fast-probe" in systems:
+        f_ratios, f_ranges = ratios_of("triage-fast-probe")
+        fast = {"triage_fast_probe": {**headline_of("triage-fast-probe", None), "ratios": f_ratios,
+                                      "ratios_range": f_ranges}}
     ceiling = med("direct", "32_saturated", "rps")
     bound = [n for n in systems if n != "direct" and ceiling and (med(n, "32_saturated", "rps") or 0) > 0.5 * ceiling]
-    return {"systems": systems, "ratios": ratios, "ratios_range": ranges, "triage": headline,
+    return {"systems": systems, "ratios": ratios, "ratios_range": ranges, "triage": headline, **fast,
             "load_generator": {
                 "tool": "aiohttp on uvloop, keep-alive, its own process per measurement (eval/bench/loadgen.py)",
                 "ceiling_rps_32_clients": ceiling,

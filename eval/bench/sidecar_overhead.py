@@ -13,6 +13,10 @@ generator is ``loadgen.py`` in its own process; see ``sidecar_compare.py`` for t
     python eval/bench/sidecar_overhead.py --rounds 5 --duration 5 --out result.json   # ~7 min
     python eval/bench/sidecar_overhead.py --quick --systems triage,direct             # ~1 min smoke
 
+``--fast-probe DIR`` adds a fourth system, the sidecar with the fast probe (``text:variant=l0``: the
+encoder's embedding layer only; ``triage probe build-default --features text:variant=l0 --out DIR``),
+with its own ratios and goal checks in ``triage_fast_probe``; the headline stays the default probe's.
+
 ``--soak N --concurrency C --fail-rate F``: N requests from C clients while the stub fails F of its
 calls to the policy's primary models (half HTTP 500/503, half held past the strategy timeout); the
 policy's fallback model never fails. Checks: zero 5xx, every answered request id in the ledger, RSS
@@ -257,6 +261,13 @@ def compare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     if "triage" in wanted and not args.no_2_workers:
         wanted.add("triage-2-workers")
+    if args.fast_probe:
+        if not (Path(args.fast_probe) / "card.json").is_file():
+            raise SystemExit(f"--fast-probe {args.fast_probe}: not a probe folder (no card.json); build one with "
+                             "`triage probe build-default --features text:variant=l0 --out DIR`")
+        wanted.add("triage-fast-probe")
+    elif "triage-fast-probe" in wanted:
+        raise SystemExit("--systems triage-fast-probe needs --fast-probe DIR (a probe folder)")
     t_start = time.monotonic()
     doc: dict[str, Any] = {"rounds": args.rounds}
     proxy_install = ensure_venv() if "litellm-proxy" in wanted else None
@@ -268,9 +279,10 @@ def compare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         wait_http(stub + "/stats", 30, stub_proc)
         targets = {"direct": Target("direct", stub, "flaky-small", stub_proc.pid)}
         stacks: dict[str, Stack] = {}
-        for name, workers in (("triage", 1), ("triage-2-workers", 2)):
+        for name, workers in (("triage", 1), ("triage-2-workers", 2), ("triage-fast-probe", 1)):
             if name in wanted:
-                stacks[name] = Stack(tmp / name, fail_rate=0.0, workers=workers, stub=stub, wait=False)
+                probe = str(Path(args.fast_probe).resolve()) if name == "triage-fast-probe" else "default"
+                stacks[name] = Stack(tmp / name, fail_rate=0.0, workers=workers, stub=stub, wait=False, probe=probe)
                 servers.append(stacks[name])
         proxy = None
         if proxy_install is not None:
@@ -295,11 +307,13 @@ def compare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         print(f"stopped in {time.monotonic() - t_stop:.1f} s", file=sys.stderr, flush=True)
     summary = summarize(raw)
     systems = summary.pop("systems")
-    doc["systems"] = {k: systems[k] for k in ("triage", "litellm-proxy", "triage-2-workers") if k in systems}
+    doc["systems"] = {k: systems[k] for k in ("triage", "litellm-proxy", "triage-2-workers", "triage-fast-probe")
+                      if k in systems}
     for name, stack in stacks.items():
         doc["systems"][name]["settings"] = {
             "production_settings": True, "workers": 2 if name == "triage-2-workers" else 1,
-            "probe": "default text probe, on", "ledger": "SQLite, WAL, synchronous=FULL, each record committed "
+            "probe": (fast_probe_description(args.fast_probe) if name == "triage-fast-probe"
+                      else "default text probe, on"), "ledger": "SQLite, WAL, synchronous=FULL, each record committed "
             "before its response", "access_log": "JSON, one line per request", "auth": "hashed API key",
             "config": {k: v for k, v in json.loads((stack.tmp / "sidecar.yaml").read_text()).items() if k != "api_keys"}}
     if proxy_install is not None:
@@ -319,10 +333,25 @@ def compare(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
               "cpu_ms_per_request_max": (h["cpu_ms_per_request"], "le")}
     doc["goals_met"] = {k: None if v is None else (v <= GOALS[k] if op == "le" else v >= GOALS[k])
                         for k, (v, op) in checks.items()}
+    if (f := doc.get("triage_fast_probe")) is not None:  # the same goals, for the option (not measured: 2 workers)
+        f_checks = {"added_p50_ms_1_client_max": (f["added_p50_ms_1_client"], "le"),
+                    "added_p50_ratio_max": (f["ratios"]["added_p50_1_client"], "le"),
+                    "added_p99_ms_1_client_max": (f["added_p99_ms_1_client"], "le"),
+                    "rps_ratio_min": (f["ratios"]["rps_32_saturated"], "ge"),
+                    "cpu_ms_per_request_max": (f["cpu_ms_per_request"], "le")}
+        f["goals_met"] = {k: None if v is None else (v <= GOALS[k] if op == "le" else v >= GOALS[k])
+                          for k, (v, op) in f_checks.items()}
     doc["environment"] = {"at_start_of_rounds": env0, "at_end": environment()}
     doc["raw"] = raw
     doc["wall_s"] = round(time.monotonic() - t_start, 1)
     return doc
+
+
+def fast_probe_description(path: str) -> str:
+    """What the fast-probe row ran: the probe's features and its card's own latency figure."""
+    card = json.loads((Path(path) / "card.json").read_text())
+    specs = [f"{f['name']}:{','.join(f'{k}={v}' for k, v in f.get('params', {}).items())}" for f in card["features"]]
+    return f"probe {Path(path).name} ({'; '.join(specs)}; card p50 {card.get('latency', {}).get('p50_ms')} ms), on"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke: 1 round of 2 s measurements")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--workers", type=int, default=1, help="soak/breakdown: sidecar worker processes")
+    ap.add_argument("--fast-probe", default=None, metavar="DIR",
+                    help="also measure a sidecar whose policy uses this probe folder (the fast probe: "
+                    "`triage probe build-default --features text:variant=l0 --out DIR`), 1 worker, every scenario")
     ap.add_argument("--probe", default="default",
                     help="soak/breakdown: the bench policy's probe: `default` (the text probe) or a probe folder")
     ap.add_argument("--breakdown", action="store_true", help="in-process CPU breakdown (probe, call, commit) instead")

@@ -4,7 +4,7 @@ The graph takes ``input_ids`` and ``attention_mask`` (int64, batch x tokens) and
 ``embedding`` (batch x 384): mean pooling over the attention mask and L2 normalisation happen
 inside the graph, so the runtime is one ``session.run``. Optionally dynamically quantised int8
 copies (``onnxruntime.quantization.quantize_dynamic``, MatMul weights only) are written next to it:
-the full model and a shallow one keeping the first layers (``VARIANT_LAYERS``).
+the full model and shallow ones keeping the first layers (``VARIANT_LAYERS``; ``l0``: none, fp32).
 
 Output folder (``<cache_dir>/encoders/<name>/``): ``model.onnx``, ``tokenizer.json`` (copied from the
 package), ``encoder.json`` (identity: source package, sha256 of the source weights and of each
@@ -120,8 +120,11 @@ def export_encoder(out_dir: Path | str, *, quantize: bool = True, opset: int = O
             bert.encoder.layer = torch.nn.ModuleList(list(all_layers)[:n_layers])
             shallow = tmp / f"shallow-{n_layers}.onnx"
             export(shallow)
-            _quantize(shallow, tmp / VARIANT_FILES[variant])
-            shallow.unlink()
+            if variant.startswith("int8"):
+                _quantize(shallow, tmp / VARIANT_FILES[variant])
+                shallow.unlink()
+            else:  # no transformer layer: nothing for MatMul quantisation to do
+                shallow.rename(tmp / VARIANT_FILES[variant])
             files[VARIANT_FILES[variant]] = file_sha256(tmp / VARIANT_FILES[variant])
             layers[VARIANT_FILES[variant]] = n_layers
         bert.encoder.layer = all_layers

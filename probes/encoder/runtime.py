@@ -24,12 +24,19 @@ VARIANT_FILES = {
     "int8": "model.int8.onnx",
     "int8-l3": "model.l3.int8.onnx",
     "int8-l2": "model.l2.int8.onnx",
+    "l0": "model.l0.onnx",
 }
 #: Variants that keep only the first N transformer layers of the same weights. For routing, depth
-#: buys nothing here: cross-fitted APGR on RouteLLM GSM8K (MiniLM + lexical, logistic heads, 3 seeds)
+#: buys little here: cross-fitted APGR on RouteLLM GSM8K (MiniLM + lexical, logistic heads, 3 seeds)
 #: is 0.619 with all 6 layers, 0.639 with 3 and 0.637 with 2, at p50 8.3 / 4.4 / 2.5 ms for a
 #: 64-token query on one thread. The 2-layer int8 encoder is the default.
-VARIANT_LAYERS = {"int8-l3": 3, "int8-l2": 2}
+#: ``l0`` keeps no layer: the token embeddings (+ position, LayerNorm) mean-pooled, fp32 (it has no
+#: MatMul to quantise), ~0.2 ms instead of ~2 ms. Against ``int8-l2`` in the default probe's set-up
+#: (text + aux, C=0.05; eval/bench/results/probe_signals_l0.json, paired 95% intervals): GSM8K APGR
+#: -0.002 [-0.033, +0.027], MMLU (5k) +0.014 [-0.014, +0.040], RouterBench AIQ -0.006 [-0.012, +0.001],
+#: SimpleQA AIQ -0.005 [-0.013, +0.002]. Two sets lean against it, so it is an option (the fast
+#: probe: ``triage probe build-default --features text:variant=l0``), not the default.
+VARIANT_LAYERS = {"int8-l3": 3, "int8-l2": 2, "l0": 0}
 DEFAULT_VARIANT = "int8-l2"
 
 

@@ -35,7 +35,7 @@ from triage.probes.features.lexical import LexicalFeature
 
 @register_feature
 class MiniLMFeature(Feature):
-    """MiniLM-L6-v2 sentence embedding via onnxruntime (``variant``: ``int8-l2`` default, ``int8-l3``, ``int8``, ``fp32``)."""
+    """MiniLM-L6-v2 sentence embedding via onnxruntime (``variant``: ``int8-l2`` default, ``int8-l3``, ``int8``, ``fp32``; ``l0``: no layer, the fast probe's)."""
 
     name = "minilm"
     version = "1"

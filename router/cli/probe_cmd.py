@@ -342,6 +342,9 @@ def build_default_cmd(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help="Probe folder (default: <cache_dir>/probes/default).")] = None,
     head: Annotated[str, typer.Option("--head", help="logreg (C=0.05), auto (logreg, C by inner cross-validation) or mlp.")] = "logreg",
+    features: Annotated[str, typer.Option(
+        "--features", help="Feature spec; `text:variant=l0` is the fast probe (~0.2 ms encoder instead of ~2 ms; "
+        "README, Probes).")] = "text",
 ) -> None:
     """Train the default probe on ../shared/data (RouteLLM GSM8K + MMLU) and export it."""
     from triage.eval.default_probe import build_default_probe
@@ -350,6 +353,7 @@ def build_default_cmd(
     target = out or default_probe_path()
     command = _command_line(ctx)
     with _progress() as progress:
-        card = build_default_probe(target, head=head, progress=StepProgress(progress), command=command)
+        card = build_default_probe(target, head=head, features=features, progress=StepProgress(progress),
+                                   command=command)
     console.print(_metrics_table(f"{card.probe_version} (5-fold cross-fitted, calibrated)", card.metrics["calibrated"]))
     console.print(f"default probe written to {target}")

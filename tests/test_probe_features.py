@@ -177,3 +177,12 @@ def test_character_counts_match_on_every_ascii_character() -> None:
     for code in range(128):
         c = chr(code)
         assert _char_counts(c * 3) == (3 * c.isdigit(), 3 * c.isalpha(), 3 * c.isupper(), 0), repr(c)
+
+
+def test_an_unknown_encoder_variant_is_one_clear_error():
+    from triage.probes.encoder.runtime import EncoderError
+
+    f = make_feature("text", aux=False, variant="l9")
+    for use in (f.identity, f.artifact_files, lambda: f.transform(["What is 2+2?"])):
+        with pytest.raises(EncoderError, match=r"unknown encoder variant 'l9'; use one of .*int8-l2.*l0"):
+            use()

@@ -123,15 +123,20 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.card["dim"])
 
+    @property
+    def model_file(self) -> str:
+        """The ONNX file of this variant (EncoderError, one line, for an unknown variant)."""
+        if self.variant not in VARIANT_FILES:
+            raise EncoderError(f"unknown encoder variant {self.variant!r}; use one of {', '.join(sorted(VARIANT_FILES))}")
+        return VARIANT_FILES[self.variant]
+
     def file_hashes(self) -> dict[str, str]:
         """sha256 of the files this variant uses, as the encoder card records them."""
-        names = [VARIANT_FILES[self.variant], "tokenizer.json"]
+        names = [self.model_file, "tokenizer.json"]
         return {n: self.card["files"][n] for n in names}
 
     def _load(self) -> None:
-        if self.variant not in VARIANT_FILES:
-            raise EncoderError(f"unknown encoder variant {self.variant!r}; use one of {sorted(VARIANT_FILES)}")
-        model_file = VARIANT_FILES[self.variant]
+        model_file = self.model_file
         if model_file not in self.card.get("files", {}):
             raise EncoderError(f"encoder at {self.model_dir} has no {self.variant} variant ({model_file})")
         if self.verify:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from triage.probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, VARIANT_FILES, TextEncoder, require_encoder
+from triage.probes.encoder.runtime import DEFAULT_VARIANT, ENCODER_CARD, TextEncoder, require_encoder
 from triage.probes.features.base import Feature, register_feature
 from triage.probes.features.difficulty_aux import (
     AUX_CARD,
@@ -89,7 +89,7 @@ class MiniLMFeature(Feature):
 
     def artifact_files(self) -> dict[str, Path]:
         folder = self.encoder.model_dir
-        return {name: folder / name for name in (VARIANT_FILES[self.variant], "tokenizer.json", ENCODER_CARD)}
+        return {name: folder / name for name in (self.encoder.model_file, "tokenizer.json", ENCODER_CARD)}
 
     @classmethod
     def from_artifact(cls, params: dict[str, Any], folder: Path) -> "MiniLMFeature":

@@ -18,7 +18,12 @@ Every step is an existing piece; this module chains them and refuses at the firs
 4. write the new version (version bumped, ``probe:`` naming the new probe) and compare old and new by
    off-policy evaluation (IPS, SNIPS, DR with bootstrap intervals) on held-out logged queries
    (``holdout``, 30% by a hash of the query id; steps 2-3 never see them); improvement is claimed
-   only when the intervals do not overlap;
+   only when the intervals do not overlap. With ``refit`` (default) the version described by that
+   report stays in ``evaluated/`` and steps 2-3 run again on every logged query for the version that
+   is written and applied - as a model is refit on all its data after cross-validation. Logged data
+   has one outcome per query, so the 30% matter: in the learning-loop bench (3 seeds) the final
+   router's share of the full-information router's gain over random rose from 0.41 to 0.63 on
+   average (RouterBench) and from 0.56 to 0.89 (SimpleQA);
 5. ``apply``: keep the old file as ``<stem>.v<old>.yaml``, replace the policy file atomically
    (``os.replace``) and ask a running sidecar to reload (``POST /v1/admin/reload``); a sidecar with
    ``watch_policies_s`` or a SIGHUP picks the new file up by itself, an SDK router by ``reload()``.
@@ -67,6 +72,7 @@ class LearnConfig:
     assume_propensity: float | None = None
     support_tolerance: float = 0.01
     holdout: float = 0.3  # share of logged queries kept out of training/calibration for the OPE report
+    refit: bool = True  # after the report, fit the version that is written and applied on every logged query
     n_boot: int = 500
     seed: int = 0
     allow_degenerate: bool = False
@@ -90,6 +96,10 @@ class LearnResult:
     verdict: str
     improved: bool | None  # None: the intervals overlap, no claim either way
     holdout_ids: list[str] = field(default_factory=list)  # the queries the OPE report is computed on
+    # The version the OPE report describes (fitted without the held-out queries). With ``refit`` it
+    # differs from ``probe``/``policy``, the same procedure fitted on every logged query.
+    evaluated_probe: Path | None = None
+    evaluated_policy: Path | None = None
     applied: Path | None = None
     backup: Path | None = None
     reload: str = "not applied"
@@ -99,6 +109,8 @@ class LearnResult:
         return {
             "old_version": self.old_version, "new_version": self.new_version, "out": str(self.out),
             "export": str(self.export), "rows": self.rows, "holdout_rows": len(self.holdout_ids), "probe": str(self.probe), "policy": str(self.policy),
+            "refit": self.evaluated_policy is not None and self.evaluated_policy != self.policy,
+            "evaluated": {"probe": str(self.evaluated_probe or self.probe), "policy": str(self.evaluated_policy or self.policy)},
             "calibration": self.calibration, "ope": {"old": self.ope_old, "new": self.ope_new},
             "verdict": self.verdict, "improved": self.improved,
             "applied": str(self.applied) if self.applied else None,
@@ -146,7 +158,8 @@ def _features(cfg: LearnConfig, policy: Policy) -> str:
     return ",".join(f.name for f in card.features)
 
 
-def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], export: Path, out: Path) -> Path:
+def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], export: Path, out: Path,
+                          split: str = "all") -> Path:
     """Step 2: a probe trained on the logged rows (labels: the policy's strategies' success labels)."""
     from triage.probes.bandit import make_logged_labels
     from triage.probes.bandit_training import train_logged_probe
@@ -162,7 +175,7 @@ def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], 
                          head_params={"C": 0.02})
     trained = train_logged_probe(labels, config, features=feats, weighting=cfg.weighting, data_name=export.stem)
     trained.data_fingerprint = file_fingerprint(export)
-    trained.data_fingerprint["split"] = "all"
+    trained.data_fingerprint["split"] = split  # which of the export's queries it was trained on
     export_probe(trained, out, command=cfg.command or "triage learn", plot=False)
     return out
 
@@ -317,6 +330,28 @@ def split_holdout(records: list[Any], share: float) -> tuple[list[Any], list[Any
     return [r for r, h in zip(records, hold, strict=True) if not h], [r for r, h in zip(records, hold, strict=True) if h]
 
 
+def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: str, records: list[Any],
+                export: Path, where: Path, header: str, n_all: int) -> tuple[Path, str, Any]:
+    """Steps 2-3 on ``records``: a probe in ``where/probe`` and the calibrated policy file
+    ``where/<stem>.yaml``. Returns (policy file, its text, the CalibrationResult)."""
+    from triage.eval.ope_data import parse_logged
+
+    where.mkdir(parents=True, exist_ok=True)
+    split = "all" if len(records) == n_all else f"{len(records)} of {n_all} (the rest held out for the OPE report)"
+    probe_dir = train_probe_on_export(cfg, old, records, export, where / "probe", split=split)
+    raw = read_policy_yaml(policy_path)
+    raw["version"] = new_version
+    raw["probe"] = str(probe_dir)
+    raw.pop("calibration", None)
+    path = where / f"{policy_path.stem}.yaml"
+    path.write_text(_yaml_text(raw, header), encoding="utf-8")
+    result = calibrate_logged(cfg, load_policy(path), path, parse_logged(records), records, export)
+    raw.update(result.updates)
+    text = _yaml_text(raw, header)
+    path.write_text(text, encoding="utf-8")
+    return path, text, result
+
+
 def learn(cfg: LearnConfig) -> LearnResult:
     """Run every step (module docstring); raises a one-line error at the first that fails."""
     from triage.eval.ope_data import parse_logged
@@ -334,29 +369,30 @@ def learn(cfg: LearnConfig) -> LearnResult:
     fit, held = split_holdout(records, cfg.holdout)
     if not held or not fit:
         raise LearnError(f"{n} logged queries are too few to keep {cfg.holdout:.0%} out for the report")
-    rows, eval_rows = parse_logged(fit), parse_logged(held)
-    probe_dir = train_probe_on_export(cfg, old, fit, export, out / "probe")
-
-    raw = read_policy_yaml(policy_path)
-    raw["version"] = new_version
-    raw["probe"] = str(probe_dir)
-    raw.pop("calibration", None)
+    refit = cfg.refit and cfg.holdout > 0
     header = f"# {old.name} v{new_version}: written by `triage learn` from {n} logged queries of {cfg.ledger}\n"
-    new_path = out / f"{policy_path.stem}.yaml"
-    new_path.write_text(_yaml_text(raw, header), encoding="utf-8")
-    candidate = load_policy(new_path)
-    result = calibrate_logged(cfg, candidate, new_path, rows, fit, export)
-    raw.update(result.updates)
-    text = _yaml_text(raw, header)
-    new_path.write_text(text, encoding="utf-8")
+    # With refit, the version the report describes is kept in evaluated/ and the applied one is
+    # fitted afterwards on every logged query: bandit data is scarce (one outcome per query), and the
+    # held-out 30% would otherwise never train anything (measured in eval/bench/learning_loop.py).
+    where = out / "evaluated" if refit else out
+    new_path, text, result = fit_version(cfg, old, policy_path, new_version, fit, export, where, header, n)
     new = load_policy(new_path)
 
+    eval_rows = parse_logged(held)
     ope_old = ope(old, policy_path, eval_rows, cfg)
     ope_new = ope(new, new_path, eval_rows, cfg)
     verdict, improved = compare(ope_old, ope_new)
+    evaluated_probe, evaluated_policy = Path(new.probe), new_path
+    notes: list[str] = []
+    if refit:
+        new_path, text, result = fit_version(cfg, old, policy_path, new_version, records, export, out, header, n)
+        notes.append(f"the written version is refit on all {n} logged queries; the off-policy report describes "
+                     f"the same procedure fitted on the {len(fit)} not held out ({evaluated_policy})")
     res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,
-                      probe=probe_dir, policy=new_path, calibration=result.figures, ope_old=ope_old,
-                      ope_new=ope_new, verdict=verdict, improved=improved, holdout_ids=[r.id for r in held])
+                      probe=Path(load_policy(new_path).probe), policy=new_path, calibration=result.figures,
+                      ope_old=ope_old, ope_new=ope_new, verdict=verdict, improved=improved,
+                      holdout_ids=[r.id for r in held], evaluated_probe=evaluated_probe,
+                      evaluated_policy=evaluated_policy, notes=notes)
     if cfg.apply:
         res.backup = apply_policy(policy_path, text, old.version)
         res.applied = policy_path

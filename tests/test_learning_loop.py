@@ -132,6 +132,37 @@ def test_learn_writes_a_new_version_whose_probe_routes_differently(traffic: Path
     assert probs_moved > 50 and changed > 0
 
 
+def test_refit_applies_the_version_fitted_on_every_logged_query(traffic: Path, tmp_path: Path) -> None:
+    """The OPE report describes the version fitted without its held-out queries (kept in evaluated/);
+    the written version is the same procedure on every logged query; --no-refit writes the former."""
+    from triage.probes.card import read_card
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger)
+    docs = {}
+    for flag in ("--refit", "--no-refit"):
+        out = tmp_path / flag.strip("-")
+        res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--out", str(out),
+                                  "--folds", "3", "--bootstrap", "50", "--json", flag])
+        assert res.exit_code == 0, res.output
+        docs[flag] = doc = json.loads(res.stdout.strip().splitlines()[-1])
+        held = doc["holdout_rows"]
+        assert 0.15 * ROWS < held < 0.45 * ROWS
+        applied, _ = read_card(doc["probe"])
+        evaluated, _ = read_card(doc["evaluated"]["probe"])
+        assert evaluated.training_data["rows_used"] == ROWS - held
+        assert evaluated.training_data["split"].startswith(f"{ROWS - held} of {ROWS}")
+        if flag == "--refit":
+            assert doc["refit"] is True and doc["evaluated"]["policy"] == str(out / "evaluated" / "p.yaml")
+            assert applied.training_data["rows_used"] == ROWS and applied.training_data["split"] == "all"
+            assert doc["notes"] and "refit on all" in doc["notes"][0]
+        else:
+            assert doc["refit"] is False and doc["evaluated"]["probe"] == doc["probe"] and not doc["notes"]
+    # the report is the same in both: the same held-out queries, the same evaluated version
+    assert docs["--refit"]["ope"]["new"]["estimators"]["dr"] == docs["--no-refit"]["ope"]["new"]["estimators"]["dr"]
+
+
 def test_a_learned_probe_scores_as_a_replay_router(traffic: Path, tmp_path: Path) -> None:
     """`probe:path=DIR` (what the learning-loop bench scores each round with): the saved probe's own
     calibrated P(success) per candidate, not refitted, swept like `probe-text` by the evaluator."""

@@ -26,10 +26,16 @@ No choice is made on the test split: the pair, the objective, epsilon and the fe
 before any test figure is read. Traffic is the whole train split (a seed-0 shuffle: RouterBench's
 file is grouped by task) in rounds of about ``--round-size`` queries (``--rounds`` fixes the count
 instead); the whole test split is scored. ``--train`` / ``--test`` cap them (seed-0 draws) for quick
-runs. `triage learn` trains on 70% of the logged queries (the rest is its OPE holdout); the
-full-information probe sees every train row.
+runs. `triage learn` reports on the version fitted on 70% of the logged queries (the rest is its OPE
+holdout; the DR coverage figures are of that version) and applies the same procedure refit on every
+logged query (``refit``; ``--no-refit`` applies the 70% version, as before); the full-information
+probe sees every train row.
 
     python eval/bench/learning_loop.py --json [--round-size 500 | --rounds N] [--train N --test N]
+
+Replicates and sensitivities (each its own results file): ``--seed S`` (another arrival order and
+exploration draws; the split, the test rows and the full-information router stay), ``--epsilon E``,
+``--no-refit``.
 """
 
 from __future__ import annotations
@@ -234,7 +240,7 @@ def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
 
 
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
-                round_size: int = 500, epsilon: float = EPSILON) -> dict[str, Any]:
+                round_size: int = 500, epsilon: float = EPSILON, refit: bool = True, seed: int = 0) -> dict[str, Any]:
     from triage.errors import TriageError
     from triage.eval.calibrate import Objective
     from triage.eval.learn import LearnConfig, learn
@@ -243,6 +249,8 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
 
     t0 = time.perf_counter()
     train, test_recs = load(name)
+    if seed:  # another arrival order and other exploration draws; the split and the test rows stay
+        train = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
     train = train[:n_train] if n_train > 0 else train
     rng = np.random.default_rng(0)
     if 0 < n_test < len(test_recs):
@@ -261,7 +269,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                            "test_rows": len(test_recs), "rounds": []}
     probes: list[tuple[int, str]] = []
     for r, (lo, hi) in enumerate(round_bounds(len(train), rounds, round_size)):
-        sim = simulate(train[lo:hi], policy_path, ledger, seed=r)
+        sim = simulate(train[lo:hi], policy_path, ledger, seed=r + 1000 * seed)
         row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "traffic_total": hi,
                                "explored": sim.explored, "exploration_cost_usd": sim.exploration_cost_usd,
                                "exploration_cost_share": sim.exploration_cost_usd / sim.greedy_cost_usd
@@ -270,7 +278,8 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         res = None
         for objective in (Objective(target_accuracy=0.95), Objective(tier_shares=(0.5, 0.25, 0.25))):
             cfg = LearnConfig(ledger=ledger, policy=policy_path, objective=objective, apply=True,
-                              out=work / f"{name}-round{r + 1}", folds=3, n_boot=300, seed=r)
+                              out=work / f"{name}-round{r + 1}", folds=3, n_boot=300, seed=r + 1000 * seed,
+                              refit=refit)
             try:
                 res = learn(cfg)
                 row["objective"] = res.calibration.get("objective")
@@ -279,8 +288,10 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                 row.setdefault("refused", []).append(str(exc))
         if res is not None:
             held = [full[i.split(":", 1)[1]] for i in res.holdout_ids]
-            truth_test = policy_value(res.policy, test_recs)
-            truth_logged = policy_value(res.policy, held)
+            # the OPE report's estimand: the version fitted without the held-out queries (with refit,
+            # the applied version - scored as a router below - is the same procedure on every query)
+            truth_test = policy_value(res.evaluated_policy or res.policy, test_recs)
+            truth_logged = policy_value(res.evaluated_policy or res.policy, held)
             card = json.loads((Path(res.probe) / "card.json").read_text(encoding="utf-8"))
             logged = (card.get("training_data") or {}).get("logged") or {}
             row.update({"version": res.new_version, "logged_rows": res.rows, "verdict": res.verdict,
@@ -339,18 +350,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epsilon", type=float, default=EPSILON,
                     help=f"Exploration share (the headline is {EPSILON}; another value is a sensitivity run, "
                          "written to results/learning_loop_epsilon<E>.json).")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="Arrival order and exploration draws (0: the headline; another seed is a replicate, "
+                         "written to results/learning_loop_seed<S>.json; the split and the test rows stay).")
+    ap.add_argument("--no-refit", action="store_true",
+                    help="Apply the version fitted without the OPE holdout (as before refit; written to "
+                         "results/learning_loop_norefit.json).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
-                                      "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "seed": 0,
-                                      "bandit_weighting": "auto (triage.probes.bandit_training)"},
+                                      "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "seed": args.seed,
+                                      "bandit_weighting": "auto (triage.probes.bandit_training)",
+                                      "refit": not args.no_refit},
                            "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="learning-loop-") as tmp:
         for name in args.datasets.split(","):
             work = Path(tmp) / name
             work.mkdir()
             doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size,
-                                                args.epsilon)
+                                                args.epsilon, refit=not args.no_refit, seed=args.seed)
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
@@ -366,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         out = RESULTS if args.epsilon == EPSILON else RESULTS.with_name(f"learning_loop_epsilon{args.epsilon:g}.json")
+        if args.seed:
+            out = out.with_name(out.stem + f"_seed{args.seed}.json")
+        if args.no_refit:
+            out = out.with_name(out.stem + "_norefit.json")
         out.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     print(json.dumps(doc, default=str) if args.json else json.dumps(doc, indent=2, default=str))
     return 0

@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         min_rows: Annotated[int, typer.Option("--min-rows", help="Fewest logged outcomes each strategy needs.")] = 30,
         support_tolerance: Annotated[float, typer.Option("--support-tolerance", help="OPE: share of decisions allowed without support.")] = 0.01,
         holdout: Annotated[float, typer.Option("--holdout", help="Share of logged queries kept out of training for the OPE report.")] = 0.3,
+        refit: Annotated[bool, typer.Option("--refit/--no-refit", help="After the report, fit the written version on every logged query (the report's version stays in <out>/evaluated/).")] = True,
         bootstrap: Annotated[int, typer.Option("--bootstrap", help="OPE bootstrap replicates.")] = 500,
         seed: Annotated[int, typer.Option("--seed", help="Seed of folds and bootstrap.")] = 0,
         allow_degenerate: Annotated[bool, typer.Option("--allow-degenerate", help="Write a degenerate calibration anyway.")] = False,
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
         if reload_url and not apply:
             fail("--reload-url needs --apply (nothing changes without it)")
         cfg = LearnConfig(ledger=ledger, policy=policy, objective=obj, out=out, apply=apply, features=features,
-                          folds=folds, max_weight=max_weight, min_rows=min_rows, support_tolerance=support_tolerance, holdout=holdout,
+                          folds=folds, max_weight=max_weight, min_rows=min_rows, support_tolerance=support_tolerance, holdout=holdout, refit=refit,
                           n_boot=bootstrap, seed=seed, allow_degenerate=allow_degenerate, reload_url=reload_url,
                           admin_key=os.environ.get(admin_key_env) or None,
                           command="triage " + " ".join(sys.argv[1:]))
@@ -88,6 +89,8 @@ def register(app: typer.Typer) -> None:
         say(f"calibrated: {f.get('objective')} -> {f.get('knob')}")
         say(f"new policy {res.policy} (version {res.old_version} -> {res.new_version})")
         say(f"off-policy on {len(res.holdout_ids):,} held-out queries (DR, 95% CI): {res.verdict}")
+        for note in res.notes:
+            say(note)
         if res.applied:
             say(f"applied: {res.applied} replaced atomically; old version kept as {res.backup}")
             say(res.reload)

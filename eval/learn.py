@@ -73,6 +73,7 @@ class LearnConfig:
     support_tolerance: float = 0.01
     holdout: float = 0.3  # share of logged queries kept out of training/calibration for the OPE report
     refit: bool = True  # after the report, fit the version that is written and applied on every logged query
+    C: float | str = 0.02  # the logistic head's inverse L2 strength; "auto": chosen by inner cross-validation
     n_boot: int = 500
     seed: int = 0
     allow_degenerate: bool = False
@@ -171,8 +172,12 @@ def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], 
     labels = make_logged_labels(records, LabelRule(), assume_propensity=cfg.assume_propensity,
                                 max_weight=cfg.max_weight, min_rows=cfg.min_rows, candidates=keep)
     feats = parse_features(_features(cfg, policy))
+    if str(cfg.C) == "auto":  # one C for every label, by inner cross-validation on the logged rows
+        head, params = "auto", {"heads": "logreg", "seed": cfg.seed}
+    else:
+        head, params = "logreg", {"C": float(cfg.C)}
     config = TrainConfig(features=[f.name for f in feats], folds=cfg.folds, seed=cfg.seed, n_boot=100,
-                         head_params={"C": 0.02})
+                         head=head, head_params=params)
     trained = train_logged_probe(labels, config, features=feats, weighting=cfg.weighting, data_name=export.stem)
     trained.data_fingerprint = file_fingerprint(export)
     trained.data_fingerprint["split"] = split  # which of the export's queries it was trained on

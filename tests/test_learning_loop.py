@@ -254,6 +254,24 @@ def test_learn_refuses_a_degenerate_calibration(traffic: Path, tmp_path: Path) -
     assert not (tmp_path / "p.v1.yaml").exists()
 
 
+def test_learn_c_auto_chooses_the_regularisation_and_a_bad_c_is_refused(traffic: Path, tmp_path: Path) -> None:
+    from triage.probes.card import read_card
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger)
+    for bad in ("0", "-1", "inf", "lots"):
+        line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--C", bad]))
+        assert line == f"error: --C must be a positive number or auto, got {bad!r}"
+    res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--out", str(tmp_path / "o"),
+                              "--folds", "3", "--bootstrap", "50", "--C", "auto", "--json"])
+    assert res.exit_code == 0, res.output
+    card, _ = read_card(json.loads(res.stdout.strip().splitlines()[-1])["probe"])
+    selection = card.head.selection  # the inner search's candidates and its choice, on the logged rows
+    assert card.head.kind == "logreg" and selection is not None and len(selection["candidates"]) >= 5
+    assert card.head.params["C"] in [c["params"]["C"] for c in selection["candidates"]]
+
+
 def test_learn_refuses_an_empty_ledger_and_a_missing_one(tmp_path: Path) -> None:
     from triage.router.ledger import open_ledger
 

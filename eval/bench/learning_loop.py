@@ -35,7 +35,8 @@ probe sees every train row.
 
 Replicates and sensitivities (each its own results file): ``--seed S`` (another arrival order and
 exploration draws; the split, the test rows and the full-information router stay), ``--epsilon E``,
-``--no-refit``.
+``--no-refit``, ``--C auto`` (the logistic head's C by inner cross-validation, for the bandit-trained
+and the full-information probes alike; ~4x slower).
 """
 
 from __future__ import annotations
@@ -207,15 +208,15 @@ CURVE_SEEDS = 3
 
 
 def label_volume_curve(train: list[ReplayRecord], test: list[ReplayRecord], candidates: list[str], name: str,
-                       random_aiq: float, full_aiq: float) -> dict[str, Any]:
+                       random_aiq: float, full_aiq: float, C: str = "0.02") -> dict[str, Any]:
     """The full-information router trained on a random share of the train queries (every outcome of
     each), scored on the same test rows: how its gain share grows with labelled queries. The bandit's
-    logged data has one outcome per query and trains on 70% of them, so it holds about a third of the
-    full-information labels (fewer for the arm the greedy policy seldom picks); this curve says where
+    logged data has one outcome per query, so it holds about half of the full-information labels
+    with two strategies (fewer for the arm the greedy policy seldom picks); this curve says where
     that label volume alone puts a router, whatever the bandit machinery does."""
     from triage.replay import ReplayData
 
-    spec = f"probe-text:features={FEATURES}"
+    spec = f"probe-text:features={FEATURES},C={C}"
     test_rows = [r.model_copy(update={"split": "test"}) for r in test]
     curve = {}
     for frac in CURVE_FRACTIONS:
@@ -240,7 +241,8 @@ def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
 
 
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
-                round_size: int = 500, epsilon: float = EPSILON, refit: bool = True, seed: int = 0) -> dict[str, Any]:
+                round_size: int = 500, epsilon: float = EPSILON, refit: bool = True, seed: int = 0,
+                C: str = "0.02") -> dict[str, Any]:
     from triage.errors import TriageError
     from triage.eval.calibrate import Objective
     from triage.eval.learn import LearnConfig, learn
@@ -279,7 +281,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         for objective in (Objective(target_accuracy=0.95), Objective(tier_shares=(0.5, 0.25, 0.25))):
             cfg = LearnConfig(ledger=ledger, policy=policy_path, objective=objective, apply=True,
                               out=work / f"{name}-round{r + 1}", folds=3, n_boot=300, seed=r + 1000 * seed,
-                              refit=refit)
+                              refit=refit, C=C)
             try:
                 res = learn(cfg)
                 row["objective"] = res.calibration.get("objective")
@@ -303,7 +305,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         out["rounds"].append(row)
         print(f"[{name}] round {r + 1} learned ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
 
-    specs = [f"probe-text:features={FEATURES}"] + [f"probe:path={p}" for _, p in probes]
+    specs = [f"probe-text:features={FEATURES},C={C}"] + [f"probe:path={p}" for _, p in probes]
     figs, reps = router_figures(data, specs)
     fi, rand = figs[specs[0]], figs["random"]
     out["baselines"] = {k: figs[k] for k in ("random", "best-single", "oracle")}
@@ -324,7 +326,8 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
     out["dr_coverage_test"] = {"accuracy": sum(cov), "cost": sum(cov_cost), "rounds": len(cov)}
     out["gain_share_per_round"] = [x.get("test_router", {}).get("gain_share_of_full_information")
                                    for x in out["rounds"]]
-    out["label_volume_curve"] = label_volume_curve(train, test_recs, [cheap, strong], name, rand["aiq"], fi["aiq"])
+    out["label_volume_curve"] = label_volume_curve(train, test_recs, [cheap, strong], name, rand["aiq"], fi["aiq"],
+                                                   C=C)
     out["logged_label_share"] = _logged_label_share(out["rounds"], len(train))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -353,13 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0,
                     help="Arrival order and exploration draws (0: the headline; another seed is a replicate, "
                          "written to results/learning_loop_seed<S>.json; the split and the test rows stay).")
+    ap.add_argument("--C", default="0.02",
+                    help="The logistic head's C for the bandit-trained and the full-information probes alike "
+                         "(`auto`: inner cross-validation; written to results/learning_loop_C<C>.json).")
     ap.add_argument("--no-refit", action="store_true",
                     help="Apply the version fitted without the OPE holdout (as before refit; written to "
                          "results/learning_loop_norefit.json).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
-                                      "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "seed": args.seed,
+                                      "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "C": args.C, "seed": args.seed,
                                       "bandit_weighting": "auto (triage.probes.bandit_training)",
                                       "refit": not args.no_refit},
                            "datasets": {}}
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / name
             work.mkdir()
             doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size,
-                                                args.epsilon, refit=not args.no_refit, seed=args.seed)
+                                                args.epsilon, refit=not args.no_refit, seed=args.seed, C=args.C)
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
@@ -384,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         out = RESULTS if args.epsilon == EPSILON else RESULTS.with_name(f"learning_loop_epsilon{args.epsilon:g}.json")
+        if args.C != "0.02":
+            out = out.with_name(out.stem + f"_C{args.C}.json")
         if args.seed:
             out = out.with_name(out.stem + f"_seed{args.seed}.json")
         if args.no_refit:

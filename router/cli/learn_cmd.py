@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         admin_key_env: Annotated[str, typer.Option("--admin-key-env", help="Environment variable holding the sidecar admin key.")] = "TRIAGE_ADMIN_KEY",
         features: Annotated[str | None, typer.Option("--features", help="Probe features (default: the old probe's).")] = None,
         folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds of the probe training.")] = 5,
+        C: Annotated[str, typer.Option("--C", help="The logistic head's inverse L2 strength, or `auto` (inner cross-validation on the logged rows).")] = "0.02",
         max_weight: Annotated[float, typer.Option("--max-weight", help="Clip of the inverse-propensity weights.")] = 20.0,
         min_rows: Annotated[int, typer.Option("--min-rows", help="Fewest logged outcomes each strategy needs.")] = 30,
         support_tolerance: Annotated[float, typer.Option("--support-tolerance", help="OPE: share of decisions allowed without support.")] = 0.01,
@@ -55,6 +56,12 @@ def register(app: typer.Typer) -> None:
 
         if not policy.is_file():
             fail(f"policy file not found: {policy}")
+        if C != "auto":
+            try:
+                if not 0 < float(C) < float("inf"):
+                    raise ValueError
+            except ValueError:
+                fail(f"--C must be a positive number or auto, got {C!r}")
         if objective == "tier-shares":
             if not tier_shares:
                 fail("--objective tier-shares needs --tier-shares easy,normal,hard")
@@ -74,7 +81,7 @@ def register(app: typer.Typer) -> None:
         if reload_url and not apply:
             fail("--reload-url needs --apply (nothing changes without it)")
         cfg = LearnConfig(ledger=ledger, policy=policy, objective=obj, out=out, apply=apply, features=features,
-                          folds=folds, max_weight=max_weight, min_rows=min_rows, support_tolerance=support_tolerance, holdout=holdout, refit=refit,
+                          folds=folds, max_weight=max_weight, min_rows=min_rows, support_tolerance=support_tolerance, holdout=holdout, refit=refit, C=C,
                           n_boot=bootstrap, seed=seed, allow_degenerate=allow_degenerate, reload_url=reload_url,
                           admin_key=os.environ.get(admin_key_env) or None,
                           command="triage " + " ".join(sys.argv[1:]))

@@ -335,14 +335,23 @@ def split_holdout(records: list[Any], share: float) -> tuple[list[Any], list[Any
     return [r for r, h in zip(records, hold, strict=True) if not h], [r for r, h in zip(records, hold, strict=True) if h]
 
 
+def policy_header(name: str, version: str, used: int, logged: int, ledger: str) -> str:
+    """The new policy file's first line. The ledger's URL loses its password: policy files get
+    committed and shared."""
+    from triage.router.ledger.store import redact_url
+
+    return f"# {name} v{version}: written by `triage learn` from {used} of the {logged} logged queries of {redact_url(ledger)}\n"
+
+
 def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: str, records: list[Any],
-                export: Path, where: Path, header: str, n_all: int) -> tuple[Path, str, Any]:
+                export: Path, where: Path, n_all: int) -> tuple[Path, str, Any]:
     """Steps 2-3 on ``records``: a probe in ``where/probe`` and the calibrated policy file
     ``where/<stem>.yaml``. Returns (policy file, its text, the CalibrationResult)."""
     from triage.eval.ope_data import parse_logged
 
     where.mkdir(parents=True, exist_ok=True)
     split = "all" if len(records) == n_all else f"{len(records)} of {n_all} (the rest held out for the OPE report)"
+    header = policy_header(old.name, new_version, len(records), n_all, cfg.ledger)
     probe_dir = train_probe_on_export(cfg, old, records, export, where / "probe", split=split)
     raw = read_policy_yaml(policy_path)
     raw["version"] = new_version
@@ -375,12 +384,11 @@ def learn(cfg: LearnConfig) -> LearnResult:
     if not held or not fit:
         raise LearnError(f"{n} logged queries are too few to keep {cfg.holdout:.0%} out for the report")
     refit = cfg.refit and cfg.holdout > 0
-    header = f"# {old.name} v{new_version}: written by `triage learn` from {n} logged queries of {cfg.ledger}\n"
     # With refit, the version the report describes is kept in evaluated/ and the applied one is
     # fitted afterwards on every logged query: bandit data is scarce (one outcome per query), and the
     # held-out 30% would otherwise never train anything (measured in eval/bench/learning_loop.py).
     where = out / "evaluated" if refit else out
-    new_path, text, result = fit_version(cfg, old, policy_path, new_version, fit, export, where, header, n)
+    new_path, text, result = fit_version(cfg, old, policy_path, new_version, fit, export, where, n)
     new = load_policy(new_path)
 
     eval_rows = parse_logged(held)
@@ -390,7 +398,7 @@ def learn(cfg: LearnConfig) -> LearnResult:
     evaluated_probe, evaluated_policy = Path(new.probe), new_path
     notes: list[str] = []
     if refit:
-        new_path, text, result = fit_version(cfg, old, policy_path, new_version, records, export, out, header, n)
+        new_path, text, result = fit_version(cfg, old, policy_path, new_version, records, export, out, n)
         notes.append(f"the written version is refit on all {n} logged queries; the off-policy report describes "
                      f"the same procedure fitted on the {len(fit)} not held out ({evaluated_policy})")
     res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,

@@ -337,3 +337,12 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
     assert decision.policy_version == "2"
     assert decision.probe_version != old_version
     assert decision.probe_version == json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["probe_version"]
+
+
+def test_the_new_policy_file_never_names_the_ledger_password() -> None:
+    from triage.eval.learn import policy_header
+
+    line = policy_header("loop", "2", 168, 240, "postgresql://triage:s3cret-pw@db.internal:5432/ledger")
+    assert "s3cret-pw" not in line
+    assert line == ("# loop v2: written by `triage learn` from 168 of the 240 logged queries of "
+                    "postgresql://triage:***@db.internal:5432/ledger\n")

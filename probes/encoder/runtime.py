@@ -34,7 +34,8 @@ VARIANT_FILES = {
 #: MatMul to quantise), ~0.2 ms instead of ~2 ms. Against ``int8-l2`` in the default probe's set-up
 #: (text + aux, C=0.05; eval/bench/results/probe_signals_l0.json, paired 95% intervals): GSM8K APGR
 #: -0.002 [-0.033, +0.027], MMLU (5k) +0.014 [-0.014, +0.040], RouterBench AIQ -0.006 [-0.012, +0.001],
-#: SimpleQA AIQ -0.005 [-0.013, +0.002]. Two sets lean against it, so it is an option (the fast
+#: SimpleQA AIQ -0.005 [-0.013, +0.002], and very short queries fool its tiers ("What is 2 + 2?":
+#: P(hard) 0.17, a long proof 0.06). Two sets lean against it, so it is an option (the fast
 #: probe: ``triage probe build-default --features text:variant=l0``), not the default.
 VARIANT_LAYERS = {"int8-l3": 3, "int8-l2": 2, "l0": 0}
 DEFAULT_VARIANT = "int8-l2"

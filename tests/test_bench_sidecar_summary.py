@@ -38,3 +38,18 @@ def test_ratios_and_fast_probe_block() -> None:
 def test_no_fast_probe_block_without_that_system() -> None:
     rounds = [{k: v for k, v in _round(1.0).items() if k != "triage-fast-probe"}]
     assert "triage_fast_probe" not in summarize(rounds)
+
+
+def test_goals_are_checked_alike_for_both_rows() -> None:
+    from triage.eval.bench.sidecar_overhead import goals_met
+
+    out = summarize([_round(1.0), _round(1.1), _round(0.9)])
+    default = goals_met(out["triage"], out["ratios"])
+    # 5.0 ms added p50 (<= 5), 0.5x (> 0.35), 3.0x throughput (>= 3), no 2-worker run: not measured
+    assert default == {"added_p50_ms_1_client_max": True, "added_p50_ratio_max": False,
+                       "added_p99_ms_1_client_max": True, "rps_ratio_min": True, "cpu_ms_per_request_max": True,
+                       "rps_32_saturated_2_workers_min": None}
+    fast = out["triage_fast_probe"]
+    assert goals_met(fast, fast["ratios"], two_workers=False) == {
+        "added_p50_ms_1_client_max": True, "added_p50_ratio_max": True, "added_p99_ms_1_client_max": True,
+        "rps_ratio_min": True, "cpu_ms_per_request_max": True}

@@ -343,10 +343,20 @@ def policy_header(name: str, version: str, used: int, logged: int, ledger: str) 
     return f"# {name} v{version}: written by `triage learn` from {used} of the {logged} logged queries of {redact_url(ledger)}\n"
 
 
+@dataclass
+class FittedVersion:
+    """What steps 2-3 wrote: the probe folder, the calibrated policy file and its text."""
+
+    probe: Path
+    policy: Path
+    text: str
+    calibration: Any  # CalibrationResult
+
+
 def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: str, records: list[Any],
-                export: Path, where: Path, n_all: int) -> tuple[Path, str, Any]:
+                export: Path, where: Path, n_all: int) -> FittedVersion:
     """Steps 2-3 on ``records``: a probe in ``where/probe`` and the calibrated policy file
-    ``where/<stem>.yaml``. Returns (policy file, its text, the CalibrationResult)."""
+    ``where/<stem>.yaml``."""
     from triage.eval.ope_data import parse_logged
 
     where.mkdir(parents=True, exist_ok=True)
@@ -363,7 +373,19 @@ def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: s
     raw.update(result.updates)
     text = _yaml_text(raw, header)
     path.write_text(text, encoding="utf-8")
-    return path, text, result
+    return FittedVersion(probe=probe_dir, policy=path, text=text, calibration=result)
+
+
+def check_C(value: float | str) -> None:
+    """``C`` is ``auto`` or a positive finite number (LearnError otherwise, before any work)."""
+    if str(value) == "auto":
+        return
+    try:
+        ok = 0 < float(value) < float("inf")
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise LearnError(f"--C must be a positive number or auto, got {value!r}")
 
 
 def learn(cfg: LearnConfig) -> LearnResult:
@@ -371,6 +393,7 @@ def learn(cfg: LearnConfig) -> LearnResult:
     from triage.eval.ope_data import parse_logged
     from triage.replay import read_replay
 
+    check_C(cfg.C)
     policy_path = cfg.policy
     old = load_policy(policy_path)
     new_version = bump_version(old.version)
@@ -388,26 +411,24 @@ def learn(cfg: LearnConfig) -> LearnResult:
     # fitted afterwards on every logged query: bandit data is scarce (one outcome per query), and the
     # held-out 30% would otherwise never train anything (measured in eval/bench/learning_loop.py).
     where = out / "evaluated" if refit else out
-    new_path, text, result = fit_version(cfg, old, policy_path, new_version, fit, export, where, n)
-    new = load_policy(new_path)
+    evaluated = fit_version(cfg, old, policy_path, new_version, fit, export, where, n)
 
     eval_rows = parse_logged(held)
     ope_old = ope(old, policy_path, eval_rows, cfg)
-    ope_new = ope(new, new_path, eval_rows, cfg)
+    ope_new = ope(load_policy(evaluated.policy), evaluated.policy, eval_rows, cfg)
     verdict, improved = compare(ope_old, ope_new)
-    evaluated_probe, evaluated_policy = Path(new.probe), new_path
-    notes: list[str] = []
+    written, notes = evaluated, []
     if refit:
-        new_path, text, result = fit_version(cfg, old, policy_path, new_version, records, export, out, n)
+        written = fit_version(cfg, old, policy_path, new_version, records, export, out, n)
         notes.append(f"the written version is refit on all {n} logged queries; the off-policy report describes "
-                     f"the same procedure fitted on the {len(fit)} not held out ({evaluated_policy})")
+                     f"the same procedure fitted on the {len(fit)} not held out ({evaluated.policy})")
     res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,
-                      probe=Path(load_policy(new_path).probe), policy=new_path, calibration=result.figures,
+                      probe=written.probe, policy=written.policy, calibration=written.calibration.figures,
                       ope_old=ope_old, ope_new=ope_new, verdict=verdict, improved=improved,
-                      holdout_ids=[r.id for r in held], evaluated_probe=evaluated_probe,
-                      evaluated_policy=evaluated_policy, notes=notes)
+                      holdout_ids=[r.id for r in held], evaluated_probe=evaluated.probe,
+                      evaluated_policy=evaluated.policy, notes=notes)
     if cfg.apply:
-        res.backup = apply_policy(policy_path, text, old.version)
+        res.backup = apply_policy(policy_path, written.text, old.version)
         res.applied = policy_path
         if cfg.reload_url:
             res.reload = request_reload(cfg.reload_url, cfg.admin_key)

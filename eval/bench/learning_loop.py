@@ -207,6 +207,11 @@ CURVE_FRACTIONS = (0.15, 0.35, 0.5, 0.7)
 CURVE_SEEDS = 3
 
 
+def full_information_spec(C: str) -> str:
+    """The full-information router: ``probe-text`` on the same features and head as the bandit's probe."""
+    return f"probe-text:features={FEATURES},C={C}"
+
+
 def label_volume_curve(train: list[ReplayRecord], test: list[ReplayRecord], candidates: list[str], name: str,
                        random_aiq: float, full_aiq: float, C: str = "0.02") -> dict[str, Any]:
     """The full-information router trained on a random share of the train queries (every outcome of
@@ -216,7 +221,7 @@ def label_volume_curve(train: list[ReplayRecord], test: list[ReplayRecord], cand
     that label volume alone puts a router, whatever the bandit machinery does."""
     from triage.replay import ReplayData
 
-    spec = f"probe-text:features={FEATURES},C={C}"
+    spec = full_information_spec(C)
     test_rows = [r.model_copy(update={"split": "test"}) for r in test]
     curve = {}
     for frac in CURVE_FRACTIONS:
@@ -305,7 +310,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         out["rounds"].append(row)
         print(f"[{name}] round {r + 1} learned ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
 
-    specs = [f"probe-text:features={FEATURES},C={C}"] + [f"probe:path={p}" for _, p in probes]
+    specs = [full_information_spec(C)] + [f"probe:path={p}" for _, p in probes]
     figs, reps = router_figures(data, specs)
     fi, rand = figs[specs[0]], figs["random"]
     out["baselines"] = {k: figs[k] for k in ("random", "best-single", "oracle")}

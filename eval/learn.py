@@ -74,7 +74,6 @@ class LearnConfig:
     holdout: float = 0.3  # share of logged queries kept out of training/calibration for the OPE report
     refit: bool = True  # after the report, fit the version that is written and applied on every logged query
     C: float | str = 0.02  # the logistic head's inverse L2 strength; "auto": chosen by inner cross-validation
-    head: str = "logreg"  # or "pooled-logreg": one multi-task fit over the labels (triage.probes.heads.pooled)
     n_boot: int = 500
     seed: int = 0
     allow_degenerate: bool = False
@@ -176,7 +175,7 @@ def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], 
     if str(cfg.C) == "auto":  # one C for every label, by inner cross-validation on the logged rows
         head, params = "auto", {"heads": "logreg", "seed": cfg.seed}
     else:
-        head, params = cfg.head, {"C": float(cfg.C)}
+        head, params = "logreg", {"C": float(cfg.C)}
     config = TrainConfig(features=[f.name for f in feats], folds=cfg.folds, seed=cfg.seed, n_boot=100,
                          head=head, head_params=params)
     trained = train_logged_probe(labels, config, features=feats, weighting=cfg.weighting, data_name=export.stem)

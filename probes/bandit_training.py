@@ -58,8 +58,6 @@ from triage.probes.training import (
 )
 
 WEIGHTINGS = ("auto", "ips", "none")
-#: Heads with a ``fit_logged`` (per-label rows and weights).
-LOGGED_HEADS = ("logreg", "auto", "pooled-logreg")
 #: Predictions are clipped to this before the log loss (a calibrated 0 or 1 would be infinite).
 _LOSS_EPS = 1e-4
 
@@ -142,9 +140,9 @@ def train_logged_probe(
     progress = progress or _Silent()
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    if config.head not in LOGGED_HEADS:  # auto searches logreg's C on logged data (heads/select.py)
+    if config.head not in ("logreg", "auto"):  # auto searches logreg's C on logged data (heads/select.py)
         raise LoggedDataError(f"--head {config.head} cannot train on logged data yet (its fit has no per-row "
-                              f"weights); use one of {', '.join(LOGGED_HEADS)}")
+                              "weights); use --head logreg")
     feats = list(features) if features is not None else parse_features(config.features)
     X = feature_matrix(feats, labels.texts, cache_dir=cache_dir, precomputed=precomputed, progress=progress)
     n, m = labels.n, labels.m

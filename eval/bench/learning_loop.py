@@ -248,7 +248,7 @@ def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
 
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                 round_size: int = 500, epsilon: float = EPSILON, refit: bool = True, seed: int = 0,
-                C: str = "0.02", weighting: str = "auto", head: str = "logreg") -> dict[str, Any]:
+                C: str = "0.02", weighting: str = "auto") -> dict[str, Any]:
     from triage.errors import TriageError
     from triage.eval.calibrate import Objective
     from triage.eval.learn import LearnConfig, learn
@@ -287,7 +287,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         for objective in (Objective(target_accuracy=0.95), Objective(tier_shares=(0.5, 0.25, 0.25))):
             cfg = LearnConfig(ledger=ledger, policy=policy_path, objective=objective, apply=True,
                               out=work / f"{name}-round{r + 1}", folds=3, n_boot=300, seed=r + 1000 * seed,
-                              refit=refit, C=C, weighting=weighting, head=head)
+                              refit=refit, C=C, weighting=weighting)
             try:
                 res = learn(cfg)
                 row["objective"] = res.calibration.get("objective")
@@ -371,15 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weighting", default="auto", choices=("auto", "ips", "none"),
                     help="`triage learn`'s per-label fit weighting (triage.probes.bandit_training; written to "
                          "results/learning_loop_weighting<W>.json when not auto).")
-    ap.add_argument("--head", default="logreg", choices=("logreg", "pooled-logreg"),
-                    help="The bandit-trained probe's head (the full-information router keeps logreg; written to "
-                         "results/learning_loop_head<H>.json when not logreg).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
                                       "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "C": args.C, "seed": args.seed,
                                       "bandit_weighting": f"{args.weighting} (triage.probes.bandit_training)",
-                                      "bandit_head": args.head,
                                       "refit": not args.no_refit},
                            "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="learning-loop-") as tmp:
@@ -388,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size,
                                                 args.epsilon, refit=not args.no_refit, seed=args.seed, C=args.C,
-                                                weighting=args.weighting, head=args.head)
+                                                weighting=args.weighting)
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
@@ -406,8 +402,6 @@ def main(argv: list[str] | None = None) -> int:
         out = RESULTS if args.epsilon == EPSILON else RESULTS.with_name(f"learning_loop_epsilon{args.epsilon:g}.json")
         if args.C != "0.02":
             out = out.with_name(out.stem + f"_C{args.C}.json")
-        if args.head != "logreg":
-            out = out.with_name(out.stem + f"_head{args.head}.json")
         if args.weighting != "auto":
             out = out.with_name(out.stem + f"_weighting{args.weighting}.json")
         if args.seed:

@@ -59,11 +59,6 @@ class LogRegHead(Head):
                 self.success_models_.append(_Constant(np.array([1.0 - y[0], float(y[0])])))
             else:
                 self.success_models_.append(self._pipeline().fit(X, y))
-        self._fit_tier(X, tier)
-        return self
-
-    def _fit_tier(self, X: np.ndarray, tier: np.ndarray) -> None:
-        """The multinomial tier model on hard tier labels (a constant when one tier is present)."""
         t = tier.astype(int)
         present = np.unique(t)
         if present.size < 2:
@@ -74,6 +69,7 @@ class LogRegHead(Head):
         else:
             self.tier_model_ = self._tier_pipeline().fit(X, t)
             self.tier_classes_ = present
+        return self
 
     def fit_logged(self, X: np.ndarray, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                    tier_targets: np.ndarray | None) -> "LogRegHead":
@@ -93,15 +89,10 @@ class LogRegHead(Head):
                 self.success_models_.append(_Constant(np.array([1.0 - y[0], float(y[0])])))
             else:
                 self.success_models_.append(self._pipeline().fit(X[idx], y, logisticregression__sample_weight=w))
-        self._fit_soft_tier(X, tier_targets)
-        return self
-
-    def _fit_soft_tier(self, X: np.ndarray, tier_targets: np.ndarray | None) -> None:
-        """The tier model on soft targets (n, 3): three weighted copies of every row."""
         if tier_targets is None:  # cross-fitting folds need the success models only
             self.tier_model_ = _Constant(np.full(len(TIERS), 1.0 / len(TIERS), dtype=np.float32))
             self.tier_classes_ = np.arange(len(TIERS))
-            return
+            return self
         n = X.shape[0]
         t = np.repeat(np.arange(len(TIERS)), n)
         w = np.asarray(tier_targets, dtype=np.float64).T.ravel()
@@ -116,6 +107,7 @@ class LogRegHead(Head):
             Xt = np.tile(X, (len(TIERS), 1))[keep]
             self.tier_model_ = self._tier_pipeline().fit(Xt, t[keep], logisticregression__sample_weight=w[keep])
             self.tier_classes_ = present
+        return self
 
     def predict_proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X = np.asarray(X, dtype=np.float32)

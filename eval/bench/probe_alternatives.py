@@ -227,6 +227,14 @@ def run_pooled_bandit_head(n_boot: int) -> dict[str, Any]:
             "configs": _rows(table)}
 
 
+def write_result(out: Path, result: dict[str, Any], *, as_json: bool) -> int:
+    """Write a results file; print it (``--json``) or where it went. The script's exit code."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result) if as_json else f"written {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", default=",".join(ALL_BLOCKS))
@@ -257,10 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if "pooled_bandit_head" in blocks:
         result["pooled_bandit_head"] = run_pooled_bandit_head(args.bootstrap)
     result["runs"][-1]["seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else f"written {args.out}")
-    return 0
+    return write_result(args.out, result, as_json=args.json)
 
 
 if __name__ == "__main__":

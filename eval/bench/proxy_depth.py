@@ -10,7 +10,8 @@ to the default text probe, cross-fitted exactly as ``probe_signals.py`` does (5 
 RouterBench its own split; paired bootstrap deltas against ``text``, logistic head, C=0.05).
 
     python eval/bench/proxy_depth.py --json [--layers 4,8,30] [--datasets gsm8k,routerbench]
-        [--max-rows routerbench=1500] [--latency-n 50]      # ~20 min on 2 cores
+        [--max-rows routerbench=1500] [--latency-n 50]      # ~45 min on 2 cores, most of it the
+                                                            # full-depth prefills of long RouterBench prompts
 
 Builds go to ``<models cache>/onnx/proxy-depth/<model>-L<K>`` (the full-depth row is built the same
 way, K = the model's own depth); LM rows to ``<cache>/features/proxy-depth/`` (one ``.npy`` per model,

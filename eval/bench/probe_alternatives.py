@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,34 +102,32 @@ def embedding_layer_blocks(texts: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _rows(table: dict[str, Any]) -> dict[str, Any]:
-    return {k: {m: v for m, v in row.items() if m != "spec"} | {"spec": row["spec"]} for k, row in table["configs"].items()}
+def sweep(name: str, routers_for: Callable[[Any], dict[str, Any]], n_boot: int, *,
+          max_rows: dict[str, int] = MAX_ROWS) -> dict[str, Any]:
+    """One data set's cross-fitted table for the routers ``routers_for(data)`` builds, against ``text``."""
+    data, note = load_dataset(name, max_rows.get(name))
+    table = evaluate_sweeps(data, routers_for(data), headline=HEADLINE[name], reference="text", n_boot=n_boot,
+                            seed=0, folds=5, progress=lambda key: print(f"[{name}] {key}", file=sys.stderr, flush=True))
+    return {"rows": note, "headline": HEADLINE[name], "configs": table["configs"]}
 
 
 def run_pooling(names: list[str], n_boot: int) -> dict[str, Any]:
-    out = {}
-    for name in names:
-        data, note = load_dataset(name, MAX_ROWS.get(name))
+    def routers(data: Any) -> dict[str, Any]:
         blocks = embedding_layer_blocks(list(data.texts))
-        routers: dict[str, Any] = {"text": BlockRouter("text"), "text-l0": BlockRouter("text:variant=l0")}
-        routers.update({f"text-l0+{k}": BlockRouter("text:variant=l0", block=b) for k, b in blocks.items()})
-        table = evaluate_sweeps(data, routers, headline=HEADLINE[name], reference="text", n_boot=n_boot, seed=0, folds=5)
-        out[name] = {"rows": note, "headline": HEADLINE[name], "configs": _rows(table)}
-        print(f"[pooling] {name} done", file=sys.stderr, flush=True)
-    return out
+        out: dict[str, Any] = {"text": BlockRouter("text"), "text-l0": BlockRouter("text:variant=l0")}
+        out.update({f"text-l0+{k}": BlockRouter("text:variant=l0", block=b) for k, b in blocks.items()})
+        return out
+
+    return {name: sweep(name, routers, n_boot) for name in names}
 
 
 def run_concat(names: list[str], n_boot: int) -> dict[str, Any]:
-    out = {}
-    for name in names:
-        data, note = load_dataset(name, MAX_ROWS.get(name))
-        routers = {"text": BlockRouter("text"),
-                   "text+text-l0": BlockRouter("text", also="text:variant=l0"),
-                   "text+text-l0 (C=0.025)": BlockRouter("text", C=C / 2, also="text:variant=l0")}
-        table = evaluate_sweeps(data, routers, headline=HEADLINE[name], reference="text", n_boot=n_boot, seed=0, folds=5)
-        out[name] = {"rows": note, "headline": HEADLINE[name], "configs": _rows(table)}
-        print(f"[concat] {name} done", file=sys.stderr, flush=True)
-    return out
+    def routers(_data: Any) -> dict[str, Any]:
+        return {"text": BlockRouter("text"),
+                "text+text-l0": BlockRouter("text", also="text:variant=l0"),
+                "text+text-l0 (C=0.025)": BlockRouter("text", C=C / 2, also="text:variant=l0")}
+
+    return {name: sweep(name, routers, n_boot) for name in names}
 
 
 def run_cascade(fast_probe: Path) -> dict[str, Any]:
@@ -224,7 +223,7 @@ def run_pooled_bandit_head(n_boot: int) -> dict[str, Any]:
             routers[f"pooled C={C_} shared_scale={share}"] = LoggedRouter("pooled", C=C_, share=share)
     table = evaluate_sweeps(data, routers, headline="aiq", reference="per_model", n_boot=n_boot, seed=0, folds=5)
     return {"dataset": "routerbench", "rows": note, "logging": "uniform random over the 11 models, seed 0",
-            "configs": _rows(table)}
+            "configs": table["configs"]}
 
 
 def write_result(out: Path, result: dict[str, Any], *, as_json: bool) -> int:

@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from triage.eval.bench.probe_alternatives import HEADLINE, BlockRouter, write_result
+from triage.eval.bench.probe_alternatives import BlockRouter, sweep, write_result
 from triage.eval.bench.probe_signals import parse_max_rows
-from triage.eval.bench.probe_signals_extra import evaluate_sweeps, load_dataset
+from triage.eval.bench.probe_signals_extra import load_dataset
 from triage.eval.bench.timing import time_per_query
 
 RESULTS = Path(__file__).parent / "results" / "proxy_depth.json"
@@ -145,27 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     gsm8k, _ = load_dataset("gsm8k", None)
     texts_lat = list(gsm8k.texts)
     result["latency"]["text_probe"] = text_latency(texts_lat, args.latency_n)
+    names = list(filter(None, args.datasets.split(",")))
+    texts = {name: list(load_dataset(name, args.max_rows.get(name))[0].texts) for name in names}
     rows: dict[str, dict[str, np.ndarray]] = {}
     hidden = 0
     for k, folder in builds.items():
         lm = load_lm(args.model, folder)
         hidden = lm.hidden_size
         result["latency"][f"L{k}"] = latency(lm, texts_lat, args.latency_n)
-        for name in filter(None, args.datasets.split(",")):
-            data, _ = load_dataset(name, args.max_rows.get(name))
-            rows.setdefault(name, {})[k] = lm_rows(lm, list(data.texts), cache_root / f"{args.model}-L{k}-{name}-{data.n}.npy")
+        for name in names:
+            cache = cache_root / f"{args.model}-L{k}-{name}-{len(texts[name])}.npy"
+            rows.setdefault(name, {})[k] = lm_rows(lm, texts[name], cache)
         del lm
-    for name in filter(None, args.datasets.split(",")):
-        data, note = load_dataset(name, args.max_rows.get(name))
-        routers: dict[str, Any] = {"text": BlockRouter("text")}
-        for k in builds:
-            for label, parts in PARTS.items():
-                routers[f"text+L{k}:{label}"] = BlockRouter("text", block=part_columns(rows[name][k], parts, hidden))
-        table = evaluate_sweeps(data, routers, headline=HEADLINE[name], reference="text", n_boot=args.bootstrap,
-                                seed=0, folds=5, progress=lambda key: print(f"[{name}] {key}", file=sys.stderr, flush=True))
-        result["datasets"][name] = {"rows": note, "headline": HEADLINE[name],
-                                    "configs": {key: {m: v for m, v in row.items() if m != "spec"}
-                                                for key, row in table["configs"].items()}}
+    for name in names:
+        def routers(_data: Any, name: str = name) -> dict[str, Any]:
+            out: dict[str, Any] = {"text": BlockRouter("text")}
+            for k in builds:
+                for label, parts in PARTS.items():
+                    out[f"text+L{k}:{label}"] = BlockRouter("text", block=part_columns(rows[name][k], parts, hidden))
+            return out
+
+        result["datasets"][name] = sweep(name, routers, args.bootstrap, max_rows=args.max_rows)
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     return write_result(args.out, result, as_json=args.json)
 

@@ -370,6 +370,47 @@ def test_models_list_shows_the_three_models(build_dir):
     assert Path(rows[MODEL]["folder"]) == build_dir
 
 
+def test_a_build_cut_after_k_layers_has_k_layers_its_own_folder_and_answers(build_dir, lm):
+    """``build_onnx(layers=K)`` (the proxy-depth study's build): its own folder next to the serving
+    build, a card that says K, a graph with K decoder layers, and an engine that loads and prefills."""
+    import re
+
+    import numpy as np
+    import onnx
+    from triage.lm.onnx_build import build_onnx
+    from triage.lm.onnx_card import read_card
+    from triage.lm.onnx_engine import OnnxLM
+
+    cut = build_onnx(MODEL, layers=2)
+    assert cut.folder != build_dir and cut.folder.parent == build_dir.parent and cut.folder.name.endswith("-L2")
+    shape = cut.card.data["shape"]
+    assert (cut.card.n_layers, cut.card.middle_layer, shape["source_layers"]) == (2, 1, 30)
+    assert "num_hidden_layers=2" in cut.card.data["builder"]["extra_options"]
+    assert "aux_hidden_state_layers=1" in cut.card.data["builder"]["extra_options"]
+    graph = onnx.load(str(cut.folder / "model.onnx"), load_external_data=False).graph
+    attn_layers = {int(m.group(1)) for n in graph.node for m in [re.search(r"/model/layers\.(\d+)/attn", n.name)] if m}
+    assert attn_layers == {0, 1}
+    full = read_card(build_dir)
+    assert full.n_layers == 30 and not any(o.startswith("num_hidden_layers") for o in full.data["builder"]["extra_options"])
+    assert build_onnx(MODEL, layers=2).built is False  # verified, not rebuilt
+
+    msgs = [{"role": "user", "content": "Name the largest planet of the solar system."}]
+    shallow = OnnxLM(resolve_model(MODEL), cut.card, threads=2)
+    pre_cut, pre_full = shallow.prefill(msgs), lm.prefill(msgs)
+    assert pre_cut.hidden_final.shape == pre_full.hidden_final.shape == (576,)
+    assert pre_cut.n_prompt_tokens == pre_full.n_prompt_tokens
+    assert not np.allclose(pre_cut.hidden_final, pre_full.hidden_final, atol=1e-2)
+
+
+@pytest.mark.parametrize("layers", [0, -1, 31, 2.5, True])
+def test_a_cut_build_with_an_impossible_depth_is_refused_before_building(layers, build_dir):
+    from triage.lm.onnx_build import build_onnx
+
+    with pytest.raises(ValueError, match="layers"):
+        build_onnx(MODEL, layers=layers)
+    assert not list(build_dir.parent.glob(f"*-L{layers}")) and not list(build_dir.parent.glob(".*.tmp"))
+
+
 # -- 7. disk: refused up front, in one line ------------------------------------------------------
 
 

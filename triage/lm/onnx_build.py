@@ -80,10 +80,15 @@ def _folder_dtype(folder: Path) -> str | None:
     return cfg.get("torch_dtype") or cfg.get("dtype")
 
 
-def _model_shape(folder: Path) -> dict[str, Any]:
+def _model_shape(folder: Path, layers: int | None = None) -> dict[str, Any]:
+    """The build's shape; ``layers`` cuts the source's decoder stack to its first K layers."""
     cfg = json.loads((folder / "config.json").read_text())
     text_cfg = cfg.get("text_config", cfg)
-    n_layers = int(text_cfg["num_hidden_layers"])
+    n_layers = source_layers = int(text_cfg["num_hidden_layers"])
+    if layers is not None:
+        if layers > source_layers:
+            raise ValueError(f"layers={layers}: the model has {source_layers} decoder layers")
+        n_layers = layers
     eos: set[int] = set()
     for path in (folder / "config.json", folder / "generation_config.json"):
         if path.is_file():
@@ -92,6 +97,7 @@ def _model_shape(folder: Path) -> dict[str, Any]:
     return {
         "hidden_size": int(text_cfg["hidden_size"]),
         "n_layers": n_layers,
+        "source_layers": source_layers,
         "middle_layer": n_layers // 2,
         "context_length": int(text_cfg.get("max_position_embeddings") or 4096),
         "eos_token_ids": sorted(eos),
@@ -99,18 +105,23 @@ def _model_shape(folder: Path) -> dict[str, Any]:
 
 
 def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None = None,
-               log: Any = None) -> BuildResult:
+               layers: int | None = None, log: Any = None) -> BuildResult:
     """Make sure ``name`` has a verified int4 ONNX build; build it when missing (or ``force``).
 
-    ``log``: a callable taking one line of progress (the CLI prints it). The builder's own output
-    goes to ``build.log`` in the build folder.
+    ``layers``: keep only the first K decoder layers (the final norm and LM head then read layer K,
+    the middle output layer K // 2) - a cheaper, shallower proxy for depth studies
+    (eval/bench/proxy_depth.py), built into its own folder; None (the default) builds every layer,
+    the build serving finds. ``log``: a callable taking one line of progress (the CLI prints it).
+    The builder's own output goes to ``build.log`` in the build folder.
     """
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     q = {**DEFAULT_QUANT, **(quant or {})}
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise ValueError(f"layers must be a positive whole number of decoder layers, got {layers!r}")
     resolved = resolve_model(name)
     source_sha = resolved.sha256()
-    folder = build_folder(resolved, source_sha, q)
+    folder = build_folder(resolved, source_sha, q, layers)
     if not force and (folder / CARD_FILE).is_file():
         try:
             card = verify_build(folder, name=resolved.name, source_sha256=source_sha)
@@ -119,7 +130,7 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
             say(f"rebuilding: {exc}")
     say(f"{resolved.name}: transformers folder (de-quantizing the GGUF file once)")
     src = hf_folder(resolved)
-    shape = _model_shape(src)
+    shape = _model_shape(src, layers)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # An int4 build with its fp32 embedding table is ~55% of the float16 folder (1.8 of 3.4 GB for
     # the 1.5B); the builder also writes temporary files next to it.
@@ -130,7 +141,7 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
     try:
         say(f"{resolved.name}: int4 ONNX with onnxruntime-genai's builder (block {q['block_size']}, "
             f"accuracy level {q['accuracy_level']})")
-        _run_builder(src, tmp, q, middle_layer=shape["middle_layer"])
+        _run_builder(src, tmp, _extra_options(q, shape))
         add_token_logprobs(tmp / "model.onnx")
         _check_outputs(tmp)
         shape = {**shape, "n_params": count_params(src)}
@@ -141,7 +152,7 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
                        "transformers_dtype": _folder_dtype(src)},
             "builder": {"package": "onnxruntime-genai", "version": metadata.version("onnxruntime-genai"),
                         "command": "python -m onnxruntime_genai.models.builder -p int4 -e cpu",
-                        "extra_options": _extra_options(q, shape["middle_layer"])},
+                        "extra_options": _extra_options(q, shape)},
             "quantization": q,
             "shape": shape,
             "outputs": {"hidden_final": "hidden_states", "hidden_middle": MIDDLE_OUTPUT,
@@ -160,23 +171,26 @@ def build_onnx(name: str, *, force: bool = False, quant: dict[str, Any] | None =
     return BuildResult(resolved.name, folder, True, time.perf_counter() - t0, read_card(folder))
 
 
-def _extra_options(q: dict[str, Any], middle_layer: int) -> list[str]:
-    return [
+def _extra_options(q: dict[str, Any], shape: dict[str, Any]) -> list[str]:
+    if q["precision"] != "int4":
+        raise ValueError(f"unsupported precision {q['precision']!r}; Triage builds int4")
+    options = [
         "include_hidden_states=1",
         # The residual stream entering layer m = transformers' hidden_states[m] (the probe's middle layer).
-        f"aux_hidden_state_layers={middle_layer}",
+        f"aux_hidden_state_layers={shape['middle_layer']}",
         f"block_size={q['block_size']}",
         f"accuracy_level={q['accuracy_level']}",
     ]
+    if shape["n_layers"] < shape["source_layers"]:
+        options.append(f"num_hidden_layers={shape['n_layers']}")  # the builder keeps layers 0..K-1
+    return options
 
 
-def _run_builder(src: Path, out: Path, q: dict[str, Any], *, middle_layer: int) -> None:
-    if q["precision"] != "int4":
-        raise ValueError(f"unsupported precision {q['precision']!r}; Triage builds int4")
+def _run_builder(src: Path, out: Path, extra_options: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="triage-onnx-build-") as work:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
                "-p", "int4", "-e", "cpu", "-c", str(Path(work) / "cache"),
-               "--extra_options", *_extra_options(q, middle_layer)]
+               "--extra_options", *extra_options]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
         # Run from an empty folder: the package must not be imported from its own source tree.
         with (out / "build.log").open("w") as logf:

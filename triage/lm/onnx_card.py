@@ -70,9 +70,12 @@ def quant_tag(quant: dict[str, Any]) -> str:
     return f"{quant['precision']}-b{quant['block_size']}-a{quant['accuracy_level']}"
 
 
-def build_folder(resolved: ResolvedModel, source_sha256: str, quant: dict[str, Any] | None = None) -> Path:
+def build_folder(resolved: ResolvedModel, source_sha256: str, quant: dict[str, Any] | None = None,
+                 layers: int | None = None) -> Path:
+    """Where a build lives; ``layers`` (a build cut after its first K layers) gets its own folder."""
     q = quant or DEFAULT_QUANT
-    return models_cache_dir() / "onnx" / f"{resolved.name}-{source_sha256[:12]}-{quant_tag(q)}"
+    depth = "" if layers is None else f"-L{int(layers)}"
+    return models_cache_dir() / "onnx" / f"{resolved.name}-{source_sha256[:12]}-{quant_tag(q)}{depth}"
 
 
 def build_command(name: str) -> str:

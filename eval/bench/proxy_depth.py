@@ -13,9 +13,10 @@ RouterBench its own split; paired bootstrap deltas against ``text``, logistic he
         [--max-rows routerbench=1500] [--latency-n 50]      # ~45 min on 2 cores, most of it the
                                                             # full-depth prefills of long RouterBench prompts
 
-Builds go to ``<models cache>/onnx/proxy-depth/<model>-L<K>`` (the full-depth row is built the same
-way, K = the model's own depth); LM rows to ``<cache>/features/proxy-depth/`` (one ``.npy`` per model,
-K and data set). A measurement only: no serving path reads these builds.
+Builds: ``triage.lm.onnx_build.build_onnx(model, layers=K)``, each K in its own folder
+(``<models cache>/onnx/<model>-<sha>-<quant>-L<K>``; the full-depth row is the serving build); LM rows
+to ``<cache>/features/proxy-depth/`` (one ``.npy`` per model, K and data set). A measurement only: no
+serving path reads the cut builds.
 """
 
 from __future__ import annotations
@@ -44,31 +45,16 @@ RESULTS = Path(__file__).parent / "results" / "proxy_depth.json"
 PARTS = {"scalars": "scalars", "final+scalars": "final+scalars", "all": "final+middle+scalars"}
 
 
-def build_truncated(model: str, layers: int | None) -> Path:
-    """An int4 build of ``model`` keeping its first ``layers`` layers (None: all), with the project's
-    builder settings and outputs; built once."""
-    from triage.lm import onnx_build
-    from triage.lm.onnx_card import CARD_FILE
-    from triage.lm.specs import models_cache_dir, resolve_model
+def build(model: str, layers: int | None) -> tuple[Path, int]:
+    """(folder, depth) of the int4 build of ``model`` keeping its first ``layers`` layers (None: the
+    serving build, every layer); built once."""
+    from triage.lm.onnx_build import build_onnx
 
-    resolved = resolve_model(model)
-    full = onnx_build._model_shape(onnx_build.hf_folder(resolved))["n_layers"]
-    k = full if layers is None else int(layers)
-    if not 1 <= k <= full:
-        raise SystemExit(f"--layers: {model} has {full} layers, got {k}")
-    folder = models_cache_dir() / "onnx" / "proxy-depth" / f"{resolved.name}-L{k}"
-    if (folder / CARD_FILE).is_file():
-        return folder
-    # The project's build with two changes: the builder keeps K layers, and the card's shape says so.
-    orig_options, orig_shape, orig_folder = onnx_build._extra_options, onnx_build._model_shape, onnx_build.build_folder
-    onnx_build._extra_options = lambda q, middle: orig_options(q, middle) + [f"num_hidden_layers={k}"]
-    onnx_build._model_shape = lambda src: {**orig_shape(src), "n_layers": k, "middle_layer": k // 2}
-    onnx_build.build_folder = lambda *_a, **_k: folder
     try:
-        onnx_build.build_onnx(model, force=True, log=lambda line: print(f"[build] {line}", file=sys.stderr))
-    finally:
-        onnx_build._extra_options, onnx_build._model_shape, onnx_build.build_folder = orig_options, orig_shape, orig_folder
-    return folder
+        res = build_onnx(model, layers=layers, log=lambda line: print(f"[build] {line}", file=sys.stderr))
+    except ValueError as exc:
+        raise SystemExit(f"--layers: {exc}") from None
+    return res.folder, res.card.n_layers
 
 
 def load_lm(model: str, folder: Path, threads: int = 2) -> Any:
@@ -137,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     depths = [None if k.strip() == "full" else int(k) for k in args.layers.split(",") if k.strip()]
     builds = {}
     for k in depths:
-        folder = build_truncated(args.model, k)
-        builds[folder.name.rsplit("-L", 1)[1]] = folder
+        folder, depth = build(args.model, k)
+        builds[str(depth)] = folder
     result: dict[str, Any] = {"benchmark": "proxy_depth", "model": args.model, "C": BlockRouter().C, "argv": sys.argv[1:],
                               "loadavg_1m_start": round(os.getloadavg()[0], 2), "latency": {}, "datasets": {}}
     cache_root = Path(get_settings().cache_dir) / "features" / "proxy-depth"

@@ -187,6 +187,15 @@ def test_a_learned_probe_scores_as_a_replay_router(traffic: Path, tmp_path: Path
     labels = load_probe(probe_dir).labels
     want = np.asarray(expected)[:, [labels.index(LARGE), labels.index(SMALL)]]
     assert np.allclose(router.predict_success(data, rows[120:]), want, atol=1e-5)
+    # scores=head: the head's P(success) before the probe's calibration (probe-text's footing)
+    by_head = make_router(f"probe:path={probe_dir},scores=head")
+    by_head.fit(data, rows[:120])
+    raw, _ = load_probe(probe_dir).head_proba(by_head.X_[rows[120:]])
+    raw = np.asarray(raw)[:, [labels.index(LARGE), labels.index(SMALL)]]
+    assert np.allclose(by_head.predict_success(data, rows[120:]), raw, atol=1e-5)
+    assert not np.allclose(raw, want, atol=1e-3)  # the calibration moved them: two different scores
+    with pytest.raises(ValueError, match="scores must be calibrated or head"):
+        make_router(f"probe:path={probe_dir},scores=raw")
     sweep = router.sweep(data, rows[120:])
     assert (sweep.choices[0] == data.candidates.index(SMALL)).all()
     assert (sweep.choices[-1] == data.candidates.index(LARGE)).all()

@@ -20,7 +20,15 @@ of the best strategy's accuracy; when that is refused, tier shares 0.5/0.25/0.25
   the TRUE value of that same policy (exploration included: sum over strategies of pi(a|x) x outcome)
   on the test split with every outcome known - covered yes/no - and on the held-out logged queries
   (the estimator's exact estimand);
-* exploration cost: the chosen strategies' cost minus the greedy choices' on the round's traffic.
+* exploration cost: the chosen strategies' cost minus the greedy choices' on the round's traffic;
+* the gain share against MATCHED comparators (``test_router_matched``, ``final_gain_share_matched``):
+  a full-information probe trained on the train split by the pipeline `triage learn` runs (same
+  features, head, C, 3 folds, Platt calibration), both probes scored by ``probe:path=`` ranked by the
+  same scores - ``calibrated`` (what a policy's expected-utility rule reads) and ``head`` (the head's
+  P(success) before calibration: ``probe-text``'s footing). The first share above divides a
+  calibrated bandit probe's gain by the uncalibrated ``probe-text``'s, which mixes the calibration's
+  effect on the ranking (per-label calibration is not monotone in the gain ``p_dear - p_cheap``)
+  into what is meant to measure learning from one outcome per query.
 
 No choice is made on the test split: the pair, the objective, epsilon and the features are fixed
 before any test figure is read. Traffic is the whole train split (a seed-0 shuffle: RouterBench's
@@ -213,6 +221,24 @@ def full_information_spec(C: str) -> str:
     return f"probe-text:features={FEATURES},C={C}"
 
 
+def full_information_probe(train: list[ReplayRecord], candidates: list[str], out: Path, C: str, seed: int) -> Path:
+    """A probe trained on the train split with every candidate's outcome by the pipeline `triage learn`
+    runs on logged rows (features, head, C, 3 folds, Platt calibration): the bandit probe's matched
+    comparator, scored with and without its calibration like the bandit probe."""
+    from triage.probes.export import export_probe
+    from triage.probes.training import TrainConfig, parse_features, train_probe
+    from triage.replay import ReplayData
+
+    feats = parse_features(FEATURES)
+    head, params = ("auto", {"heads": "logreg", "seed": seed}) if C == "auto" else ("logreg", {"C": float(C)})
+    config = TrainConfig(features=[f.name for f in feats], head=head, head_params=params, folds=3, seed=seed,
+                         n_boot=100)
+    data = ReplayData.from_records([r.model_copy(update={"split": "train"}) for r in train],
+                                   candidates=candidates, name="full-information")
+    export_probe(train_probe(data, config, features=feats), out, command="eval/bench/learning_loop.py", plot=False)
+    return out
+
+
 def label_volume_curve(train: list[ReplayRecord], test: list[ReplayRecord], candidates: list[str], name: str,
                        random_aiq: float, full_aiq: float, C: str = "0.02") -> dict[str, Any]:
     """The full-information router trained on a random share of the train queries (every outcome of
@@ -311,21 +337,42 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         out["rounds"].append(row)
         print(f"[{name}] round {r + 1} learned ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
 
-    specs = [full_information_spec(C)] + [f"probe:path={p}" for _, p in probes]
+    fi_probe = full_information_probe(train, [cheap, strong], work / f"{name}-full-information", C, seed)
+    fi_spec = full_information_spec(C)
+    # Matched comparators: the full-information probe by the same pipeline, ranked by the same
+    # scores as the bandit probe (calibrated; or the head's, the footing of probe-text).
+    matched = {"calibrated": f"probe:path={fi_probe}", "head": f"probe:path={fi_probe},scores=head"}
+    specs = [fi_spec, *matched.values()] + [f"probe:path={p}{sfx}" for _, p in probes for sfx in ("", ",scores=head")]
     figs, reps = router_figures(data, specs)
-    fi, rand = figs[specs[0]], figs["random"]
+    fi, rand = figs[fi_spec], figs["random"]
     out["baselines"] = {k: figs[k] for k in ("random", "best-single", "oracle")}
     out["full_information"] = fi
-    for (rnd, _), spec in zip(probes, specs[1:], strict=True):
+    out["full_information_probe"] = {scores: figs[spec] for scores, spec in matched.items()}
+    for rnd, path in probes:
+        spec = f"probe:path={path}"
         f = figs[spec]
         row = out["rounds"][rnd - 1]
         row["test_router"] = {**f, "gain_share_of_full_information": gain_share(f["aiq"], rand["aiq"], fi["aiq"]),
-                              "gain_share_paired_bootstrap": gain_share_test(reps[spec], reps["random"], reps[specs[0]])}
+                              "gain_share_paired_bootstrap": gain_share_test(reps[spec], reps["random"], reps[fi_spec])}
+        row["test_router_matched"] = {}
+        for scores, fi_matched in matched.items():
+            own = spec if scores == "calibrated" else f"{spec},scores=head"
+            row["test_router_matched"][scores] = {
+                "aiq": figs[own]["aiq"], "full_information_aiq": figs[fi_matched]["aiq"],
+                "gain_share": gain_share(figs[own]["aiq"], rand["aiq"], figs[fi_matched]["aiq"]),
+                "paired_bootstrap": gain_share_test(reps[own], reps["random"], reps[fi_matched])}
+        m = row["test_router_matched"]
         print(f"[{name}] round {rnd}: aiq {f['aiq']:.4f} (random {rand['aiq']:.4f}, full {fi['aiq']:.4f}) "
-              f"share {row['test_router']['gain_share_of_full_information']}", file=sys.stderr)
-    last = next((x["test_router"] for x in reversed(out["rounds"]) if "test_router" in x), None)
-    out["final_gain_share_of_full_information"] = last["gain_share_of_full_information"] if last else None
-    out["final_gain_share_paired_bootstrap"] = last.get("gain_share_paired_bootstrap") if last else None
+              f"share {row['test_router']['gain_share_of_full_information']}; matched: calibrated "
+              f"{m['calibrated']['gain_share']}, head {m['head']['gain_share']}", file=sys.stderr)
+    last = next((x for x in reversed(out["rounds"]) if "test_router" in x), None)
+    out["final_gain_share_of_full_information"] = last["test_router"]["gain_share_of_full_information"] if last else None
+    out["final_gain_share_paired_bootstrap"] = last["test_router"].get("gain_share_paired_bootstrap") if last else None
+    out["final_gain_share_matched"] = ({k: {"gain_share": v["gain_share"],
+                                            "ci": (v["paired_bootstrap"] or {}).get("ci"),
+                                            "goal_verdict_on_test_rows": (v["paired_bootstrap"] or {}).get(
+                                                "goal_verdict_on_test_rows")}
+                                        for k, v in last["test_router_matched"].items()} if last else None)
     cov = [x["ope_new_policy"][m]["dr_covers_test"] for x in out["rounds"] if "ope_new_policy" in x
            for m in ("accuracy",)]
     cov_cost = [x["ope_new_policy"]["cost"]["dr_covers_test"] for x in out["rounds"] if "ope_new_policy" in x]
@@ -388,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
+    matched = {k: d.get("final_gain_share_matched") for k, d in doc["datasets"].items()}
     doc["goals"] = {
         "final_gain_share_of_full_information": shares,
+        # Bandit and full-information probes by one pipeline, ranked by the same scores (see the docstring).
+        "final_gain_share_matched": matched,
         "gain_share_at_least_0.9": {k: v is not None and v >= 0.9 for k, v in shares.items()},
         # The same goal tested on the paired bootstrap of the test rows: met / missed / undecided.
         "gain_share_goal_on_test_rows": {k: (d.get("final_gain_share_paired_bootstrap") or {}).get(

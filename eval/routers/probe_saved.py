@@ -13,6 +13,11 @@ It counts as a learned router so that under a train/test split its ``fit`` sees 
 scale) and nothing else. Features come through the on-disk feature cache, as for ``probe-text``.
 Use it on rows the probe was not trained on (``triage replay evaluate --policy`` flags in-sample
 probes; this router does not check).
+
+``scores=head`` ranks by the head's P(success) before the probe's calibration instead (the footing of
+``probe-text``, which has no calibration step): per-label calibration is monotone for each label but
+not for the gain ``p_dear - p_cheap`` the sweep ranks by, so the two can order queries differently
+(eval/bench/learning_loop.py measures both).
 """
 
 from __future__ import annotations
@@ -26,17 +31,24 @@ from triage.eval.routers.probe_text import ProbeFeatureRouter
 from triage.replay.matrix import ReplayData
 
 
+#: What the sweep ranks by: the probe's calibrated P(success) (what a policy reads), or its head's.
+SCORES = ("calibrated", "head")
+
+
 @register
 class SavedProbeRouter(ProbeFeatureRouter):
     """P(success) per candidate from a saved probe (``path``: its folder or card.json)."""
 
     name = "probe"
 
-    def __init__(self, path: str = "", rank: str = "gain") -> None:
+    def __init__(self, path: str = "", rank: str = "gain", scores: str = "calibrated") -> None:
         super().__init__(rank=rank)
         if not path:
             raise ValueError("probe router needs path=PROBE_DIR (a folder written by `triage probe train`)")
+        if scores not in SCORES:
+            raise ValueError(f"probe router: scores must be {' or '.join(SCORES)}, got {scores!r}")
         self.path = path
+        self.scores = scores
 
     def fit(self, data: ReplayData, train: np.ndarray) -> "SavedProbeRouter":
         from triage.probes.runtime import load_probe
@@ -65,5 +77,7 @@ class SavedProbeRouter(ProbeFeatureRouter):
         from triage.probes.calibration import apply_all
 
         X = self.X_[np.asarray(rows, dtype=np.int64)]
-        success, _ = apply_all(self.probe_.card.calibration, *self.probe_.head_proba(X))
+        success, tier = self.probe_.head_proba(X)
+        if self.scores == "calibrated":
+            success, _ = apply_all(self.probe_.card.calibration, success, tier)
         return np.clip(np.asarray(success, dtype=float)[:, self.columns_], 0.0, 1.0)

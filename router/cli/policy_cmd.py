@@ -146,15 +146,8 @@ def calibrate_cmd(
     thresholds at the 0/1 edges, an unreachable target, or (almost) every query to one strategy.
     """
     from triage.replay import ReplayData, read_replay
-    from triage.eval.calibrate import (
-        Objective,
-        calibrate,
-        calibrate_tier_shares,
-        cross_fitted_outputs,
-        degenerate_reason,
-        outputs_from_file,
-        policy_probe_outputs,
-    )
+    from triage.eval.calibrate import Objective, calibrate, calibrate_tier_shares, degenerate_reason
+    from triage.eval.calibration_outputs import cross_fitted_outputs, outputs_from_file, policy_probe_outputs
     from triage.policies.loader import load_policy
 
     shares = None

@@ -247,3 +247,53 @@ def test_a_worker_that_starts_after_an_edit_still_picks_it_up(tmp_path, slow_stu
     state = ReloadState()
     state.baseline(SimpleNamespace(routers={"live": router}))
     assert router.source_fingerprint == loaded == state.seen["live"] != source_fingerprint(policy)
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The serving workers of a `triage serve --workers N` supervisor (its spawned children)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == supervisor and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+@pytest.mark.parametrize(("healthcheck_s", "replaced"), [(5.0, True), (None, False)],
+                         ids=["uvicorn-default-5s", "triage-default"])
+def test_a_busy_worker_is_not_killed_as_hung(tmp_path, slow_stub, healthcheck_s, replaced):
+    """uvicorn's supervisor SIGKILLs a worker that leaves its health ping unanswered for
+    ``timeout_worker_healthcheck`` - with its in-flight requests and unflushed ledger records. A worker
+    frozen for 8 s (SIGSTOP: as busy as it gets) is replaced under uvicorn's 5 s, and is still the same
+    process under Triage's ``worker_healthcheck_s`` default."""
+    import os
+
+    policy = tmp_path / "live.yaml"
+    write_policy(policy, slow_stub, version="1", tier_strategy="fast")
+    extra = {} if healthcheck_s is None else {"worker_healthcheck_s": healthcheck_s}
+    side = start(tmp_path, policy, workers=2, **extra)
+    try:
+        assert route(side.url)["policy_version"] == "1"
+        workers = _worker_pids(side.proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGSTOP)
+        try:
+            time.sleep(8)
+        finally:
+            try:
+                os.kill(workers[0], signal.SIGCONT)
+            except ProcessLookupError:  # already killed as hung (the 5 s case)
+                pass
+        time.sleep(2)  # the supervisor's next pings (every 0.5 s)
+        now = _worker_pids(side.proc.pid)
+        if replaced:
+            assert workers[0] not in now and len(now) == 2 and "Child process" in side.log_text(), now
+        else:
+            assert now == workers and "Child process" not in side.log_text(), (now, side.log_text()[-2000:])
+        assert {route(side.url)["policy_version"] for _ in range(12)} == {"1"}  # both serve
+    finally:
+        side.stop()

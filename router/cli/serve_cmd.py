@@ -133,7 +133,7 @@ def run_server(settings: Any) -> None:
         loaded[policy.name] = policy
     check_model_aliases(settings, loaded)
     os.environ[RESOLVED_ENV] = settings.model_dump_json()
-    serve_workers(settings.workers, common)
+    serve_workers(settings.workers, {**common, "timeout_worker_healthcheck": settings.worker_healthcheck_s})
 
 
 def serve_workers(workers: int, common: dict[str, Any]) -> None:

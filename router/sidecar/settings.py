@@ -98,6 +98,11 @@ class SidecarSettings(BaseSettings):
         default=30.0, ge=0.0, description="On shutdown, how long in-flight responses may finish before "
         "they are cancelled (cancelled streams are still recorded before the ledger closes).",
     )
+    worker_healthcheck_s: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="With workers > 1: how long a worker may leave the "
+        "supervisor's health ping unanswered before it is killed and replaced (uvicorn's own default, 5 s, "
+        "kills busy workers on a loaded machine - with their in-flight requests and unflushed ledger records).",
+    )
     api_keys: list[ApiKeySpec] = Field(default_factory=list)
     allow_anonymous: bool | None = Field(
         default=None, description="Accept requests without a key. Default: only when no keys are configured "

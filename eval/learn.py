@@ -159,6 +159,14 @@ def _features(cfg: LearnConfig, policy: Policy) -> str:
     return ",".join(f.name for f in card.features)
 
 
+def logreg_head(C: float | str, seed: int) -> tuple[str, dict[str, Any]]:
+    """The probe head `triage learn` fits: logistic regression with ``C``, or (``auto``) one C for
+    every label chosen by inner cross-validation on the training rows."""
+    if str(C) == "auto":
+        return "auto", {"heads": "logreg", "seed": seed}
+    return "logreg", {"C": float(C)}
+
+
 def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], export: Path, out: Path,
                           split: str = "all") -> Path:
     """Step 2: a probe trained on the logged rows (labels: the policy's strategies' success labels)."""
@@ -172,10 +180,7 @@ def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], 
     labels = make_logged_labels(records, LabelRule(), assume_propensity=cfg.assume_propensity,
                                 max_weight=cfg.max_weight, min_rows=cfg.min_rows, candidates=keep)
     feats = parse_features(_features(cfg, policy))
-    if str(cfg.C) == "auto":  # one C for every label, by inner cross-validation on the logged rows
-        head, params = "auto", {"heads": "logreg", "seed": cfg.seed}
-    else:
-        head, params = "logreg", {"C": float(cfg.C)}
+    head, params = logreg_head(cfg.C, cfg.seed)
     config = TrainConfig(features=[f.name for f in feats], folds=cfg.folds, seed=cfg.seed, n_boot=100,
                          head=head, head_params=params)
     trained = train_logged_probe(labels, config, features=feats, weighting=cfg.weighting, data_name=export.stem)

@@ -273,6 +273,7 @@ def test_a_busy_worker_is_not_killed_as_hung(tmp_path, slow_stub, healthcheck_s,
     import os
 
     policy = tmp_path / "live.yaml"
+    # The stub upstream only fills the policy's api_base: /v1/route decides without calling a model.
     write_policy(policy, slow_stub, version="1", tier_strategy="fast")
     extra = {} if healthcheck_s is None else {"worker_healthcheck_s": healthcheck_s}
     side = start(tmp_path, policy, workers=2, **extra)

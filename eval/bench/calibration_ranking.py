@@ -22,7 +22,6 @@ any figure was read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from triage.eval.bench.learning_loop import FEATURES, load, pick_pair
+from triage.eval.bench.probe_alternatives import write_result
 from triage.eval.routers.probe_text import ProbeFeatureRouter
+# The product's Platt transform (same clipping), so that platt-shared differs from platt only in its slope.
+from triage.probes.calibration import _logit, _sigmoid
 
 RESULTS = Path(__file__).parent / "results" / "calibration_ranking.json"
 C = 0.02
@@ -70,11 +72,6 @@ class FixedScores(ProbeFeatureRouter):
         return self.success[np.asarray(rows, dtype=np.int64)]
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def shared_platt(oof: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """One slope for every label, one intercept per label, by the summed log loss."""
     from scipy.optimize import minimize
@@ -82,7 +79,7 @@ def shared_platt(oof: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     z = _logit(oof)
 
     def nll(params: np.ndarray) -> float:
-        q = np.clip(1 / (1 + np.exp(-(params[0] * z + params[1:]))), 1e-6, 1 - 1e-6)
+        q = np.clip(_sigmoid(params[0] * z + params[1:]), 1e-6, 1 - 1e-6)
         return float(-(y * np.log(q) + (1 - y) * np.log1p(-q)).mean())
 
     res = minimize(nll, x0=np.r_[1.0, np.zeros(y.shape[1])], method="L-BFGS-B")
@@ -94,7 +91,7 @@ def calibrated(method: str, oof: np.ndarray, y: np.ndarray, p: np.ndarray) -> np
 
     if method == "platt-shared":
         a, b = shared_platt(oof, y)
-        return 1 / (1 + np.exp(-(a * _logit(p) + b)))
+        return _sigmoid(a * _logit(p) + b)
     return np.column_stack([cal.apply_binary(cal.fit_binary(method, oof[:, j], y[:, j]), p[:, j])
                             for j in range(y.shape[1])])
 
@@ -164,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [run_pair(d, c, s, args.bootstrap) for d, c, s in PAIRS]
     result = {"benchmark": "calibration_ranking", "features": FEATURES, "C": C, "folds": FOLDS,
               "n_boot": args.bootstrap, "summary": summary(pairs), "pairs": pairs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else f"written {args.out}")
-    return 0
+    return write_result(args.out, result, as_json=args.json)
 
 
 if __name__ == "__main__":

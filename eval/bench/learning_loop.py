@@ -225,12 +225,13 @@ def full_information_probe(train: list[ReplayRecord], candidates: list[str], out
     """A probe trained on the train split with every candidate's outcome by the pipeline `triage learn`
     runs on logged rows (features, head, C, 3 folds, Platt calibration): the bandit probe's matched
     comparator, scored with and without its calibration like the bandit probe."""
+    from triage.eval.learn import logreg_head
     from triage.probes.export import export_probe
     from triage.probes.training import TrainConfig, parse_features, train_probe
     from triage.replay import ReplayData
 
     feats = parse_features(FEATURES)
-    head, params = ("auto", {"heads": "logreg", "seed": seed}) if C == "auto" else ("logreg", {"C": float(C)})
+    head, params = logreg_head(C, seed)
     config = TrainConfig(features=[f.name for f in feats], head=head, head_params=params, folds=3, seed=seed,
                          n_boot=100)
     data = ReplayData.from_records([r.model_copy(update={"split": "train"}) for r in train],
@@ -341,8 +342,9 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
     fi_spec = full_information_spec(C)
     # Matched comparators: the full-information probe by the same pipeline, ranked by the same
     # scores as the bandit probe (calibrated; or the head's, the footing of probe-text).
-    matched = {"calibrated": f"probe:path={fi_probe}", "head": f"probe:path={fi_probe},scores=head"}
-    specs = [fi_spec, *matched.values()] + [f"probe:path={p}{sfx}" for _, p in probes for sfx in ("", ",scores=head")]
+    scored = {"calibrated": "", "head": ",scores=head"}  # probe router spec suffix per score
+    matched = {scores: f"probe:path={fi_probe}{sfx}" for scores, sfx in scored.items()}
+    specs = [fi_spec, *matched.values()] + [f"probe:path={p}{sfx}" for _, p in probes for sfx in scored.values()]
     figs, reps = router_figures(data, specs)
     fi, rand = figs[fi_spec], figs["random"]
     out["baselines"] = {k: figs[k] for k in ("random", "best-single", "oracle")}
@@ -356,7 +358,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                               "gain_share_paired_bootstrap": gain_share_test(reps[spec], reps["random"], reps[fi_spec])}
         row["test_router_matched"] = {}
         for scores, fi_matched in matched.items():
-            own = spec if scores == "calibrated" else f"{spec},scores=head"
+            own = spec + scored[scores]
             row["test_router_matched"][scores] = {
                 "aiq": figs[own]["aiq"], "full_information_aiq": figs[fi_matched]["aiq"],
                 "gain_share": gain_share(figs[own]["aiq"], rand["aiq"], figs[fi_matched]["aiq"]),

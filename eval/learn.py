@@ -32,29 +32,22 @@ Every step is an existing piece; this module chains them and refuses at the firs
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from triage.errors import TriageError
 from triage.eval.calibrate import Objective, calibrate, calibrate_tier_shares, degenerate_reason
+from triage.eval.learn_write import LearnError, apply_policy, bump_version, policy_header, request_reload, yaml_text
 from triage.logging import get_logger
-from triage.policies.loader import load_policy, policy_from_dict, read_policy_yaml
+from triage.policies.loader import load_policy, read_policy_yaml
 from triage.policies.policy import Policy
 
 log = get_logger("triage.eval.learn")
 
 #: Features of the new probe when the old probe is the default one (its aux regressors need a build).
 DEFAULT_FEATURES = "text:aux=false"
-
-
-class LearnError(TriageError):
-    """A step of `triage learn` cannot go on (one line for the user)."""
 
 
 @dataclass
@@ -117,12 +110,6 @@ class LearnResult:
             "applied": str(self.applied) if self.applied else None,
             "backup": str(self.backup) if self.backup else None, "reload": self.reload, "notes": self.notes,
         }
-
-
-def bump_version(version: str) -> str:
-    """``3`` -> ``4``, ``1.2`` -> ``1.3``, ``beta`` -> ``beta.1``."""
-    m = re.match(r"^(.*?)(\d+)$", version)
-    return f"{m.group(1)}{int(m.group(2)) + 1}" if m else f"{version}.1"
 
 
 # -- steps -----------------------------------------------------------------------------------------
@@ -281,50 +268,6 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, bool | None]
     return "; ".join(parts) + f" - {tail}", improved
 
 
-# -- writing and applying ---------------------------------------------------------------------------
-
-
-def _yaml_text(raw: dict[str, Any], header: str) -> str:
-    import yaml
-
-    return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=100)
-
-
-def apply_policy(policy_path: Path, new_text: str, old_version: str) -> Path:
-    """Keep the old file as ``<stem>.v<old>.yaml`` and replace the policy file atomically."""
-    backup = policy_path.with_name(f"{policy_path.stem}.v{old_version}{policy_path.suffix}")
-    if backup.exists() and backup.read_bytes() != policy_path.read_bytes():
-        raise LearnError(f"{backup} exists and differs from {policy_path}: move it away (it is the kept old version)")
-    shutil.copy2(policy_path, backup)
-    tmp = policy_path.with_name(f".{policy_path.name}.learn.tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    policy_from_dict(read_policy_yaml(tmp), str(tmp))  # never swap in a file the loader refuses
-    os.replace(tmp, policy_path)  # atomic: a reader sees the old file or the new one, never half
-    return backup
-
-
-def request_reload(url: str, admin_key: str | None) -> str:
-    """POST the sidecar's /v1/admin/reload; a one-line summary (LearnError when it refuses)."""
-    import urllib.error
-    import urllib.request
-
-    target = url.rstrip("/")
-    if not target.endswith("/v1/admin/reload"):
-        target += "/v1/admin/reload"
-    req = urllib.request.Request(target, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-    if admin_key:
-        req.add_header("Authorization", f"Bearer {admin_key}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - the user's own sidecar
-            body = resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        raise LearnError(f"the sidecar refused the reload ({exc.code}): "
-                         f"{exc.read().decode('utf-8', 'replace')[:300]}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise LearnError(f"could not reach the sidecar at {target}: {exc}") from None
-    return f"sidecar reloaded ({target}): {body[:300]}"
-
-
 def split_holdout(records: list[Any], share: float) -> tuple[list[Any], list[Any]]:
     """(fit, holdout) by a hash of each query id: the same query always falls on the same side.
 
@@ -338,14 +281,6 @@ def split_holdout(records: list[Any], share: float) -> tuple[list[Any], list[Any
     cut = int(share * 2**32)
     hold = [int.from_bytes(hashlib.sha256(r.id.encode()).digest()[:4], "big") < cut for r in records]
     return [r for r, h in zip(records, hold, strict=True) if not h], [r for r, h in zip(records, hold, strict=True) if h]
-
-
-def policy_header(name: str, version: str, used: int, logged: int, ledger: str) -> str:
-    """The new policy file's first line. The ledger's URL loses its password: policy files get
-    committed and shared."""
-    from triage.router.ledger.store import redact_url
-
-    return f"# {name} v{version}: written by `triage learn` from {used} of the {logged} logged queries of {redact_url(ledger)}\n"
 
 
 @dataclass
@@ -373,10 +308,10 @@ def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: s
     raw["probe"] = str(probe_dir)
     raw.pop("calibration", None)
     path = where / f"{policy_path.stem}.yaml"
-    path.write_text(_yaml_text(raw, header), encoding="utf-8")
+    path.write_text(yaml_text(raw, header), encoding="utf-8")
     result = calibrate_logged(cfg, load_policy(path), path, parse_logged(records), records, export)
     raw.update(result.updates)
-    text = _yaml_text(raw, header)
+    text = yaml_text(raw, header)
     path.write_text(text, encoding="utf-8")
     return FittedVersion(probe=probe_dir, policy=path, text=text, calibration=result)
 

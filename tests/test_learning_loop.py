@@ -349,7 +349,7 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
 
 
 def test_the_new_policy_file_never_names_the_ledger_password() -> None:
-    from triage.eval.learn import policy_header
+    from triage.eval.learn_write import policy_header
 
     line = policy_header("loop", "2", 168, 240, "postgresql://triage:s3cret-pw@db.internal:5432/ledger")
     assert "s3cret-pw" not in line

@@ -13,7 +13,7 @@ Every configuration also gets the paired bootstrap difference of the headline me
 
 Signals: ``text`` (MiniLM + lexical + GSM8K solution-profile aux), ``text:aux=false``, ``lexical``,
 local-LM internals (``lm``: SmolLM2-135M int4 prefill; ``parts`` = scalars / final / middle / all)
-alone and next to ``text``, the Qwen2.5-Coder-0.5B proxy (GSM8K), and two cheap extras measured here
+alone and next to ``text``, the Qwen2.5-Coder-0.5B and -1.5B proxies (GSM8K), and two cheap extras measured here
 before anything ships: ``rel`` (lexical statistics z-scored within the query's task or MiniLM cluster,
 fitted on each fold's training rows) and ``selfconf`` (the proxy's P(Yes) vs P(No) when asked
 whether it can answer, from one more prefill; ``probe_signals_extra.py``).
@@ -59,6 +59,7 @@ from triage.eval.bench.probe_signals_latency import decision_latency, signal_lat
 
 RESULTS = Path(__file__).parent / "results" / "probe_signals.json"
 QWEN = "qwen2.5-coder-0.5b"
+QWEN_LARGE = "qwen2.5-coder-1.5b"
 
 #: (key, feature spec, extras) - extras: "rel:task", "rel:cluster", "selfconf:<model>"
 BASE_CONFIGS: list[tuple[str, str, str]] = [
@@ -87,6 +88,14 @@ PROXY_CONFIGS: list[tuple[str, str, str]] = [
     ("text+qwen0.5b-lm-scalars", f"text,lm:model={QWEN};parts=scalars", ""),
     ("text+qwen0.5b-lm-final+scalars", f"text,lm:model={QWEN};parts=final+scalars", ""),
     ("text+qwen0.5b-lm", f"text,lm:model={QWEN}", ""),
+] + [
+    (f"qwen1.5b-{k}", f"lm:model={QWEN_LARGE};parts={p}", "") for k, p in
+    (("lm-scalars", "scalars"), ("lm-final", "final"), ("lm-middle", "middle"), ("lm", "final+middle+scalars"))
+] + [
+    ("text+qwen1.5b-lm-scalars", f"text,lm:model={QWEN_LARGE};parts=scalars", ""),
+    ("text+qwen1.5b-lm-middle", f"text,lm:model={QWEN_LARGE};parts=middle", ""),
+    ("text+qwen1.5b-lm-final+scalars", f"text,lm:model={QWEN_LARGE};parts=final+scalars", ""),
+    ("text+qwen1.5b-lm", f"text,lm:model={QWEN_LARGE}", ""),
     ("lexical+selfconf", "lexical", "selfconf:smollm2-135m"),
     ("text+selfconf", "text", "selfconf:smollm2-135m"),
 ]
@@ -118,8 +127,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_1m": round(os.getloadavg()[0], 2), "argv": sys.argv[1:], **table}
 
 
-def fill(name: str, model: str) -> None:
-    """LM rows of every complete row of ``name``, in the order a ``--max-rows`` subsample takes them."""
+def fill(name: str, model: str, rows: int | None = None) -> None:
+    """LM rows of the complete rows of ``name`` (the first ``rows`` of them, or all), in the order a
+    ``--max-rows`` subsample takes them."""
     from triage.eval.bench.probe_signals_extra import SelfConfFeature, fill_order
     from triage.probes.features import FeatureCache, make_feature
 
@@ -131,7 +141,9 @@ def fill(name: str, model: str) -> None:
         done[0] += k
         print(f"[fill {name} {model}] {done[0]}/{data.n}", file=sys.stderr, flush=True)
 
-    FeatureCache(feature).transform(fill_order(data), batch_size=32, progress=step)
+    texts = fill_order(data)[:rows]
+    print(f"[fill {name} {model}] {len(texts)} of {data.n} rows", file=sys.stderr, flush=True)
+    FeatureCache(feature).transform(texts, batch_size=32, progress=step)
 
 
 def parse_max_rows(text: str) -> dict[str, int]:
@@ -151,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma list: only these configuration keys")
     ap.add_argument("--fill", default="", help="first compute LM rows in subsample order, e.g. "
                     "gsm8k=qwen2.5-coder-0.5b,simpleqa=smollm2-135m,gsm8k=selfconf")
+    ap.add_argument("--fill-rows", type=int, default=None,
+                    help="--fill computes only the first N rows of that order (the rows --max-rows N reads)")
     ap.add_argument("--C", type=float, default=0.02, help="logistic head's inverse L2 strength (probe-text's)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--latency-n", type=int, default=30, help="queries per latency figure (0: none)")
+    ap.add_argument("--latency-models", default="smollm2-135m,qwen2.5-coder-0.5b",
+                    help="comma list: local models whose prefill gets a signal latency figure")
     ap.add_argument("--proxy-spec", action="append", default=None,
                     help="feature spec of a proxy probe for the decision latency (repeatable)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRIAGE_LM_ONNX_THREADS", "2")
 
     for item in filter(None, args.fill.split(",")):
-        fill(*item.split("=", 1))
+        fill(*item.split("=", 1), rows=args.fill_rows)
     result: dict[str, Any] = {"benchmark": "probe_signals", "seed": args.seed, "folds": args.folds,
                               "bootstrap": args.bootstrap, "loadavg_1m_start": round(os.getloadavg()[0], 2),
                               "datasets": {}}
@@ -181,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         result.pop("latency", None)
     if args.latency_n > 0:
         proxies = tuple(args.proxy_spec or ["text,lm:parts=scalars"])
-        result["latency"] = {"signals": signal_latency(args.latency_n),
-                             "decision": decision_latency(args.latency_n, proxies)}
+        models = tuple(filter(None, args.latency_models.split(",")))
+        load_start = round(os.getloadavg()[0], 2)  # latency figures are only as good as the machine is quiet
+        result["latency"] = {"signals": signal_latency(args.latency_n, models),
+                             "decision": decision_latency(args.latency_n, proxies),
+                             "loadavg_1m": [load_start, round(os.getloadavg()[0], 2)], "argv": sys.argv[1:]}
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

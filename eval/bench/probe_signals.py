@@ -29,6 +29,21 @@ under a policy whose strategies are API models.
     python eval/bench/probe_signals.py --json [--datasets gsm8k,gsm8k-proxy,routerbench,simpleqa]
         [--max-rows gsm8k-proxy=400,simpleqa=1500,routerbench=1000] [--latency-n 30]
 
+The proxies by size on GSM8K (LM rows filled first; ~45 min for the 1.5B on all rows, 2 cores), the
+confirmation of the subsample's finding on the rows it did not read, and the blends on all rows:
+
+    python eval/bench/probe_signals.py --datasets gsm8k-proxy --max-rows gsm8k-proxy=544 --fill-rows 544 \
+        --fill gsm8k=smollm2-135m,gsm8k=selfconf,gsm8k=qwen2.5-coder-0.5b,gsm8k=qwen2.5-coder-1.5b --latency-n 0 --update
+    python eval/bench/probe_signals.py --datasets gsm8k-confirm --fill gsm8k=qwen2.5-coder-1.5b,gsm8k=smollm2-135m,gsm8k=qwen2.5-coder-0.5b \
+        --latency-n 0 --update
+    python eval/bench/probe_signals.py --datasets gsm8k --tag=-blends --latency-n 0 --update \
+        --only "text,text|lexical,text|lm-scalars,text|qwen0.5b-lm-scalars,text|qwen1.5b-lm-scalars,text+lm-scalars"
+    python eval/bench/probe_signals.py --datasets routerbench,simpleqa --max-rows simpleqa=3232 --tag=-blends \
+        --only "text,text|lexical" --latency-n 0 --update
+    python eval/bench/probe_signals.py --datasets "" --latency-n 30 --update \
+        --latency-models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --proxy-spec "text,lm:parts=scalars" \
+        --proxy-spec "text,lm:model=qwen2.5-coder-0.5b;parts=scalars" --proxy-spec "text,lm:model=qwen2.5-coder-1.5b;parts=scalars"
+
 The fast probe's encoder (``text-l0``: MiniLM's embedding layer only) against the default's, in the
 default probe's set-up, on four sets (MMLU, 57 subjects, is not in the default list):
 
@@ -61,7 +76,7 @@ RESULTS = Path(__file__).parent / "results" / "probe_signals.json"
 QWEN = "qwen2.5-coder-0.5b"
 QWEN_LARGE = "qwen2.5-coder-1.5b"
 
-#: (key, feature spec, extras) - extras: "rel:task", "rel:cluster", "selfconf:<model>"
+#: (key, feature spec, extras) - extras: "rel:task", "rel:cluster", "selfconf:<model>", "blend:<spec>"
 BASE_CONFIGS: list[tuple[str, str, str]] = [
     ("text", "text", ""),
     ("text-noaux", "text:aux=false", ""),
@@ -99,24 +114,45 @@ PROXY_CONFIGS: list[tuple[str, str, str]] = [
     ("lexical+selfconf", "lexical", "selfconf:smollm2-135m"),
     ("text+selfconf", "text", "selfconf:smollm2-135m"),
 ]
-HEADLINE = {"gsm8k": "apgr", "gsm8k-proxy": "apgr", "routerbench": "aiq", "simpleqa": "cost_ratio_at_best_accuracy",
+#: ``gsm8k-confirm``: the GSM8K rows the ``gsm8k-proxy`` block did not read (its 544 rows left out), to
+#: confirm or refute the one configuration that beat ``text`` there (qwen1.5b-lm-scalars: APGR +0.065,
+#: paired 95% interval [0.012, 0.123], one of 23 configurations). Fixed before these rows were scored.
+CONFIRM_SKIP = {"gsm8k-confirm": 544}
+CONFIRM_CONFIGS = ["text", "lm-scalars", "qwen0.5b-lm-scalars", "qwen1.5b-lm-scalars", "text+qwen1.5b-lm-scalars",
+                   "text|qwen1.5b-lm-scalars",
+                   # controls added after the rows above were read: is it the proxy or the blend?
+                   "text|lexical", "text|lm-scalars", "text|qwen0.5b-lm-scalars"]
+#: text's head and a second head averaged (``SignalRouter``'s ``blend``). text|qwen1.5b-lm-scalars
+#: was first scored on the confirmation rows; the others are its controls (a second head without a
+#: proxy, and the smaller proxies). Run on any data set with ``--only``.
+BLEND_CONFIGS = [
+    ("text|qwen1.5b-lm-scalars", "text", f"blend:lm:model={QWEN_LARGE};parts=scalars"),
+    ("text|qwen0.5b-lm-scalars", "text", f"blend:lm:model={QWEN};parts=scalars"),
+    ("text|lm-scalars", "text", "blend:lm:parts=scalars"),
+    ("text|lexical", "text", "blend:lexical"),
+]
+HEADLINE = {"gsm8k": "apgr", "gsm8k-proxy": "apgr", "gsm8k-confirm": "apgr", "routerbench": "aiq", "simpleqa": "cost_ratio_at_best_accuracy",
             "mmlu": "apgr"}
 
 
 def configs_for(name: str, n_tasks: int, skip: set[str]) -> list[tuple[str, str, str]]:
     if name == "gsm8k-proxy":
         out = [c for c in BASE_CONFIGS if c[0] in PROXY_REFERENCE] + PROXY_CONFIGS
+    elif name in CONFIRM_SKIP:
+        out = [c for c in BASE_CONFIGS + PROXY_CONFIGS + BLEND_CONFIGS if c[0] in CONFIRM_CONFIGS]
     else:
         out = list(BASE_CONFIGS) + (TASK_CONFIGS if n_tasks > 1 else [])
     return [c for c in out if not any(s and s in c[0] for s in skip)]
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    data, note = load_dataset(name, args.max_rows.get(name), replay_dir=args.replay_dir)
+    data, note = load_dataset(name, args.max_rows.get(name), replay_dir=args.replay_dir,
+                              skip_first=CONFIRM_SKIP.get(name, 0))
     skip = set(filter(None, args.skip.split(",")))
     configs = configs_for(name, len({t for t in data.tasks if t}), skip)
-    if args.only:
-        configs = [c for c in configs if c[0] in args.only.split(",")]
+    if args.only:  # any known configuration, in the order given
+        known = {c[0]: c for c in BASE_CONFIGS + TASK_CONFIGS + PROXY_CONFIGS + BLEND_CONFIGS}
+        configs = [known[k] for k in args.only.split(",")]
     routers = {key: SignalRouter(features=spec, extras=extras, C=args.C) for key, spec, extras in configs}
     t0 = time.perf_counter()
     table = evaluate_sweeps(data, routers, headline=HEADLINE[name], reference="text",
@@ -161,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay-dir", type=Path, default=None, help="read <name>.jsonl files instead of importing")
     ap.add_argument("--skip", default="", help="comma list: skip configurations whose key contains any")
     ap.add_argument("--only", default="", help="comma list: only these configuration keys")
+    ap.add_argument("--tag", default="", help="suffix of the result block's key (a second block of one data set)")
     ap.add_argument("--fill", default="", help="first compute LM rows in subsample order, e.g. "
                     "gsm8k=qwen2.5-coder-0.5b,simpleqa=smollm2-135m,gsm8k=selfconf")
     ap.add_argument("--fill-rows", type=int, default=None,
@@ -191,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
         result["datasets"], result["latency"] = old.get("datasets", {}), old.get("latency")
     for name in filter(None, args.datasets.split(",")):
-        key = name if args.C == 0.02 else f"{name}@C={args.C:g}"
+        key = (name if args.C == 0.02 else f"{name}@C={args.C:g}") + args.tag
         result["datasets"][key] = run_dataset(name, args)
     if result.get("latency") is None:
         result.pop("latency", None)

@@ -38,6 +38,10 @@ confirmation of the subsample's finding on the rows it did not read, and the ble
         --latency-n 0 --update
     python eval/bench/probe_signals.py --datasets gsm8k --tag=-blends --latency-n 0 --update \
         --only "text,text|lexical,text|lm-scalars,text|qwen0.5b-lm-scalars,text|qwen1.5b-lm-scalars,text+lm-scalars"
+    python eval/bench/probe_signals.py --datasets gsm8k --C auto --tag=-blends --latency-n 0 --update \
+        --only "text,text|lexical,text|qwen1.5b-lm-scalars"
+    python eval/bench/probe_signals.py --datasets simpleqa --max-rows simpleqa=3232 --C auto --tag=-blends \
+        --only "text,text|lexical" --latency-n 0 --update
     python eval/bench/probe_signals.py --datasets routerbench,simpleqa --max-rows simpleqa=3232 --tag=-blends \
         --only "text,text|lexical" --latency-n 0 --update
     python eval/bench/probe_signals.py --datasets "" --latency-n 30 --update \
@@ -182,6 +186,10 @@ def fill(name: str, model: str, rows: int | None = None) -> None:
     FeatureCache(feature).transform(texts, batch_size=32, progress=step)
 
 
+def c_value(text: str) -> float | str:
+    return "auto" if text == "auto" else float(text)
+
+
 def parse_max_rows(text: str) -> dict[str, int]:
     out = {}
     for item in filter(None, text.split(",")):
@@ -202,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                     "gsm8k=qwen2.5-coder-0.5b,simpleqa=smollm2-135m,gsm8k=selfconf")
     ap.add_argument("--fill-rows", type=int, default=None,
                     help="--fill computes only the first N rows of that order (the rows --max-rows N reads)")
-    ap.add_argument("--C", type=float, default=0.02, help="logistic head's inverse L2 strength (probe-text's)")
+    ap.add_argument("--C", type=c_value, default=0.02,
+                    help="logistic head's inverse L2 strength (probe-text's), or auto: inner cross-validation")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
         result["datasets"], result["latency"] = old.get("datasets", {}), old.get("latency")
     for name in filter(None, args.datasets.split(",")):
-        key = (name if args.C == 0.02 else f"{name}@C={args.C:g}") + args.tag
+        key = (name if args.C == 0.02 else f"{name}@C={args.C:g}" if args.C != "auto" else f"{name}@C=auto") + args.tag
         result["datasets"][key] = run_dataset(name, args)
     if result.get("latency") is None:
         result.pop("latency", None)

@@ -142,7 +142,7 @@ class SignalRouter(ProbeFeatureRouter):
 
     name = "probe-signals"
 
-    def __init__(self, features: str = "text", extras: str = "", C: float = 0.02) -> None:
+    def __init__(self, features: str = "text", extras: str = "", C: float | str = 0.02) -> None:
         super().__init__(C=C, features=features)
         self.extras = extras
 

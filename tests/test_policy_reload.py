@@ -250,16 +250,17 @@ def test_a_worker_that_starts_after_an_edit_still_picks_it_up(tmp_path, slow_stu
 
 
 def _worker_pids(supervisor: int) -> list[int]:
-    """The serving workers of a `triage serve --workers N` supervisor (its spawned children)."""
+    """The serving workers of a `triage serve --workers N` supervisor: its children started by
+    multiprocessing's spawn (not its resource tracker)."""
+    import psutil
+
     pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in psutil.Process(supervisor).children():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
+            if any("spawn_main" in part for part in child.cmdline()):
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:  # gone meanwhile
             continue
-        if int(fields[1]) == supervisor and b"spawn_main" in cmdline:
-            pids.append(int(stat.parent.name))
     return sorted(pids)
 
 

@@ -100,21 +100,22 @@ BASE_CONFIGS: list[tuple[str, str, str]] = [
 TASK_CONFIGS = [("text+rel-task", "text", "rel:task")]  # datasets with more than one task
 #: ``gsm8k-proxy``: the costlier proxies on a GSM8K subsample, next to text and SmolLM2 on the same rows
 PROXY_REFERENCE = ["text", "lm-scalars", "lm", "text+lm-scalars", "text+lm-final+scalars", "text+lm"]
+#: the ``lm`` blocks a proxy is scored on alone: (key suffix, parts)
+PROXY_PARTS = (("lm-scalars", "scalars"), ("lm-final", "final"), ("lm-middle", "middle"), ("lm", "final+middle+scalars"))
+
+
+def proxy_configs(tag: str, model: str, appended: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """One proxy's configurations: each of its ``lm`` blocks alone, and ``appended`` next to ``text``
+    (``lm-<parts>``, or ``lm``: the feature's default parts, every block)."""
+    alone = [(f"{tag}-{k}", f"lm:model={model};parts={p}", "") for k, p in PROXY_PARTS]
+    both = [(f"text+{tag}-{k}", f"text,lm:model={model}" + ("" if k == "lm" else f";parts={k.removeprefix('lm-')}"), "")
+            for k in appended]
+    return alone + both
+
+
 PROXY_CONFIGS: list[tuple[str, str, str]] = [
-    (f"qwen0.5b-{k}", f"lm:model={QWEN};parts={p}", "") for k, p in
-    (("lm-scalars", "scalars"), ("lm-final", "final"), ("lm-middle", "middle"), ("lm", "final+middle+scalars"))
-] + [
-    ("text+qwen0.5b-lm-scalars", f"text,lm:model={QWEN};parts=scalars", ""),
-    ("text+qwen0.5b-lm-final+scalars", f"text,lm:model={QWEN};parts=final+scalars", ""),
-    ("text+qwen0.5b-lm", f"text,lm:model={QWEN}", ""),
-] + [
-    (f"qwen1.5b-{k}", f"lm:model={QWEN_LARGE};parts={p}", "") for k, p in
-    (("lm-scalars", "scalars"), ("lm-final", "final"), ("lm-middle", "middle"), ("lm", "final+middle+scalars"))
-] + [
-    ("text+qwen1.5b-lm-scalars", f"text,lm:model={QWEN_LARGE};parts=scalars", ""),
-    ("text+qwen1.5b-lm-middle", f"text,lm:model={QWEN_LARGE};parts=middle", ""),
-    ("text+qwen1.5b-lm-final+scalars", f"text,lm:model={QWEN_LARGE};parts=final+scalars", ""),
-    ("text+qwen1.5b-lm", f"text,lm:model={QWEN_LARGE}", ""),
+    *proxy_configs("qwen0.5b", QWEN, ("lm-scalars", "lm-final+scalars", "lm")),
+    *proxy_configs("qwen1.5b", QWEN_LARGE, ("lm-scalars", "lm-middle", "lm-final+scalars", "lm")),
     ("lexical+selfconf", "lexical", "selfconf:smollm2-135m"),
     ("text+selfconf", "text", "selfconf:smollm2-135m"),
 ]
@@ -135,6 +136,7 @@ BLEND_CONFIGS = [
     ("text|lm-scalars", "text", "blend:lm:parts=scalars"),
     ("text|lexical", "text", "blend:lexical"),
 ]
+KNOWN_CONFIGS = {c[0]: c for c in BASE_CONFIGS + TASK_CONFIGS + PROXY_CONFIGS + BLEND_CONFIGS}
 HEADLINE = {"gsm8k": "apgr", "gsm8k-proxy": "apgr", "gsm8k-confirm": "apgr", "routerbench": "aiq", "simpleqa": "cost_ratio_at_best_accuracy",
             "mmlu": "apgr"}
 
@@ -154,9 +156,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
                               skip_first=CONFIRM_SKIP.get(name, 0))
     skip = set(filter(None, args.skip.split(",")))
     configs = configs_for(name, len({t for t in data.tasks if t}), skip)
-    if args.only:  # any known configuration, in the order given
-        known = {c[0]: c for c in BASE_CONFIGS + TASK_CONFIGS + PROXY_CONFIGS + BLEND_CONFIGS}
-        configs = [known[k] for k in args.only.split(",")]
+    if args.only:  # any known configuration, in the order given (main checked the keys)
+        configs = [KNOWN_CONFIGS[k] for k in args.only.split(",")]
     routers = {key: SignalRouter(features=spec, extras=extras, C=args.C) for key, spec, extras in configs}
     t0 = time.perf_counter()
     table = evaluate_sweeps(data, routers, headline=HEADLINE[name], reference="text",
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the other blocks of an existing --out file (one data set per run on a busy machine)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.only and (unknown := [k for k in args.only.split(",") if k not in KNOWN_CONFIGS]):
+        ap.error(f"--only: unknown configuration {', '.join(unknown)}; known: {', '.join(KNOWN_CONFIGS)}")
     # LM prefills (latency figures, and any row missing from the feature cache) on 2 threads
     os.environ.setdefault("TRIAGE_LM_ONNX_THREADS", "2")
 
@@ -237,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
         result["datasets"], result["latency"] = old.get("datasets", {}), old.get("latency")
     for name in filter(None, args.datasets.split(",")):
-        key = (name if args.C == 0.02 else f"{name}@C={args.C:g}" if args.C != "auto" else f"{name}@C=auto") + args.tag
+        c_label = "" if args.C == 0.02 else f"@C={args.C}" if args.C == "auto" else f"@C={args.C:g}"
+        key = name + c_label + args.tag
         result["datasets"][key] = run_dataset(name, args)
     if result.get("latency") is None:
         result.pop("latency", None)

@@ -269,17 +269,21 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, bool | None]
 
 
 def split_holdout(records: list[Any], share: float) -> tuple[list[Any], list[Any]]:
-    """(fit, holdout) by a hash of each query id: the same query always falls on the same side.
+    """(fit, holdout) by a hash of each query id: the same query (a shadow row with its primary)
+    always falls on the same side.
 
     The OPE report must not be computed on the rows the probe and the knob were chosen on: the
     calibration picks the setting whose estimate is highest, noise included, and the same rows
     would then report that noise as accuracy (a winner's curse; measured in the learning-loop bench)."""
     import hashlib
 
+    from triage.probes.bandit import query_id
+
     if share <= 0:
         return list(records), list(records)
     cut = int(share * 2**32)
-    hold = [int.from_bytes(hashlib.sha256(r.id.encode()).digest()[:4], "big") < cut for r in records]
+    # A shadow row goes where its query goes (keyed by `shadow_of`): the report's queries are unseen.
+    hold = [int.from_bytes(hashlib.sha256(query_id(r).encode()).digest()[:4], "big") < cut for r in records]
     return [r for r, h in zip(records, hold, strict=True) if not h], [r for r, h in zip(records, hold, strict=True) if h]
 
 
@@ -331,6 +335,7 @@ def check_C(value: float | str) -> None:
 def learn(cfg: LearnConfig) -> LearnResult:
     """Run every step (module docstring); raises a one-line error at the first that fails."""
     from triage.eval.ope_data import parse_logged
+    from triage.probes.bandit import query_id
     from triage.replay import read_replay
 
     check_C(cfg.C)
@@ -360,12 +365,14 @@ def learn(cfg: LearnConfig) -> LearnResult:
     written, notes = evaluated, []
     if refit:
         written = fit_version(cfg, old, policy_path, new_version, records, export, out, n)
-        notes.append(f"the written version is refit on all {n} logged queries; the off-policy report describes "
-                     f"the same procedure fitted on the {len(fit)} not held out ({evaluated.policy})")
+        n_fit = len({query_id(r) for r in fit})
+        notes.append(f"the written version is refit on all {len({query_id(r) for r in records})} logged queries; "
+                     f"the off-policy report describes the same procedure fitted on the {n_fit} not held out "
+                     f"({evaluated.policy})")
     res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,
                       probe=written.probe, policy=written.policy, calibration=written.calibration.figures,
                       ope_old=ope_old, ope_new=ope_new, verdict=verdict, improved=improved,
-                      holdout_ids=[r.id for r in held], evaluated_probe=evaluated.probe,
+                      holdout_ids=[r.id for r in held if query_id(r) == r.id], evaluated_probe=evaluated.probe,
                       evaluated_policy=evaluated.policy, notes=notes)
     if cfg.apply:
         res.backup = apply_policy(policy_path, written.text, old.version)

@@ -14,6 +14,13 @@ result is therefore exactly the logged bandit data production would give (issue 
 
 Because every outcome is known, the simulator also reports what exploration cost: the chosen
 strategies' cost and accuracy against the greedy choice's on the same queries.
+
+A policy's ``shadow:`` block is honoured as the router honours it (:mod:`triage.router.core.shadow`):
+the same seeded choice of which requests are shadowed and by which strategy, the same linked record
+(``<request id>:shadow``, ``metadata.shadow_of``, the observed-strategy propensity), with that
+strategy's recorded outcome attached. The per-day spend cap applies per simulated UTC day of this
+run (the router's is per process and day): a shadow starts only while the day's shadow spend is
+under it. Shadow spend is reported apart from the traffic's (``shadow_cost_usd``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from triage.policies.decide import Decision, decide
 from triage.policies.loader import load_policy
 from triage.policies.policy import CascadeRule, Policy
 from triage.policies.pricing import token_price
+from triage.policies.shadow import choose_shadow
 from triage.replay.schema import Outcome, ReplayRecord
 
 log = get_logger("triage.eval.simulate")
@@ -54,6 +62,10 @@ class SimulationResult:
     greedy_cost_usd: float = 0.0  # total cost of the greedy choices
     chosen: dict[str, int] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)
+    shadows: int = 0  # shadow records written (the policy's `shadow:` block)
+    shadows_dropped_budget: int = 0  # sampled, but the simulated day's shadow spend had reached the cap
+    shadow_cost_usd: float = 0.0
+    shadow_chosen: dict[str, int] = field(default_factory=dict)
 
     @property
     def exploration_cost_usd(self) -> float:
@@ -66,7 +78,9 @@ class SimulationResult:
             "queries": self.queries, "explored": self.explored, "accuracy": self.accuracy,
             "greedy_accuracy": self.greedy_accuracy, "cost_usd": self.cost_usd,
             "greedy_cost_usd": self.greedy_cost_usd, "exploration_cost_usd": self.exploration_cost_usd,
-            "chosen": dict(self.chosen),
+            "chosen": dict(self.chosen), "shadows": self.shadows,
+            "shadows_dropped_budget": self.shadows_dropped_budget, "shadow_cost_usd": self.shadow_cost_usd,
+            "shadow_chosen": dict(self.shadow_chosen),
         }
 
 
@@ -96,6 +110,41 @@ def _cost(policy: Policy, strategy: str, o: Outcome) -> float | None:
     if price.known and o.prompt_tokens is not None and o.completion_tokens is not None:
         return o.prompt_tokens * price.input + o.completion_tokens * price.output
     return None
+
+
+def _shadow(policy: Policy, routed: Any, rid: str, r: ReplayRecord, meta: dict[str, Any], when: datetime,
+            keep: bool, spent: dict[str, float], result: SimulationResult) -> tuple[Any, Any] | None:
+    """The shadow record and outcome of one routed request, or None (not sampled, or over the day's cap)."""
+    from triage.router.core.receipt import ledger_record
+    from triage.router.core.shadow import SHADOW_SUFFIX, shadow_ledger_fields, shadow_routed
+    from triage.router.ledger.records import OutcomeRecord
+
+    d = routed.decision
+    chosen = choose_shadow(policy, rid, d.strategy)
+    if chosen is None:
+        return None
+    name, q = chosen
+    assert policy.shadow is not None
+    day = when.strftime("%Y-%m-%d")
+    if spent.get(day, 0.0) >= policy.shadow.max_cost_usd_per_day:
+        result.shadows_dropped_budget += 1
+        return None
+    s_routed = shadow_routed(policy, routed, name)
+    o = r.outcomes[policy.strategies[name].candidate]
+    cost = _cost(policy, name, o) or 0.0
+    spent[day] = spent.get(day, 0.0) + cost
+    result.shadows += 1
+    result.shadow_cost_usd += cost
+    result.shadow_chosen[name] = result.shadow_chosen.get(name, 0) + 1
+    sid = rid + SHADOW_SUFFIX
+    fields = shadow_ledger_fields(policy, rid, {"metadata": meta, "time": when}, q, d.strategy)
+    fields["metadata"]["simulated"] = True
+    fields["metadata"]["replay_id"] = r.id
+    rec = ledger_record(s_routed, [_attempt(policy, s_routed.decision, o)], request_id=sid,
+                        latency_s=float(o.latency_s or 0.0), store_prompts=keep, ledger_fields=fields)
+    out = OutcomeRecord(request_id=sid, score=o.score, source=SOURCE, time=when + timedelta(microseconds=500),
+                        detail={"replay_id": r.id, "shadow_of": rid})
+    return rec, out
 
 
 def _attempt(policy: Policy, d: Decision, o: Outcome) -> Any:
@@ -137,6 +186,7 @@ def simulate(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: s
     # as it would for a live router.
     keep = policy.ledger.store_prompts is not False
     writer = LedgerWriter(store, store_prompts=keep, spool=None).start()
+    shadow_spent: dict[str, float] = {}  # simulated UTC day -> shadow spend (the `shadow:` block's cap)
     try:
         for lo in range(0, len(rows), BATCH):
             batch = rows[lo:lo + BATCH]
@@ -160,6 +210,13 @@ def simulate(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: s
                 outcomes.append(OutcomeRecord(request_id=rid, score=o.score, source=SOURCE,
                                               time=t0 + timedelta(milliseconds=lo + k, microseconds=500),
                                               detail={"replay_id": r.id}))
+                if policy.shadow is not None:
+                    shadowed = _shadow(policy, routed, rid, r, meta,
+                                       t0 + timedelta(milliseconds=lo + k, microseconds=250),
+                                       keep, shadow_spent, result)
+                    if shadowed is not None:  # after its primary, as the router writes it
+                        records_out.append(shadowed[0])
+                        outcomes.append(shadowed[1])
                 result.queries += 1
                 result.explored += int(d.explored)
                 result.chosen[d.strategy] = result.chosen.get(d.strategy, 0) + 1
@@ -178,5 +235,5 @@ def simulate(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: s
     result.accuracy = scores / result.queries
     result.greedy_accuracy = greedy_scores / result.queries
     log.debug("simulated", policy=policy.name, version=policy.version, queries=result.queries,
-             explored=result.explored, ledger=ledger)
+              explored=result.explored, shadows=result.shadows, ledger=ledger)
     return result

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from triage.policies.exploration import explorable, explore, sample, uniform_draw
 from triage.policies.policy import CascadeRule, ExpectedUtilityRule, Policy, ThresholdsRule
+from triage.policies.shadow import observed_propensity
 from triage.probes.types import TIERS, ProbeOutput
 from triage.errors import TriageError
 
@@ -68,6 +69,10 @@ class Decision(BaseModel):
     explored: bool = Field(default=False, description="The draw chose another strategy than the greedy one.")
     candidates: list[str] = Field(default_factory=list, description="Strategies with probability > 0.")
     candidate: str | None = Field(default=None, description="The chosen strategy's probe success label.")
+    observed_propensity: float | None = Field(
+        default=None, description="With a `shadow:` block: P(this strategy's outcome is observed for the query), "
+        "as the first call or as a shadow - what training weights by; `propensity` is what off-policy "
+        "evaluation of the decision needs. None without a shadow block (then equal to propensity).")
 
 
 def _tier_probs(out: ProbeOutput) -> dict[str, float]:
@@ -204,6 +209,7 @@ def decide(policy: Policy, out: ProbeOutput, *, request_id: str | None = None) -
         explored=strategy != g.strategy,
         candidates=list(dist),
         candidate=chosen.candidate,
+        observed_propensity=observed_propensity(policy, dist, strategy) if policy.shadow is not None else None,
     )
 
 

@@ -7,7 +7,9 @@ turns such records into training rows:
 
 * **success** of the observed label: ``score >= threshold`` and within the label's completion-token
   budget (the rule of :mod:`triage.probes.labels`, applied to the one outcome there is);
-* **weight** of a row for its label: ``1 / propensity`` (inverse propensity), clipped at
+* **weight** of a row for its label: ``1 / propensity`` (inverse propensity; under a policy's
+  ``shadow:`` block ``1 / observed_propensity``, the probability that the label was observed for
+  the query as first call or shadow, and a shadow row is a row of its own), clipped at
   ``max_weight`` so that a handful of rare explorations cannot dominate a fit (clipping trades a
   little bias for much less variance); the number of clipped rows and the effective sample size
   ``(sum w)^2 / sum w^2`` per label are reported and recorded in the probe card;
@@ -46,6 +48,14 @@ def logged_block(record: ReplayRecord) -> dict[str, Any] | None:
     return block if isinstance(block, dict) else None
 
 
+def query_id(record: ReplayRecord) -> str:
+    """The query a logged row observes: its own id, or for a shadow call's row (an extra outcome of
+    the same query, triage.router.core.shadow) the id of the row it shadows."""
+    block = logged_block(record) or {}
+    shadow_of = block.get("shadow_of")
+    return shadow_of if block.get("shadow") and isinstance(shadow_of, str) and shadow_of else record.id
+
+
 def is_logged(records: Sequence[ReplayRecord]) -> bool:
     """Logged bandit data: records carry a ``logged`` block, or every record has exactly one outcome
     (a ledger export of an older version) - full-information data has several per query."""
@@ -73,6 +83,9 @@ class LoggedLabels:
     max_weight: float
     assumed_propensity: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: (n,) the query each row observes (:func:`query_id`): a shadow row shares its primary's, so
+    #: cross-fitting keeps the two in one fold. None: every row is its own query.
+    queries: list[str] | None = None
 
     @property
     def n(self) -> int:
@@ -136,7 +149,7 @@ def make_logged_labels(
         raise LoggedDataError(f"--assume-propensity must be in (0, 1], got {assume_propensity}")
     names: list[str] = []
     scores, props, costs, tokens = [], [], [], []
-    ids, texts, splits = [], [], []
+    ids, texts, splits, queries = [], [], [], []
     unknown = 0
     for r in records:
         block = logged_block(r) or {}
@@ -154,7 +167,10 @@ def make_logged_labels(
         budget = rule.budgets.get(label)
         if budget is not None and o.completion_tokens is not None and o.completion_tokens > budget:
             score = 0.0  # the truncation rule of ReplayData.apply_budget, on the one outcome there is
-        p = block.get("propensity")
+        # A label's outcome may be observed as the first call or as a shadow call; the weight is the
+        # inverse of that observation probability (logged as `observed_propensity` under a `shadow:`
+        # block), so every query weighs the same for the label whichever way it was observed.
+        p = block.get("observed_propensity", block.get("propensity"))
         if p is None:
             unknown += 1
             p = assume_propensity
@@ -168,6 +184,7 @@ def make_logged_labels(
         costs.append(np.nan if o.cost_usd is None else o.cost_usd)
         tokens.append(float((o.prompt_tokens or 0) + (o.completion_tokens or 0)))
         ids.append(r.id)
+        queries.append(query_id(r))
         texts.append(r.prompt_text())
         splits.append(r.split)
     if not ids:
@@ -226,6 +243,7 @@ def make_logged_labels(
         rule=rule,
         max_weight=float(max_weight),
         assumed_propensity=assume_propensity if unknown else None,
+        queries=queries,
     )
 
 

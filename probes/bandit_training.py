@@ -98,6 +98,21 @@ def _cross_fit(config: TrainConfig, X: np.ndarray, labels: LoggedLabels, folds: 
     return oof_s, cal_s
 
 
+def logged_fold_ids(labels: LoggedLabels, folds: int, seed: int) -> np.ndarray:
+    """Fold per row, stratified by (label, success); the rows of one query (a primary and its
+    shadow) share a fold, so no out-of-fold prediction comes from a head that saw the query."""
+    strata = labels.label * 2 + labels.success
+    queries = labels.queries
+    if queries is None or len(set(queries)) == len(queries):
+        return fold_ids(strata, folds, seed)
+    first: dict[str, int] = {}
+    group = np.array([first.setdefault(q, len(first)) for q in queries], dtype=np.int64)
+    lead = np.zeros(len(first), dtype=np.int64)  # a query's stratum: its first row's
+    for i in range(len(group) - 1, -1, -1):
+        lead[group[i]] = strata[i]
+    return fold_ids(lead, folds, seed)[group]
+
+
 def ips_log_loss(labels: LoggedLabels, p: np.ndarray, j: int) -> float:
     """Label j's log loss over all logged queries, estimated on its rows with the clipped IPS weights."""
     sel = labels.label == j
@@ -146,7 +161,7 @@ def train_logged_probe(
     feats = list(features) if features is not None else parse_features(config.features)
     X = feature_matrix(feats, labels.texts, cache_dir=cache_dir, precomputed=precomputed, progress=progress)
     n, m = labels.n, labels.m
-    folds = fold_ids(labels.label * 2 + labels.success, config.folds, config.seed)
+    folds = logged_fold_ids(labels, config.folds, config.seed)
     tried = ("ips", "none") if weighting == "auto" else (weighting,)
     fits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for wt in tried:

@@ -12,59 +12,17 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from typer.testing import CliRunner
 
 from triage.router.cli.main import app
-from triage.settings import get_settings
 from tests.support.ledger import ledger_url  # noqa: F401 - fixture
-from tests.support.probes import ensure_session_default_probe
+from tests.support.loop import LARGE, SMALL, gsm8k_traffic, policy_doc, runner, simulate, write
 
-runner = CliRunner()
 ROWS = 240
-SMALL, LARGE = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
-
-
-def policy_doc(epsilon: float | None = 0.3, store_prompts: bool = True) -> dict:
-    doc = {
-        "name": "loop", "version": 1, "probe": "default",
-        "strategies": {
-            "small": {"model": "together_ai/mistralai/Mixtral-8x7B-Instruct-v0.1", "replay_candidate": SMALL,
-                      "price": {"input_per_mtok": 0.6, "output_per_mtok": 0.6}},
-            "large": {"model": "openai/gpt-4-1106-preview", "replay_candidate": LARGE,
-                      "price": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}},
-        },
-        "tiers": {"easy": "small", "normal": "large", "hard": "large"},
-        "rule": {"type": "thresholds", "thresholds": {"normal": 0.37, "hard": 0.5}},
-        "ledger": {"store_prompts": store_prompts},
-    }
-    if epsilon:
-        doc["exploration"] = {"type": "epsilon", "epsilon": epsilon}
-    return doc
 
 
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from triage.eval.importers import import_source
-    from triage.replay import write_replay
-
-    ensure_session_default_probe()
-    records = import_source("routellm", get_settings().data_dir / "routellm", dataset="gsm8k")[:ROWS]
-    path = tmp_path_factory.mktemp("loop") / "gsm8k.jsonl"
-    write_replay(records, path)
-    return path
-
-
-def write(path: Path, doc: dict) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def simulate(traffic: Path, policy: Path, ledger: str, *extra: str) -> dict:
-    res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(policy), "--ledger", ledger,
-                              "--json", *extra])
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return gsm8k_traffic(tmp_path_factory.mktemp("loop"), ROWS)
 
 
 def one_line_exit_2(res) -> str:  # noqa: ANN001

@@ -139,6 +139,8 @@ def test_graded_export_and_report(tmp_path: Path, upstream: NamedUpstream) -> No
         assert r["logged"]["strategy"] == "other" and r["logged"]["propensity"] == pytest.approx(0.5)
     primaries = [r for r in rows if not r["logged"].get("shadow")]
     assert all(r["outcomes"]["primary"]["score"] == 0.0 and r["logged"]["propensity"] == 1.0 for r in primaries)
+    # the router logs the primary's observation probability too (what the trainer weights by)
+    assert all(r["logged"]["observed_propensity"] == 1.0 for r in primaries)
     # The bandit trainer reads the shadow rows as observed outcomes of `other`, weighted 1 / 0.5.
     from triage.probes.bandit import make_logged_labels
     from triage.replay.schema import ReplayRecord

@@ -25,7 +25,8 @@ def simulate_cmd(
 ) -> None:
     """Replay DATA as live traffic into a real ledger: the policy (exploration included) picks one
     strategy per query and only that strategy's recorded outcome is revealed (outcome source
-    `simulated`); prompts are stored. No model is called."""
+    `simulated`); prompts are stored. A policy's `shadow:` block also reveals the shadow strategy's
+    outcome on the sampled requests, as a linked shadow record. No model is called."""
     from triage.eval.simulate import simulate
     from triage.replay import read_replay
 
@@ -46,3 +47,7 @@ def simulate_cmd(
                   f"(greedy {result.greedy_accuracy:.3f}); cost ${result.cost_usd:.4g} "
                   f"(greedy ${result.greedy_cost_usd:.4g}, exploration {result.exploration_cost_usd:+.4g})",
                   highlight=False)
+    if result.shadows or result.shadows_dropped_budget:  # the policy's `shadow:` block
+        shadow_share = ", ".join(f"{k} {v}" for k, v in sorted(result.shadow_chosen.items()))
+        console.print(f"shadow calls: {result.shadows:,} ({shadow_share or 'none'}), ${result.shadow_cost_usd:.4g}; "
+                      f"{result.shadows_dropped_budget:,} dropped by the daily cap", highlight=False)

@@ -89,6 +89,8 @@ def ledger_record(routed: Routed, attempts: list[Attempt], *, request_id: str, l
     metadata.setdefault("self_probe", routed.self_probe)
     if d.expected_cost_usd is not None:
         metadata.setdefault("expected_cost_usd", d.expected_cost_usd)
+    if d.observed_propensity is not None:  # a `shadow:` policy: what training weights this outcome by
+        metadata.setdefault("observed_propensity", d.observed_propensity)
     for key, value in _kind_metadata(attempts).items():  # e.g. a token-routed pair's token split
         metadata.setdefault(key, value)
     if any("deployment" in a.extra for a in attempts):

@@ -76,6 +76,39 @@ class _Answered:
     text: str = ""
 
 
+def shadow_routed(policy: Policy, primary: Routed, strategy: str) -> Routed:
+    """The primary request's routing with the decision of its shadow ``strategy``.
+
+    The shadow is one call of that strategy at the primary's tier (no cascade); ``propensity`` is
+    ``P(strategy observed | x)`` (:func:`triage.policies.shadow.observed_propensity`) and
+    ``candidates`` the strategies that could have shadowed. Shared by the router's shadow calls and
+    the bandit simulator (:mod:`triage.eval.simulate`), so both log the same record."""
+    d = primary.decision
+    s = policy.strategies[strategy]
+    dist = action_distribution(policy, primary.probe_output)
+    decision = d.model_copy(update={
+        "strategy": strategy, "model": s.model, "candidate": s.candidate, "cascade": None,
+        "max_tokens": policy.max_tokens_for(strategy, d.tier), "temperature": s.temperature,
+        "reasoning_effort": policy.reasoning_effort_for(strategy, d.tier),
+        "expected_cost_usd": policy.expected_cost_usd(strategy, d.tier), "explored": True,
+        "propensity": observed_propensity(policy, dist, strategy),
+        "observed_propensity": observed_propensity(policy, dist, strategy),
+        "candidates": [n for n in shadow_pool(policy) if n != d.strategy]})
+    return dataclasses.replace(primary, decision=decision)
+
+
+def shadow_ledger_fields(policy: Policy, shadow_of: str, primary_fields: dict[str, Any] | None,
+                         choice_propensity: float, primary_strategy: str) -> dict[str, Any]:
+    """Ledger fields of a shadow record: the primary's (tenant, time...), its metadata cut to what
+    grading and reports read (gold, task), and the link to the primary."""
+    assert policy.shadow is not None
+    fields = {k: v for k, v in (primary_fields or {}).items() if k != "metadata"}
+    meta = {k: v for k, v in dict((primary_fields or {}).get("metadata") or {}).items() if k in ("gold", "task")}
+    fields["metadata"] = {**meta, "shadow": True, "shadow_of": shadow_of, "shadow_choice_propensity": choice_propensity,
+                          "shadow_rate": policy.shadow.rate, "primary_strategy": primary_strategy}
+    return fields
+
+
 class DailyBudget:
     """USD spent per UTC day in this process (thread-safe)."""
 
@@ -122,8 +155,7 @@ class ShadowRunner:
         sh = policy.shadow
         if sh is None or record.error is not None or record.metadata.get("client_disconnected"):
             return None
-        d = ex.routed.decision
-        chosen = choose_shadow(policy, ex.request_id, d.strategy)
+        chosen = choose_shadow(policy, ex.request_id, ex.routed.decision.strategy)
         if chosen is None:
             return None
         name, q = chosen
@@ -136,22 +168,9 @@ class ShadowRunner:
                 self._drop("dropped_queue_full", ex.request_id)
                 return None
             self._pending += 1
-        strategy = policy.strategies[name]
-        tier = d.tier
-        dist = action_distribution(policy, ex.routed.probe_output)
-        decision = d.model_copy(update={
-            "strategy": name, "model": strategy.model, "candidate": strategy.candidate, "cascade": None,
-            "max_tokens": policy.max_tokens_for(name, tier), "temperature": strategy.temperature,
-            "reasoning_effort": policy.reasoning_effort_for(name, tier),
-            "expected_cost_usd": policy.expected_cost_usd(name, tier), "explored": True,
-            "propensity": observed_propensity(policy, dist, name),
-            "candidates": [n for n in shadow_pool(policy) if n != d.strategy]})
-        fields = {k: v for k, v in (ex.ledger_fields or {}).items() if k != "metadata"}
-        meta = {k: v for k, v in dict((ex.ledger_fields or {}).get("metadata") or {}).items()
-                if k in ("gold", "task")}
-        fields["metadata"] = {**meta, "shadow": True, "shadow_of": ex.request_id, "shadow_choice_propensity": q,
-                              "shadow_rate": sh.rate, "primary_strategy": record.strategy}
-        return ShadowJob(policy=policy, routed=dataclasses.replace(ex.routed, decision=decision),
+        routed = shadow_routed(policy, ex.routed, name)
+        fields = shadow_ledger_fields(policy, ex.request_id, ex.ledger_fields, q, record.strategy)
+        return ShadowJob(policy=policy, routed=routed,
                          request_id=ex.request_id + SHADOW_SUFFIX, shadow_of=ex.request_id, strategy=name,
                          choice_propensity=q, caller={k: v for k, v in ex.caller.items() if k not in _NOT_FORWARDED},
                          ledger_fields=fields, store_prompts=ex.store_prompts, grading=grading)

@@ -67,6 +67,11 @@ def logged_block(rec: LedgerRecord) -> dict[str, Any]:
         "success": dict(probe.success) if probe else {},
         "features": list(probe.features) if probe and probe.features is not None else None,
     }
+    observed = rec.metadata.get("observed_propensity")
+    if isinstance(observed, (int, float)) and not isinstance(observed, bool):
+        # Under a `shadow:` block: P(this strategy observed for the query, first call or shadow) -
+        # the training weight; `propensity` stays the decision's (off-policy evaluation).
+        block["observed_propensity"] = float(observed)
     shadow_of = rec.metadata.get("shadow_of")
     if isinstance(shadow_of, str):
         # A shadow call's outcome (triage.router.core.shadow): its own row, linked to the query's row;

@@ -45,7 +45,10 @@ Replicates and sensitivities (each its own results file): ``--seed S`` (another 
 exploration draws; the split, the test rows and the full-information router stay), ``--epsilon E``,
 ``--no-refit``, ``--C auto`` (the logistic head's C by inner cross-validation, for the bandit-trained
 and the full-information probes alike; ~4x slower), ``--weighting none|ips`` (`triage learn`'s per-label
-fit weighting instead of its ``auto`` choice).
+fit weighting instead of its ``auto`` choice), ``--shadow R`` (the policy's ``shadow:`` block runs
+the cheap strategy beside a share R of the requests routed to the strong one - ``--shadow-strategy
+strong``: the strong one beside those routed to the cheap one; the simulator reveals that outcome
+too, as a linked shadow record; its spend is reported per round and in ``shadow``).
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def pick_pair(train: list[ReplayRecord]) -> tuple[str, str]:
 
 
 def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "default",
-                 epsilon: float = EPSILON) -> None:
+                 epsilon: float = EPSILON, shadow: float = 0.0, shadow_strategy: str = "cheap") -> None:
     doc = {
         "name": name, "version": 1, "probe": probe,
         "strategies": {"cheap": {"model": f"openai/{cheap}", "replay_candidate": cheap},
@@ -116,6 +119,11 @@ def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "d
         "exploration": {"type": "epsilon", "epsilon": epsilon},
         "ledger": {"store_prompts": True},
     }
+    if shadow > 0:
+        # One strategy shadows: by default the cheap one - its outcome costs ~2% of the strong one's
+        # on both data sets, and it is the label the greedy policy seldom observes. The day cap is
+        # out of the way (the simulated traffic is one day); the spend is reported per round instead.
+        doc["shadow"] = {"rate": shadow, "strategies": [shadow_strategy], "max_cost_usd_per_day": 1000.0}
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
 
@@ -275,7 +283,8 @@ def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
 
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                 round_size: int = 500, epsilon: float = EPSILON, refit: bool = True, seed: int = 0,
-                C: str = "0.02", weighting: str = "auto") -> dict[str, Any]:
+                C: str = "0.02", weighting: str = "auto", shadow: float = 0.0,
+                shadow_strategy: str = "cheap") -> dict[str, Any]:
     from triage.errors import TriageError
     from triage.eval.calibrate import Objective
     from triage.eval.learn import LearnConfig, learn
@@ -297,7 +306,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         [r.model_copy(update={"split": "test"}) for r in test_recs]
     data = ReplayData.from_records(both, candidates=[cheap, strong], name=f"{name}-train+test")
     policy_path = work / f"{name}.yaml"
-    write_policy(policy_path, name, cheap, strong, epsilon=epsilon)
+    write_policy(policy_path, name, cheap, strong, epsilon=epsilon, shadow=shadow, shadow_strategy=shadow_strategy)
     ledger = str(work / f"{name}.sqlite")
     full = {r.id: r for r in train}
     out: dict[str, Any] = {"pair": {"cheap": cheap, "strong": strong}, "train_rows": len(train),
@@ -310,6 +319,9 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                                "exploration_cost_share": sim.exploration_cost_usd / sim.greedy_cost_usd
                                if sim.greedy_cost_usd else None,
                                "logged_accuracy": sim.accuracy, "greedy_accuracy": sim.greedy_accuracy}
+        if shadow > 0:
+            row.update({"shadows": sim.shadows, "shadow_cost_usd": sim.shadow_cost_usd, "traffic_cost_usd": sim.cost_usd,
+                        "shadow_cost_share": sim.shadow_cost_usd / sim.cost_usd if sim.cost_usd else None})
         res = None
         for objective in (Objective(target_accuracy=0.95), Objective(tier_shares=(0.5, 0.25, 0.25))):
             cfg = LearnConfig(ledger=ledger, policy=policy_path, objective=objective, apply=True,
@@ -384,6 +396,11 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
     out["label_volume_curve"] = label_volume_curve(train, test_recs, [cheap, strong], name, rand["aiq"], fi["aiq"],
                                                    C=C)
     out["logged_label_share"] = _logged_label_share(out["rounds"], len(train))
+    if shadow > 0:
+        spent = sum(x["shadow_cost_usd"] for x in out["rounds"])
+        traffic = sum(x["traffic_cost_usd"] for x in out["rounds"])
+        out["shadow"] = {"rate": shadow, "strategy": shadow_strategy, "calls": sum(x["shadows"] for x in out["rounds"]),
+                         "cost_usd": spent, "cost_share_of_traffic": spent / traffic if traffic else None}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -420,12 +437,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weighting", default="auto", choices=("auto", "ips", "none"),
                     help="`triage learn`'s per-label fit weighting (triage.probes.bandit_training; written to "
                          "results/learning_loop_weighting<W>.json when not auto).")
+    ap.add_argument("--shadow", type=float, default=0.0,
+                    help="Shadow rate: the policy's `shadow:` block runs the cheap strategy beside this share of "
+                         "the requests routed to the strong one (written to results/learning_loop_shadow<R>.json).")
+    ap.add_argument("--shadow-strategy", default="cheap", choices=("cheap", "strong"),
+                    help="Which strategy shadows (strong: beside the requests routed to the cheap one; written "
+                         "to results/learning_loop_shadow<R>strong.json).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
                                       "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "C": args.C, "seed": args.seed,
                                       "bandit_weighting": f"{args.weighting} (triage.probes.bandit_training)",
-                                      "refit": not args.no_refit},
+                                      "refit": not args.no_refit, "shadow": args.shadow,
+                                      "shadow_strategy": args.shadow_strategy},
                            "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="learning-loop-") as tmp:
         for name in args.datasets.split(","):
@@ -433,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size,
                                                 args.epsilon, refit=not args.no_refit, seed=args.seed, C=args.C,
-                                                weighting=args.weighting)
+                                                weighting=args.weighting, shadow=args.shadow,
+                                                shadow_strategy=args.shadow_strategy)
     shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
     covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
     total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
@@ -456,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             out = out.with_name(out.stem + f"_C{args.C}.json")
         if args.weighting != "auto":
             out = out.with_name(out.stem + f"_weighting{args.weighting}.json")
+        if args.shadow > 0:
+            out = out.with_name(out.stem + f"_shadow{args.shadow:g}"
+                                f"{'' if args.shadow_strategy == 'cheap' else args.shadow_strategy}.json")
         if args.seed:
             out = out.with_name(out.stem + f"_seed{args.seed}.json")
         if args.no_refit:

@@ -85,14 +85,13 @@ def shadow_routed(policy: Policy, primary: Routed, strategy: str) -> Routed:
     the bandit simulator (:mod:`triage.eval.simulate`), so both log the same record."""
     d = primary.decision
     s = policy.strategies[strategy]
-    dist = action_distribution(policy, primary.probe_output)
+    observed = observed_propensity(policy, action_distribution(policy, primary.probe_output), strategy)
     decision = d.model_copy(update={
         "strategy": strategy, "model": s.model, "candidate": s.candidate, "cascade": None,
         "max_tokens": policy.max_tokens_for(strategy, d.tier), "temperature": s.temperature,
         "reasoning_effort": policy.reasoning_effort_for(strategy, d.tier),
         "expected_cost_usd": policy.expected_cost_usd(strategy, d.tier), "explored": True,
-        "propensity": observed_propensity(policy, dist, strategy),
-        "observed_propensity": observed_propensity(policy, dist, strategy),
+        "propensity": observed, "observed_propensity": observed,
         "candidates": [n for n in shadow_pool(policy) if n != d.strategy]})
     return dataclasses.replace(primary, decision=decision)
 

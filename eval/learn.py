@@ -335,7 +335,7 @@ def check_C(value: float | str) -> None:
 def learn(cfg: LearnConfig) -> LearnResult:
     """Run every step (module docstring); raises a one-line error at the first that fails."""
     from triage.eval.ope_data import parse_logged
-    from triage.probes.bandit import query_id
+    from triage.probes.bandit import is_shadow, query_id
     from triage.replay import read_replay
 
     check_C(cfg.C)
@@ -348,9 +348,10 @@ def learn(cfg: LearnConfig) -> LearnResult:
     n = export_ledger(cfg.ledger, export)
     records = read_replay(export)
     parse_logged(records)  # refuses records without a propensity
+    n_queries = len({query_id(r) for r in records})  # a shadow row is another outcome of its query
     fit, held = split_holdout(records, cfg.holdout)
     if not held or not fit:
-        raise LearnError(f"{n} logged queries are too few to keep {cfg.holdout:.0%} out for the report")
+        raise LearnError(f"{n_queries} logged queries are too few to keep {cfg.holdout:.0%} out for the report")
     refit = cfg.refit and cfg.holdout > 0
     # With refit, the version the report describes is kept in evaluated/ and the applied one is
     # fitted afterwards on every logged query: bandit data is scarce (one outcome per query), and the
@@ -366,13 +367,12 @@ def learn(cfg: LearnConfig) -> LearnResult:
     if refit:
         written = fit_version(cfg, old, policy_path, new_version, records, export, out, n)
         n_fit = len({query_id(r) for r in fit})
-        notes.append(f"the written version is refit on all {len({query_id(r) for r in records})} logged queries; "
-                     f"the off-policy report describes the same procedure fitted on the {n_fit} not held out "
-                     f"({evaluated.policy})")
+        notes.append(f"the written version is refit on all {n_queries} logged queries; the off-policy report "
+                     f"describes the same procedure fitted on the {n_fit} not held out ({evaluated.policy})")
     res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,
                       probe=written.probe, policy=written.policy, calibration=written.calibration.figures,
                       ope_old=ope_old, ope_new=ope_new, verdict=verdict, improved=improved,
-                      holdout_ids=[r.id for r in held if query_id(r) == r.id], evaluated_probe=evaluated.probe,
+                      holdout_ids=[r.id for r in held if not is_shadow(r)], evaluated_probe=evaluated.probe,
                       evaluated_policy=evaluated.policy, notes=notes)
     if cfg.apply:
         res.backup = apply_policy(policy_path, written.text, old.version)

@@ -26,6 +26,7 @@ from triage.eval.ope import (
 from triage.policies.decide import action_distribution
 from triage.policies.loader import resolve_probe_path
 from triage.policies.policy import Policy
+from triage.probes.bandit import is_shadow
 from triage.probes.types import TIERS, ProbeOutput
 
 from triage.replay.schema import ReplayRecord
@@ -79,9 +80,7 @@ def parse_logged(records: Sequence[ReplayRecord], *, null_propensity_as_one: boo
         if not isinstance(raw, dict):
             raise ValueError(f"record {rec.id!r} has no `logged` block: not a ledger export (full-information "
                              "replay data is evaluated with `triage replay evaluate FILE --policy P`)")
-        if raw.get("shadow"):
-            # A shadow call's outcome (router/core/shadow.py): not a decision of the logging policy,
-            # so not a row of the off-policy estimate (the bandit trainer uses it; see docs/sdk.md).
+        if is_shadow(rec):  # not a decision of the logging policy (the bandit trainer uses it; docs/sdk.md)
             continue
         try:
             block = LoggedBlock.model_validate(raw)

@@ -48,12 +48,17 @@ def logged_block(record: ReplayRecord) -> dict[str, Any] | None:
     return block if isinstance(block, dict) else None
 
 
+def is_shadow(record: ReplayRecord) -> bool:
+    """A shadow call's row (triage.router.core.shadow): an extra observed outcome of a query, not a
+    decision of the logging policy."""
+    return bool((logged_block(record) or {}).get("shadow"))
+
+
 def query_id(record: ReplayRecord) -> str:
-    """The query a logged row observes: its own id, or for a shadow call's row (an extra outcome of
-    the same query, triage.router.core.shadow) the id of the row it shadows."""
-    block = logged_block(record) or {}
-    shadow_of = block.get("shadow_of")
-    return shadow_of if block.get("shadow") and isinstance(shadow_of, str) and shadow_of else record.id
+    """The query a logged row observes: its own id, or for a shadow call's row the id of the row it
+    shadows."""
+    shadow_of = (logged_block(record) or {}).get("shadow_of")
+    return shadow_of if is_shadow(record) and isinstance(shadow_of, str) and shadow_of else record.id
 
 
 def is_logged(records: Sequence[ReplayRecord]) -> bool:

@@ -188,6 +188,44 @@ def test_sighup_reloads_every_worker(tmp_path, slow_stub):
         side.stop()
 
 
+def test_sighup_while_workers_start_kills_none(tmp_path, slow_stub):
+    """SIGHUP's default action kills a process; a worker only handles it once its lifespan has run.
+    SIGHUPs sent to the parent all through the workers' start-up must neither kill one nor be lost:
+    the parent holds the signal for a worker until it has started."""
+    import os
+
+    policy = tmp_path / "live.yaml"
+    write_policy(policy, slow_stub, version="1", tier_strategy="fast")
+    keys = key_table() + [{"id": "ops", "sha256": sha(ADMIN_KEY), "admin": True}]
+    side = SidecarProcess(tmp_path, [policy], extra={"api_keys": keys, "workers": 2}, wait_ready=False)
+    try:
+        deadline = time.monotonic() + 120
+        while "Started parent process" not in side.log_text():  # its SIGHUP handler is installed
+            assert side.proc.poll() is None and time.monotonic() < deadline, side.log_text()[-3000:]
+            time.sleep(0.05)
+        write_policy(policy, slow_stub, version="2", tier_strategy="slow")
+        signals = 0
+        while side.log_text().count('"sidecar_started"') < 2:  # both workers through their lifespan
+            os.kill(side.proc.pid, signal.SIGHUP)
+            signals += 1
+            assert side.proc.poll() is None and time.monotonic() < deadline, side.log_text()[-3000:]
+            time.sleep(0.2)
+        assert signals >= 5, signals  # the workers' start-up is seconds long: it was signalled throughout
+        side.wait_ready(120)
+        workers = _worker_pids(side.proc.pid)
+        assert len(workers) == 2, workers
+        write_policy(policy, slow_stub, version="3", tier_strategy="fast")
+        side.proc.send_signal(signal.SIGHUP)  # and a started worker reloads in place
+        while {route(side.url)["policy_version"] for _ in range(12)} != {"3"}:
+            assert time.monotonic() < deadline, side.log_text()[-3000:]
+            time.sleep(0.5)
+        log = side.log_text()
+        assert "Child process" not in log, log[-3000:]  # no worker died or was replaced
+        assert _worker_pids(side.proc.pid) == workers
+    finally:
+        side.stop()
+
+
 def test_sdk_router_reload_changed_probe(tmp_path, slow_stub, monkeypatch):
     from triage.probes.runtime import require_default_probe
     from triage.router.core.reload import ReloadError

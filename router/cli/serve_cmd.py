@@ -108,6 +108,11 @@ def run_server(settings: Any) -> None:
     common.update(http_protocol(settings))
     configure_protocol(settings)
     if settings.workers == 1:
+        import signal
+
+        # Until the lifespan installs the reload handler (which then checks the files once), a SIGHUP
+        # must not take its default action: stopping the server while it loads.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         services = Services.open(settings)
         try:
             for router in services.routers.values():  # served models must be installed, not just known
@@ -138,22 +143,11 @@ def run_server(settings: Any) -> None:
 
 def serve_workers(workers: int, common: dict[str, Any]) -> None:
     """uvicorn's multi-process supervisor, except that SIGHUP reloads the policies in every worker
-    (forwarded to each; triage.router.sidecar.reload) instead of replacing the worker processes."""
-    import signal
-
+    instead of replacing the worker processes (triage.router.sidecar.supervisor)."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from triage.router.sidecar.reload import MASTER_PID_ENV
-
-    class ReloadingMultiprocess(Multiprocess):
-        def handle_hup(self) -> None:
-            logging.getLogger("uvicorn.error").info("Received SIGHUP, reloading the policies in every worker.")
-            for process in self.processes:
-                try:
-                    os.kill(process.pid, signal.SIGHUP)
-                except (OSError, TypeError):  # gone (restarted by the supervisor) or not started
-                    pass
+    from triage.router.sidecar.supervisor import ReloadingMultiprocess
 
     os.environ[MASTER_PID_ENV] = str(os.getpid())  # a worker's POST /v1/admin/reload signals us
     config = uvicorn.Config("triage.router.sidecar.app:app_from_env", factory=True, workers=workers, **common)

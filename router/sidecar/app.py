@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -128,6 +129,9 @@ def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings from ``TRIAGE_SIDECAR_RESOLVED``."""
     from triage.logging import configure_logging
 
+    # Until the lifespan installs the reload handler, SIGHUP's default action would kill this worker;
+    # the supervisor only signals started workers, this covers a SIGHUP sent to the whole group.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     raw = os.environ.get(RESOLVED_ENV)
     if not raw:
         raise RuntimeError(f"{RESOLVED_ENV} is not set; start the server with `triage serve`")

@@ -8,10 +8,11 @@ decided before the swap finishes, and is recorded, on the bundle that decided it
 changes nothing (409 with the reason; the previous policies keep serving).
 
 Several workers (``--workers N``): the endpoint reaches one worker. That worker reloads itself, answers,
-and sends SIGHUP to the ``triage serve`` parent, which forwards SIGHUP to every worker
-(:mod:`triage.router.cli.serve_cmd`); a worker reloads on SIGHUP when its files changed since it last
-loaded (or failed to load) them, so the one that already reloaded does no second load. A file watch
-(``watch_policies_s``) runs in every worker on its own.
+and sends SIGHUP to the ``triage serve`` parent, which forwards SIGHUP to every worker once it has
+started (:mod:`triage.router.sidecar.supervisor`); a worker reloads on SIGHUP when its files changed
+since it last loaded (or failed to load) them, so the one that already reloaded does no second load.
+A worker checks its files once more when its handler is installed. A file watch (``watch_policies_s``)
+runs in every worker on its own.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class ReloadTriggers:
             self._sighup = True
         except (ValueError, RuntimeError, NotImplementedError, AttributeError):
             log.debug("sighup_reload_unavailable")
+        else:
+            # A SIGHUP that came while this process started was ignored (app_from_env); a file edited
+            # since the routers read it is picked up now rather than at the next signal.
+            self._spawn(self._reload("startup"))
         if self.watch_s:
             self._spawn(self._watch())
 
@@ -159,6 +164,9 @@ class ReloadTriggers:
         if self._sighup:
             try:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+                # Removing restores the default action, which would kill a draining server (in-flight
+                # requests, queued ledger records) - ignore instead.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             except (ValueError, RuntimeError):
                 pass
         for task in list(self._tasks):

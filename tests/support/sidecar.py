@@ -153,7 +153,7 @@ class SidecarProcess:
     """`python -m triage.router.cli.main serve --config FILE` on a free loopback port; logs go to a file."""
 
     def __init__(self, folder: Path, policies: list[Path], *, extra: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -168,9 +168,10 @@ class SidecarProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "triage.router.cli.main", "serve", "--config", str(folder / "sidecar.yaml"),
              "--port", str(self.port)], cwd=REPO, env=full_env, stdout=self._log_fh, stderr=subprocess.STDOUT)
-        self._wait_ready(600)
+        if wait_ready:
+            self.wait_ready(600)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -20,12 +20,14 @@ _EPS = 1e-6
 METHODS = ("platt", "temperature", "isotonic", "none")
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of ``p``, clipped away from 0 and 1 so that it stays finite."""
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`logit`."""
     return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -44,12 +46,12 @@ def fit_binary(method: str, p: np.ndarray, y: np.ndarray, weight: np.ndarray | N
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y, sample_weight=w)
         return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
-    z = _logit(p)
+    z = logit(p)
     from scipy.optimize import minimize
 
     def nll(params: np.ndarray) -> float:
         a, b = (params[0], params[1]) if method == "platt" else (params[0], 0.0)
-        q = np.clip(_sigmoid(a * z + b), _EPS, 1 - _EPS)
+        q = np.clip(sigmoid(a * z + b), _EPS, 1 - _EPS)
         return float(-(w * (y * np.log(q) + (1 - y) * np.log1p(-q))).sum() / w.sum())
 
     if method == "platt":
@@ -69,9 +71,9 @@ def apply_binary(params: dict[str, Any], p: np.ndarray) -> np.ndarray:
     elif method == "isotonic":
         out = np.interp(p, np.asarray(params["x"], dtype=np.float64), np.asarray(params["y"], dtype=np.float64))
     elif method == "platt":
-        out = _sigmoid(float(params["a"]) * _logit(p) + float(params["b"]))
+        out = sigmoid(float(params["a"]) * logit(p) + float(params["b"]))
     elif method == "temperature":
-        out = _sigmoid(_logit(p) / float(params["temperature"]))
+        out = sigmoid(logit(p) / float(params["temperature"]))
     else:
         raise ValueError(f"unknown calibration method {method!r}")
     return out.astype(np.float32)

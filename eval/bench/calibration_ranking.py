@@ -36,7 +36,7 @@ from triage.eval.bench.learning_loop import FEATURES, load, pick_pair
 from triage.eval.bench.probe_alternatives import write_result
 from triage.eval.routers.probe_text import ProbeFeatureRouter
 # The product's Platt transform (same clipping), so that platt-shared differs from platt only in its slope.
-from triage.probes.calibration import _logit, _sigmoid
+from triage.probes.calibration import logit, sigmoid
 
 RESULTS = Path(__file__).parent / "results" / "calibration_ranking.json"
 C = 0.02
@@ -76,10 +76,10 @@ def shared_platt(oof: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """One slope for every label, one intercept per label, by the summed log loss."""
     from scipy.optimize import minimize
 
-    z = _logit(oof)
+    z = logit(oof)
 
     def nll(params: np.ndarray) -> float:
-        q = np.clip(_sigmoid(params[0] * z + params[1:]), 1e-6, 1 - 1e-6)
+        q = np.clip(sigmoid(params[0] * z + params[1:]), 1e-6, 1 - 1e-6)
         return float(-(y * np.log(q) + (1 - y) * np.log1p(-q)).mean())
 
     res = minimize(nll, x0=np.r_[1.0, np.zeros(y.shape[1])], method="L-BFGS-B")
@@ -91,7 +91,7 @@ def calibrated(method: str, oof: np.ndarray, y: np.ndarray, p: np.ndarray) -> np
 
     if method == "platt-shared":
         a, b = shared_platt(oof, y)
-        return _sigmoid(a * _logit(p) + b)
+        return sigmoid(a * logit(p) + b)
     return np.column_stack([cal.apply_binary(cal.fit_binary(method, oof[:, j], y[:, j]), p[:, j])
                             for j in range(y.shape[1])])
 

@@ -45,8 +45,8 @@ RESULTS = Path(__file__).parent / "results" / "proxy_depth.json"
 PARTS = {"scalars": "scalars", "final+scalars": "final+scalars", "all": "final+middle+scalars"}
 
 
-def build(model: str, layers: int | None) -> tuple[Path, int]:
-    """(folder, depth) of the int4 build of ``model`` keeping its first ``layers`` layers (None: the
+def build(model: str, layers: int | None) -> tuple[Any, int]:
+    """(card, depth) of the int4 build of ``model`` keeping its first ``layers`` layers (None: the
     serving build, every layer); built once."""
     from triage.lm.onnx_build import build_onnx
 
@@ -54,15 +54,15 @@ def build(model: str, layers: int | None) -> tuple[Path, int]:
         res = build_onnx(model, layers=layers, log=lambda line: print(f"[build] {line}", file=sys.stderr))
     except ValueError as exc:
         raise SystemExit(f"--layers: {exc}") from None
-    return res.folder, res.card.n_layers
+    return res.card, res.card.n_layers
 
 
-def load_lm(model: str, folder: Path, threads: int = 2) -> Any:
-    from triage.lm.onnx_card import read_card
+def load_lm(model: str, card: Any, threads: int = 2) -> Any:
+    """The build described by ``card`` (what :func:`build` returned: not read from disk again)."""
     from triage.lm.onnx_engine import OnnxLM
     from triage.lm.specs import resolve_model
 
-    return OnnxLM(resolve_model(model), read_card(folder), threads=threads)
+    return OnnxLM(resolve_model(model), card, threads=threads)
 
 
 def lm_rows(lm: Any, texts: list[str], cache: Path) -> np.ndarray:
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     depths = [None if k.strip() == "full" else int(k) for k in args.layers.split(",") if k.strip()]
     builds = {}
     for k in depths:
-        folder, depth = build(args.model, k)
-        builds[str(depth)] = folder
+        card, depth = build(args.model, k)
+        builds[str(depth)] = card
     result: dict[str, Any] = {"benchmark": "proxy_depth", "model": args.model, "C": BlockRouter().C, "argv": sys.argv[1:],
                               "loadavg_1m_start": round(os.getloadavg()[0], 2), "latency": {}, "datasets": {}}
     cache_root = Path(get_settings().cache_dir) / "features" / "proxy-depth"
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = {name: list(load_dataset(name, args.max_rows.get(name))[0].texts) for name in names}
     rows: dict[str, dict[str, np.ndarray]] = {}
     hidden = 0
-    for k, folder in builds.items():
-        lm = load_lm(args.model, folder)
+    for k, card in builds.items():
+        lm = load_lm(args.model, card)
         hidden = lm.hidden_size
         result["latency"][f"L{k}"] = latency(lm, texts_lat, args.latency_n)
         for name in names:

@@ -49,6 +49,8 @@ fit weighting instead of its ``auto`` choice), ``--shadow R`` (the policy's ``sh
 the cheap strategy beside a share R of the requests routed to the strong one - ``--shadow-strategy
 strong``: the strong one beside those routed to the cheap one; the simulator reveals that outcome
 too, as a linked shadow record; its spend is reported per round and in ``shadow``).
+A run whose ``--datasets`` names some of the datasets updates their sections of its configuration's
+file and keeps the others (``merged_with_earlier``): one file per configuration and seed.
 """
 
 from __future__ import annotations
@@ -414,6 +416,55 @@ def _logged_label_share(rounds: list[dict[str, Any]], n_train: int) -> dict[str,
     return {c: round(v["rows"] / n_train, 3) for c, v in last["probe_labels"].items()}
 
 
+def goals(datasets: dict[str, Any]) -> dict[str, Any]:
+    """The issue's two goals over the datasets of one results file."""
+    shares = {k: d["final_gain_share_of_full_information"] for k, d in datasets.items()}
+    covered = sum(d["dr_coverage_test"]["accuracy"] for d in datasets.values())
+    total = sum(d["dr_coverage_test"]["rounds"] for d in datasets.values())
+    matched = {k: d.get("final_gain_share_matched") for k, d in datasets.items()}
+    return {
+        "final_gain_share_of_full_information": shares,
+        # Bandit and full-information probes by one pipeline, ranked by the same scores (see the docstring).
+        "final_gain_share_matched": matched,
+        "gain_share_at_least_0.9": {k: v is not None and v >= 0.9 for k, v in shares.items()},
+        # The same goal tested on the paired bootstrap of the test rows: met / missed / undecided.
+        "gain_share_goal_on_test_rows": {k: (d.get("final_gain_share_paired_bootstrap") or {}).get(
+            "goal_verdict_on_test_rows") for k, d in datasets.items()},
+        "dr_accuracy_covers_test_truth": f"{covered}/{total}",
+        "dr_coverage_at_least_0.9": bool(total) and covered / total >= 0.9,
+    }
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """The results file of a configuration: the headline's, or one named by what differs from it."""
+    out = RESULTS if args.epsilon == EPSILON else RESULTS.with_name(f"learning_loop_epsilon{args.epsilon:g}.json")
+    if args.C != "0.02":
+        out = out.with_name(out.stem + f"_C{args.C}.json")
+    if args.weighting != "auto":
+        out = out.with_name(out.stem + f"_weighting{args.weighting}.json")
+    if args.shadow > 0:
+        out = out.with_name(out.stem + f"_shadow{args.shadow:g}"
+                            f"{'' if args.shadow_strategy == 'cheap' else args.shadow_strategy}.json")
+    if args.seed:
+        out = out.with_name(out.stem + f"_seed{args.seed}.json")
+    if args.no_refit:
+        out = out.with_name(out.stem + "_norefit.json")
+    return out
+
+
+def merged_with_earlier(doc: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``doc`` plus the other datasets of an earlier run of the same configuration in ``out``: one
+    file per configuration and seed, whichever ``--datasets`` each run named."""
+    try:
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return doc
+    if not isinstance(earlier, dict) or earlier.get("config") != doc["config"]:
+        return doc  # another configuration (an older version of the bench): replaced
+    datasets = {**earlier.get("datasets", {}), **doc["datasets"]}
+    return {**doc, "datasets": datasets, "goals": goals(datasets)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -459,36 +510,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.epsilon, refit=not args.no_refit, seed=args.seed, C=args.C,
                                                 weighting=args.weighting, shadow=args.shadow,
                                                 shadow_strategy=args.shadow_strategy)
-    shares = {k: d["final_gain_share_of_full_information"] for k, d in doc["datasets"].items()}
-    covered = sum(d["dr_coverage_test"]["accuracy"] for d in doc["datasets"].values())
-    total = sum(d["dr_coverage_test"]["rounds"] for d in doc["datasets"].values())
-    matched = {k: d.get("final_gain_share_matched") for k, d in doc["datasets"].items()}
-    doc["goals"] = {
-        "final_gain_share_of_full_information": shares,
-        # Bandit and full-information probes by one pipeline, ranked by the same scores (see the docstring).
-        "final_gain_share_matched": matched,
-        "gain_share_at_least_0.9": {k: v is not None and v >= 0.9 for k, v in shares.items()},
-        # The same goal tested on the paired bootstrap of the test rows: met / missed / undecided.
-        "gain_share_goal_on_test_rows": {k: (d.get("final_gain_share_paired_bootstrap") or {}).get(
-            "goal_verdict_on_test_rows") for k, d in doc["datasets"].items()},
-        "dr_accuracy_covers_test_truth": f"{covered}/{total}",
-        "dr_coverage_at_least_0.9": bool(total) and covered / total >= 0.9,
-    }
+    doc["goals"] = goals(doc["datasets"])
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        out = RESULTS if args.epsilon == EPSILON else RESULTS.with_name(f"learning_loop_epsilon{args.epsilon:g}.json")
-        if args.C != "0.02":
-            out = out.with_name(out.stem + f"_C{args.C}.json")
-        if args.weighting != "auto":
-            out = out.with_name(out.stem + f"_weighting{args.weighting}.json")
-        if args.shadow > 0:
-            out = out.with_name(out.stem + f"_shadow{args.shadow:g}"
-                                f"{'' if args.shadow_strategy == 'cheap' else args.shadow_strategy}.json")
-        if args.seed:
-            out = out.with_name(out.stem + f"_seed{args.seed}.json")
-        if args.no_refit:
-            out = out.with_name(out.stem + "_norefit.json")
-        out.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+        out = results_path(args)
+        out.write_text(json.dumps(merged_with_earlier(doc, out), indent=2, default=str) + "\n", encoding="utf-8")
     print(json.dumps(doc, default=str) if args.json else json.dumps(doc, indent=2, default=str))
     return 0
 

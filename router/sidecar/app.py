@@ -131,7 +131,10 @@ def app_from_env() -> FastAPI:
 
     # Until the lifespan installs the reload handler, SIGHUP's default action would kill this worker;
     # the supervisor only signals started workers, this covers a SIGHUP sent to the whole group.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # not the main thread (an embedding server): its signals are not ours to set
+        pass
     raw = os.environ.get(RESOLVED_ENV)
     if not raw:
         raise RuntimeError(f"{RESOLVED_ENV} is not set; start the server with `triage serve`")

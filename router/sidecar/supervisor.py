@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from socket import socket
 
+from uvicorn.config import Config
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
@@ -30,8 +32,8 @@ READY_PING_S = 0.2
 class ReloadingMultiprocess(Multiprocess):
     """:class:`uvicorn.supervisors.Multiprocess` whose SIGHUP reloads the policies in every worker."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: Config, sockets: list[socket]) -> None:
+        super().__init__(config, sockets)
         self.reload_pending: list[Process] = []  # workers owed a SIGHUP once their server has started
 
     def handle_hup(self) -> None:

@@ -55,9 +55,9 @@ def slow_stub():
         yield base
 
 
-def start(tmp_path: Path, policy: Path, **extra: Any) -> SidecarProcess:
+def start(tmp_path: Path, policy: Path, *, wait_ready: bool = True, **extra: Any) -> SidecarProcess:
     keys = key_table() + [{"id": "ops", "sha256": sha(ADMIN_KEY), "admin": True}]
-    return SidecarProcess(tmp_path, [policy], extra={"api_keys": keys, **extra})
+    return SidecarProcess(tmp_path, [policy], extra={"api_keys": keys, **extra}, wait_ready=wait_ready)
 
 
 def test_reload_swaps_policy_in_flight_request_finishes_on_old(tmp_path, slow_stub):
@@ -196,8 +196,7 @@ def test_sighup_while_workers_start_kills_none(tmp_path, slow_stub):
 
     policy = tmp_path / "live.yaml"
     write_policy(policy, slow_stub, version="1", tier_strategy="fast")
-    keys = key_table() + [{"id": "ops", "sha256": sha(ADMIN_KEY), "admin": True}]
-    side = SidecarProcess(tmp_path, [policy], extra={"api_keys": keys, "workers": 2}, wait_ready=False)
+    side = start(tmp_path, policy, workers=2, wait_ready=False)
     try:
         deadline = time.monotonic() + 120
         while "Started parent process" not in side.log_text():  # its SIGHUP handler is installed

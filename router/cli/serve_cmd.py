@@ -108,11 +108,9 @@ def run_server(settings: Any) -> None:
     common.update(http_protocol(settings))
     configure_protocol(settings)
     if settings.workers == 1:
-        import signal
+        from triage.router.sidecar.reload import ignore_sighup
 
-        # Until the lifespan installs the reload handler (which then checks the files once), a SIGHUP
-        # must not take its default action: stopping the server while it loads.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        ignore_sighup()  # until the lifespan's handler (which then checks the files once)
         services = Services.open(settings)
         try:
             for router in services.routers.values():  # served models must be installed, not just known

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -32,7 +31,7 @@ from triage.router.providers.http_clients import aclose_async_session, async_ses
 from triage.logging import get_logger
 from triage.router.sidecar.errors import install_error_handlers
 from triage.router.sidecar.middleware import SidecarMiddleware
-from triage.router.sidecar.reload import ReloadTriggers
+from triage.router.sidecar.reload import ReloadTriggers, ignore_sighup
 from triage.router.sidecar.routes import api
 from triage.router.sidecar.services import Services
 from triage.router.sidecar.settings import SidecarSettings
@@ -129,12 +128,8 @@ def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings from ``TRIAGE_SIDECAR_RESOLVED``."""
     from triage.logging import configure_logging
 
-    # Until the lifespan installs the reload handler, SIGHUP's default action would kill this worker;
-    # the supervisor only signals started workers, this covers a SIGHUP sent to the whole group.
-    try:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    except ValueError:  # not the main thread (an embedding server): its signals are not ours to set
-        pass
+    # The supervisor only signals started workers; this covers a SIGHUP sent to the whole group.
+    ignore_sighup()
     raw = os.environ.get(RESOLVED_ENV)
     if not raw:
         raise RuntimeError(f"{RESOLVED_ENV} is not set; start the server with `triage serve`")

@@ -115,6 +115,16 @@ def signal_other_workers(workers: int) -> bool:
     return True
 
 
+def ignore_sighup() -> None:
+    """Make SIGHUP harmless in this process until :class:`ReloadTriggers` handles it (its default
+    action ends the process: a starting or draining server would be lost). Off the main thread,
+    where signals cannot be set (an embedding server's app factory), nothing is done."""
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:
+        pass
+
+
 class ReloadTriggers:
     """SIGHUP and the optional file watch of one serving process (started and stopped by the lifespan)."""
 
@@ -164,9 +174,7 @@ class ReloadTriggers:
         if self._sighup:
             try:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-                # Removing restores the default action, which would kill a draining server (in-flight
-                # requests, queued ledger records) - ignore instead.
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                ignore_sighup()  # removing restores the default action, which would kill a draining server
             except (ValueError, RuntimeError):
                 pass
         for task in list(self._tasks):

@@ -43,6 +43,7 @@ from triage.eval.learn_write import LearnError, apply_policy, bump_version, poli
 from triage.logging import get_logger
 from triage.policies.loader import load_policy, read_policy_yaml
 from triage.policies.policy import Policy
+from triage.specs import format_spec
 
 log = get_logger("triage.eval.learn")
 
@@ -143,7 +144,9 @@ def _features(cfg: LearnConfig, policy: Policy) -> str:
         card, _ = read_card(resolve_probe_path(policy, cfg.policy))
     except ProbeArtifactError:
         return DEFAULT_FEATURES
-    return ",".join(f.name for f in card.features)
+    # With their options: by name alone a learned probe's `text:aux=false` came back as `text` (aux
+    # regressors on) from the second round on - other features than the first round's, and a build.
+    return ",".join(format_spec(f.name, f.params or {}, separator=";") for f in card.features)
 
 
 def logreg_head(C: float | str, seed: int) -> tuple[str, dict[str, Any]]:

@@ -121,6 +121,26 @@ def test_refit_applies_the_version_fitted_on_every_logged_query(traffic: Path, t
     assert docs["--refit"]["ope"]["new"]["estimators"]["dr"] == docs["--no-refit"]["ope"]["new"]["estimators"]["dr"]
 
 
+def test_learning_again_keeps_the_learned_probes_features_with_their_options(traffic: Path, tmp_path: Path) -> None:
+    """A second `triage learn` on an applied version trains on the features of the probe it replaces,
+    options included (the first round's `text:aux=false` came back as `text`, aux regressors on)."""
+    from triage.probes.card import read_card
+
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger)
+    probes = []
+    for rnd in (1, 2):
+        res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--out",
+                                  str(tmp_path / f"round{rnd}"), "--folds", "3", "--bootstrap", "50", "--json",
+                                  "--apply"])
+        assert res.exit_code == 0, res.output
+        probes.append(read_card(json.loads(res.stdout.strip().splitlines()[-1])["probe"])[0])
+    first, second = ([(f.name, f.params) for f in card.features] for card in probes)
+    assert first == [("text", {**first[0][1], "aux": False})], first
+    assert second == first
+
+
 def test_a_learned_probe_scores_as_a_replay_router(traffic: Path, tmp_path: Path) -> None:
     """`probe:path=DIR` (what the learning-loop bench scores each round with): the saved probe's own
     calibrated P(success) per candidate, not refitted, swept like `probe-text` by the evaluator."""

@@ -6,6 +6,8 @@ read their options the same way; only the separator between options differs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 def parse_value(text: str) -> object:
     """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, anything else stays a string."""
@@ -29,3 +31,19 @@ def parse_spec(spec: str, *, separator: str = ",", what: str = "option") -> tupl
             raise ValueError(f"{what} {pair!r} in {spec!r} is not key=value")
         options[key.strip()] = parse_value(value.strip())
     return name.strip(), options
+
+
+def format_spec(name: str, options: Mapping[str, object], *, separator: str = ",") -> str:
+    """The inverse of :func:`parse_spec`: ``("text", {"aux": False})`` -> ``"text:aux=false"``.
+
+    A value whose text would not read back as itself (it holds the separator, ``,``, ``:`` or ``=``, or
+    is not a bool, number or string) is a ValueError rather than a spec that means something else."""
+    pairs = []
+    for key, value in options.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if not isinstance(value, (bool, int, float, str)) or any(c in text for c in (separator, ",", ":", "=")) \
+                or parse_value(text) != value:
+            raise ValueError(f"option {key}={value!r} of {name!r} cannot be written as a spec")
+        pairs.append(f"{key}={text}")
+    return f"{name}:{separator.join(pairs)}" if pairs else name
+

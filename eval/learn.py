@@ -6,8 +6,9 @@ Every step is an existing piece; this module chains them and refuses at the firs
 1. export the ledger as logged bandit data (:func:`triage.router.ledger.export.export_jsonl`, prompts
    required: :class:`~triage.router.ledger.logged.PromptsMissingError`);
 2. train a probe on it (:mod:`triage.probes.bandit_training`: per label an inverse-propensity weighted
-   or unweighted fit, whichever has the lower IPS-weighted cross-fitted log loss; labels with too few
-   logged outcomes are refused: the logging policy never explored them);
+   or unweighted fit - for a cheap/strong pair the two whose gain ranks the logged queries best by
+   doubly-robust value; labels with too few logged outcomes are refused: the logging policy never
+   explored them);
 3. calibrate the new policy to the objective. Tier shares need only the probe outputs. A target
    accuracy or cost cap needs every strategy's outcome on every query, which logged data lacks; it
    is calibrated on doubly-robust pseudo-outcomes instead: ``G[i, a] = q(x_i, a) + 1[a = a_i] /

@@ -284,8 +284,9 @@ def weights_for(labels: LoggedLabels, rows: np.ndarray, j: int, *, weighting: st
 def weighting_summary(labels: LoggedLabels, weighting: str) -> Mapping[str, Any]:
     return {
         "estimator": {"ips": "inverse propensity weighted (clipped)", "none": "unweighted",
-                      "auto": "per label: IPS-weighted or unweighted fit, whichever has the lower IPS-weighted "
-                              "cross-fitted log loss (see weighting)"}[weighting],
+                      "auto": "per label an IPS-weighted or unweighted fit: for two labels the pair whose gain "
+                              "ranks the logged queries best by doubly-robust value (see weighting_selection), "
+                              "otherwise the lower IPS-weighted cross-fitted log loss (see weighting)"}[weighting],
         "max_weight": labels.max_weight,
         "assumed_propensity": labels.assumed_propensity,
         "tier_rule": "tier from per-label success estimates, labels independent given the query",

@@ -12,15 +12,26 @@ calibration fitted on out-of-fold predictions, honest cross-calibrated metrics -
    and IPS-weighted Brier / base rate (what the label would score on all logged queries).
 
 Weighting (``weighting``): ``ips`` fits and calibrates every label inverse-propensity weighted,
-``none`` unweighted, ``auto`` (the default) chooses per label by the IPS-weighted log loss of the
-cross-fitted, cross-calibrated predictions on the label's logged rows - an estimate of the loss on
-*all* logged queries, so unbiased whichever fit produced the predictions. Why a choice: weighting
-removes the bias of a per-label model only where the logging policy chose by something the features
-do not see (tests/test_bandit_training.py); where it chose by the query's features (a probe's
-policy, the simulator) the conditional model is unbiased unweighted, and the weights only cost
-variance - with epsilon 0.2 exploration the explored rows weigh 10x the greedy ones, the effective
-sample size drops to ~35% of the rows, and on SimpleQA the strong label's cross-fitted AUROC fell to
-0.50, which Platt calibration then flattened to a constant (eval/bench/learning_loop.py).
+``none`` unweighted, ``auto`` (the default) chooses. Why a choice: weighting removes the bias of a
+per-label model only where the logging policy chose by something the features do not see
+(tests/test_bandit_training.py); where it chose by the query's features (a probe's policy, the
+simulator) the conditional model is unbiased unweighted, and the weights only cost variance - with
+epsilon 0.2 exploration the explored rows weigh 10x the greedy ones, the effective sample size drops
+to ~35% of the rows, and on SimpleQA the strong label's cross-fitted AUROC fell to 0.50, which Platt
+calibration then flattened to a constant (eval/bench/learning_loop.py). Which one wins differs by
+data set and even by label, so ``auto`` measures it on the logged rows, with the cross-fitted,
+cross-calibrated predictions of both fits:
+
+* two labels (a cheap/strong pair, what a routing policy reads as the gain ``p_strong - p_cheap``):
+  the combination of per-label fits (four) whose gain ranks the logged queries best, by the
+  doubly-robust value of that ranking (:func:`ranking_value`: the area under the accuracy curve as
+  the share sent to the strong label grows, each query's two outcomes estimated doubly robustly from
+  its logged ones). A label's own log loss measures its probabilities, not the ranking their
+  difference makes: in the learning-loop bench choosing by it kept the IPS fit of RouterBench's
+  strong label where the unweighted one ranked better, and the reverse on SimpleQA;
+* any other number of labels: per label, the fit with the lower IPS-weighted log loss on the label's
+  logged rows (an estimate of the loss on *all* logged queries, unbiased whichever fit produced the
+  predictions).
 
 Doubly-robust targets are not used: per-label logistic models cannot take the DR pseudo-outcomes
 (outside 0..1), and on the shared data IPS with clipping already tracks the full-information probe
@@ -29,6 +40,7 @@ Doubly-robust targets are not used: per-label logistic models cannot take the DR
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +134,57 @@ def ips_log_loss(labels: LoggedLabels, p: np.ndarray, j: int) -> float:
     return float(-(w * (y * np.log(q) + (1.0 - y) * np.log1p(-q))).sum() / w.sum())
 
 
+def dr_outcomes(labels: LoggedLabels, reward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query index per row, (queries, m) doubly-robust outcome of every label on every query).
+
+    ``G[q, j] = r(q, j) + sum over q's rows observing j of w * (success - r(q, j))``: the reward
+    model's estimate corrected by the clipped inverse-propensity weighted residual of what was logged
+    (a query's first call and its shadow call are two rows). ``reward`` is per row, (n, m); a query's
+    rows share features and fold, so any of them gives its estimate."""
+    keys = labels.queries if labels.queries is not None else labels.ids
+    index: dict[str, int] = {}
+    group = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
+    r = np.zeros((len(index), labels.m))
+    r[group] = np.asarray(reward, dtype=float)
+    g = r.copy()
+    np.add.at(g, (group, labels.label), labels.weight * (labels.success - r[group, labels.label]))
+    return group, g
+
+
+def ranking_value(gain: np.ndarray, outcomes: np.ndarray) -> float:
+    """Doubly-robust area under the accuracy curve of a two-label ranking: queries sorted by ``gain``
+    (descending) go to label 1 one by one; the mean over every share of the accuracy, less the
+    all-on-label-0 accuracy (which every ranking shares). ``outcomes``: :func:`dr_outcomes`'s G."""
+    n = len(gain)
+    if n == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(gain, dtype=float), kind="stable")
+    position = np.empty(n)
+    position[order] = np.arange(n)
+    # query at position k is on label 1 in the shares (k+1)/n .. 1: a (n - k - 0.5)/n share of the curve
+    return float(((outcomes[:, 1] - outcomes[:, 0]) * (n - position - 0.5) / n).sum() / n)
+
+
+def _choose_by_ranking(labels: LoggedLabels, cal: Mapping[str, np.ndarray]) -> tuple[list[str], dict[str, Any]]:
+    """The per-label weightings (one of ``cal``'s fits per label) whose calibrated gain ranks the
+    logged queries best by :func:`ranking_value`; the reward model is the mean of the fits'
+    cross-calibrated predictions, one for every combination so that they differ only in the ranking."""
+    reward = np.mean(list(cal.values()), axis=0)
+    group, outcomes = dr_outcomes(labels, reward)
+    first = np.unique(group, return_index=True)[1]  # a row per query, in query order
+    values = {}
+    for combo in itertools.product(cal, repeat=2):
+        p = np.column_stack([cal[wt][first, j] for j, wt in enumerate(combo)])
+        values[combo] = ranking_value(p[:, 1] - p[:, 0], outcomes)
+    # Ties (shadowing every query: a label's weights are all 1, its two fits coincide) keep IPS.
+    best = max(values, key=lambda c: (round(values[c], 12), sum(wt == "ips" for wt in c)))
+    return list(best), {
+        "rule": "doubly-robust value of the calibrated gain's ranking (probes.bandit_training.ranking_value)",
+        "queries": int(len(first)),
+        "values": {"/".join(c): round(v, 6) for c, v in values.items()},
+        "chosen": "/".join(best)}
+
+
 def _label_metrics(labels: LoggedLabels, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     success = {}
     for j, name in enumerate(labels.candidates):
@@ -150,7 +213,7 @@ def train_logged_probe(
 ) -> TrainedProbe:
     """Fit a probe on logged rows (see the module docstring). ``weighting="none"`` is the naive fit
     (biased whenever the logging policy chose by something the features do not see), ``"ips"``
-    always weights, ``"auto"`` chooses per label by the IPS-weighted cross-fitted log loss."""
+    always weights, ``"auto"`` chooses (module docstring)."""
     config = config or TrainConfig()
     progress = progress or _Silent()
     if weighting not in WEIGHTINGS:
@@ -169,8 +232,11 @@ def train_logged_probe(
                        config.folds)
         fits[wt] = _cross_fit(config, X, labels, folds, [wt] * m, progress)
     losses = [{wt: ips_log_loss(labels, fits[wt][1], j) for wt in tried} for j in range(m)]
-    # Ties (uniform logging: the two fits coincide) keep the IPS fit, the unbiased one.
-    chosen = [min(tried, key=lambda wt, j=j: (losses[j][wt], wt != "ips")) for j in range(m)]
+    selection: dict[str, Any] = {}
+    if m == 2 and len(tried) > 1:
+        chosen, selection = _choose_by_ranking(labels, {wt: cal for wt, (_, cal) in fits.items()})
+    else:  # Ties (uniform logging: the two fits coincide) keep the IPS fit, the unbiased one.
+        chosen = [min(tried, key=lambda wt, j=j: (losses[j][wt], wt != "ips")) for j in range(m)]
     oof_s = np.column_stack([fits[chosen[j]][0][:, j] for j in range(m)]).astype(np.float32)
     cal_s = np.column_stack([fits[chosen[j]][1][:, j] for j in range(m)]).astype(np.float32)
     everything = np.arange(n)
@@ -195,6 +261,8 @@ def train_logged_probe(
     logged = {**weighting_summary(labels, weighting), "rows": n, "labels": labels.summary(),
               "weighting": {c: {"chosen": chosen[j], "ips_weighted_log_loss": {k: round(v, 5) for k, v in losses[j].items()}}
                             for j, c in enumerate(labels.candidates)}}
+    if selection:
+        logged["weighting_selection"] = selection
     return TrainedProbe(config=config, features=feats, labels=probe_labels, head=head, calibration=calibration,
                         metrics=metrics, oof_success=cal_s, oof_tier=tier_targets, X=X, data_name=data_name,
                         logged=logged, training_rows=training_rows_block(labels.texts))

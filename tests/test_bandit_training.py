@@ -130,13 +130,14 @@ def test_inverse_propensity_weighting_fixes_skewed_logging(world):
 
 
 def test_auto_weighting_keeps_ips_where_it_removes_bias_and_drops_it_where_it_only_adds_variance(world):
-    """``weighting="auto"`` (the default) picks, per label, the fit with the lower IPS-weighted
-    cross-fitted log loss. (a) The informed logger of the test above: the unweighted Mixtral model is
-    biased, so auto keeps IPS and matches the IPS probe. (b) A logger that chose by the query's
-    features only (the full-information probe's own cross-fitted P(Mixtral succeeds), greedy with 10%
-    exploration, as a probe-driven policy logs): the unweighted per-label models are unbiased given x,
-    while weights of 9 vs 1.1 halve the effective sample size; auto then drops the weights for at least
-    one label and ranks at least as well as the IPS fit (test AUROC, summed over the labels)."""
+    """``weighting="auto"`` (the default) picks, for a pair of labels, the per-label fits whose gain
+    ranks the logged queries best by doubly-robust value. (a) The informed logger of the test above:
+    the unweighted Mixtral model is biased, so auto keeps IPS and matches the IPS probe. (b) A logger
+    that chose by the query's features only (the full-information probe's own cross-fitted
+    P(Mixtral succeeds), greedy with 10% exploration, as a probe-driven policy logs): the unweighted
+    per-label models are unbiased given x, while weights of 9 vs 1.1 halve the effective sample size;
+    auto then drops the weights for at least one label and ranks at least as well as the IPS fit (test
+    AUROC, summed over the labels)."""
     weak = world.cands[0]
 
     def informed(r) -> np.ndarray:
@@ -162,8 +163,10 @@ def test_auto_weighting_keeps_ips_where_it_removes_bias_and_drops_it_where_it_on
     assert "none" in chosen.values(), auto.logged["weighting"]
     got, base = world.scores(auto), world.scores(ips)
     assert sum(got[c]["auroc"] for c in world.cands) >= sum(base[c]["auroc"] for c in world.cands) - 1e-9, (got, base)
-    for c, v in auto.logged["weighting"].items():  # the choice is the lower of the two recorded losses
-        assert v["ips_weighted_log_loss"][v["chosen"]] == min(v["ips_weighted_log_loss"].values())
+    selection = auto.logged["weighting_selection"]  # the choice is the highest of the recorded values
+    assert selection["chosen"] == "/".join(chosen[c] for c in world.cands)
+    assert selection["values"][selection["chosen"]] == max(selection["values"].values()), selection
+    assert len(selection["values"]) == 4 and selection["queries"] == labels.n
 
 
 def _write(records, path: Path) -> Path:
@@ -199,7 +202,7 @@ def test_probe_train_reads_a_ledger_export(world, logged_probe):
     _, folder = logged_probe
     card = json.loads((folder / "card.json").read_text())
     logged = card["training_data"]["logged"]
-    assert logged["estimator"].startswith("per label: IPS-weighted or unweighted") and logged["max_weight"] == 20.0
+    assert logged["estimator"].startswith("per label an IPS-weighted or unweighted fit") and logged["max_weight"] == 20.0
     assert {v["chosen"] for v in logged["weighting"].values()} <= {"ips", "none"}  # `triage probe train` chose
     assert set(logged["labels"]) == set(world.cands) and all(v["ess"] > 1000 for v in logged["labels"].values())
     assert card["labels"] == world.cands

@@ -347,6 +347,8 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                         # per label: logged rows, successes, IPS effective sample size, the weighting chosen
                         "probe_labels": {c: {**v, **(logged.get("weighting") or {}).get(c, {})}
                                          for c, v in (logged.get("labels") or {}).items()},
+                        # auto's pair choice: the doubly-robust ranking value of each weighting pair
+                        "weighting_selection": logged.get("weighting_selection"),
                         "ope_new_policy": ope_figures(res, truth_test, truth_logged)})
             probes.append((r + 1, str(res.probe)))
         out["rounds"].append(row)

@@ -120,8 +120,9 @@ def train_cmd(
     min_rows: Annotated[int, typer.Option(
         "--min-rows", help="Logged data: fewest logged outcomes a label needs.")] = 30,
     weighting: Annotated[str, typer.Option(
-        "--weighting", help="Logged data: auto (per label, the IPS-weighted or unweighted fit with the lower "
-                            "IPS-weighted cross-fitted log loss), ips or none.")] = "auto",
+        "--weighting", help="Logged data: auto (per label the IPS-weighted or unweighted fit; for two labels the "
+                            "pair whose gain ranks the logged queries best by doubly-robust value, otherwise the "
+                            "lower IPS-weighted cross-fitted log loss), ips or none.")] = "auto",
 ) -> None:
     """Train a probe on replay outcomes and export it (ONNX + card) to OUT.
 

@@ -27,8 +27,8 @@ cross-calibrated predictions of both fits:
   doubly-robust value of that ranking (:func:`ranking_value`: the area under the accuracy curve as
   the share sent to the strong label grows, each query's two outcomes estimated doubly robustly from
   its logged ones). A label's own log loss measures its probabilities, not the ranking their
-  difference makes: in the learning-loop bench choosing by it kept the IPS fit of RouterBench's
-  strong label where the unweighted one ranked better, and the reverse on SimpleQA;
+  difference makes: on the final ledger of a RouterBench learning-loop run it kept the IPS fit of
+  the strong label, whose gain ranked the test queries worse than the unweighted fit's;
 * any other number of labels: per label, the fit with the lower IPS-weighted log loss on the label's
   logged rows (an estimate of the loss on *all* logged queries, unbiased whichever fit produced the
   predictions).

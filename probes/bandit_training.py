@@ -110,6 +110,14 @@ def _cross_fit(config: TrainConfig, X: np.ndarray, labels: LoggedLabels, folds: 
     return oof_s, cal_s
 
 
+def query_index(labels: LoggedLabels) -> np.ndarray:
+    """(n,) the query each row observes, numbered in order of first appearance: a shadow row shares
+    its primary's number; without ``queries`` every row is its own query."""
+    keys = labels.queries if labels.queries is not None else labels.ids
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
+
+
 def logged_fold_ids(labels: LoggedLabels, folds: int, seed: int) -> np.ndarray:
     """Fold per row, stratified by (label, success); the rows of one query (a primary and its
     shadow) share a fold, so no out-of-fold prediction comes from a head that saw the query."""
@@ -117,9 +125,8 @@ def logged_fold_ids(labels: LoggedLabels, folds: int, seed: int) -> np.ndarray:
     queries = labels.queries
     if queries is None or len(set(queries)) == len(queries):
         return fold_ids(strata, folds, seed)
-    first: dict[str, int] = {}
-    group = np.array([first.setdefault(q, len(first)) for q in queries], dtype=np.int64)
-    lead = np.zeros(len(first), dtype=np.int64)  # a query's stratum: its first row's
+    group = query_index(labels)
+    lead = np.zeros(int(group.max()) + 1, dtype=np.int64)  # a query's stratum: its first row's
     for i in range(len(group) - 1, -1, -1):
         lead[group[i]] = strata[i]
     return fold_ids(lead, folds, seed)[group]
@@ -141,10 +148,8 @@ def dr_outcomes(labels: LoggedLabels, reward: np.ndarray) -> tuple[np.ndarray, n
     model's estimate corrected by the clipped inverse-propensity weighted residual of what was logged
     (a query's first call and its shadow call are two rows). ``reward`` is per row, (n, m); a query's
     rows share features and fold, so any of them gives its estimate."""
-    keys = labels.queries if labels.queries is not None else labels.ids
-    index: dict[str, int] = {}
-    group = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
-    r = np.zeros((len(index), labels.m))
+    group = query_index(labels)
+    r = np.zeros((int(group.max()) + 1 if group.size else 0, labels.m))
     r[group] = np.asarray(reward, dtype=float)
     g = r.copy()
     np.add.at(g, (group, labels.label), labels.weight * (labels.success - r[group, labels.label]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from triage.probes.bandit import LoggedLabels
-from triage.probes.bandit_training import dr_outcomes, ranking_value
+from triage.probes.bandit_training import describe_weighting, dr_outcomes, ranking_value
 from triage.probes.labels import LabelRule
 
 
@@ -62,3 +62,20 @@ def test_dr_outcomes_are_unbiased_under_a_wrong_reward_model_and_group_shadow_ro
     assert group.tolist() == [0, 0, 1] and g.shape == (2, 2)
     assert g[0].tolist() == pytest.approx([0.25 + 1.0 * (0 - 0.25), 0.25 + 2.0 * (1 - 0.25)])
     assert g[1].tolist() == pytest.approx([0.25 + 1.25 * (1 - 0.25), 0.25])
+
+
+def test_the_weighting_line_says_each_labels_fit_and_what_chose_it() -> None:
+    """`triage probe train`'s line on logged data: each label's fit, then the values that chose them
+    (ranking values for a pair, per-label log losses otherwise); without a choice, the fits alone."""
+    fits = {"cheap": {"chosen": "ips", "ips_weighted_log_loss": {"ips": 0.51, "none": 0.62}},
+            "strong": {"chosen": "none", "ips_weighted_log_loss": {"ips": 0.5, "none": 0.4}}}
+    pair = describe_weighting({"weighting": fits, "weighting_selection": {
+        "queries": 1234, "chosen": "ips/none", "values": {"ips/ips": 0.01, "ips/none": 0.02, "none/ips": 0.0,
+                                                          "none/none": 0.015}}})
+    assert pair.startswith("weighting per label: cheap ips, strong none; ") and "1,234 logged queries" in pair
+    assert "(cheap/strong): ips/ips 0.0100, ips/none 0.0200 (chosen), none/ips 0.0000, none/none 0.0150" in pair
+    three = describe_weighting({"weighting": {**fits, "third": fits["cheap"]}})
+    assert "cheap ips, strong none, third ips; chosen per label by the lower IPS-weighted" in three
+    assert "strong ips 0.5000, none 0.4000" in three and "(chosen)" not in three
+    one = describe_weighting({"weighting": {c: {"chosen": "ips", "ips_weighted_log_loss": {"ips": 0.5}} for c in fits}})
+    assert one == "weighting per label: cheap ips, strong ips"

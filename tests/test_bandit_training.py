@@ -193,6 +193,10 @@ def logged_probe(world, tmp_path_factory) -> tuple[Path, Path]:
     res = _train(data, folder / "probe")
     assert res.exit_code == 0, res.output
     assert "logged bandit data" in res.output and "ESS" in res.output and "rows" in res.output
+    # and says which fit each label got, with the value that chose them (the card's record of it)
+    selection = json.loads((folder / "probe" / "card.json").read_text())["training_data"]["logged"]["weighting_selection"]
+    assert f"{selection['chosen']} {selection['values'][selection['chosen']]:.4f} (chosen)" in res.output, res.output
+    assert res.output.count("(chosen)") == 1 and all(combo in res.output for combo in selection["values"]), res.output
     return data, folder / "probe"
 
 

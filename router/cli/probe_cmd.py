@@ -209,7 +209,7 @@ def _load_logged(path: Path, split: str, candidates: str | None, rule: Any, assu
 
 def _train_logged(ctx: typer.Context, labels: Any, config: Any, feats: list[Any], data: Path, split: str,
                   out: Path, weighting: str = "auto") -> None:
-    from triage.probes.bandit_training import train_logged_probe
+    from triage.probes.bandit_training import describe_weighting, train_logged_probe
     from triage.probes.export import export_probe
     from triage.probes.training import file_fingerprint
 
@@ -227,6 +227,7 @@ def _train_logged(ctx: typer.Context, labels: Any, config: Any, feats: list[Any]
     assumed = f", propensity {info['assumed_propensity']:g} assumed where missing" if info["assumed_propensity"] else ""
     console.print(f"logged bandit data ({info['rows']} queries, one outcome each): {info['estimator']}, "
                   f"weights clipped at {info['max_weight']:g}{assumed}; {per}", highlight=False, soft_wrap=True)
+    console.print(describe_weighting(info), highlight=False, soft_wrap=True)
     console.print(f"probe written to {out} ({info['rows']} queries, tiers from per-label success estimates)",
                   highlight=False, soft_wrap=True)
 

@@ -7,6 +7,8 @@ real SQLite ledgers, the real `triage learn`; one round, so it takes seconds, no
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,23 @@ def test_one_shadowed_round_on_routerbench(capsys: pytest.CaptureFixture[str]) -
     # shadowing the cheap model costs ~1% of the traffic's spend (it costs ~1.6% of the strong one)
     assert 0 < rb["shadow"]["cost_share_of_traffic"] < 0.05
     assert rnd["test_router"]["aiq"] is not None
+    assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", rb["code"]), rb["code"]  # which code made the figure
+
+
+def test_code_version_names_the_commit_and_says_when_the_tree_has_changes(tmp_path: Path) -> None:
+    from triage.eval.bench.provenance import code_version
+
+    assert code_version(tmp_path) == "unknown"  # not a checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("one\n")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("not part of the code\n")
+    assert code_version(tmp_path) == head
+    (tmp_path / "a.txt").write_text("two\n")
+    assert code_version(tmp_path) == f"{head}+changes"
 
 
 def test_a_run_for_one_dataset_keeps_the_others_in_its_file(tmp_path: Path) -> None:

@@ -498,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                          "to results/learning_loop_shadow<R>strong.json).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
+    from triage.eval.bench import provenance
+
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
                                       "test": args.test, "epsilon": args.epsilon, "features": FEATURES, "C": args.C, "seed": args.seed,
                                       "bandit_weighting": f"{args.weighting} (triage.probes.bandit_training)",
@@ -512,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.epsilon, refit=not args.no_refit, seed=args.seed, C=args.C,
                                                 weighting=args.weighting, shadow=args.shadow,
                                                 shadow_strategy=args.shadow_strategy)
+            doc["datasets"][name]["code"] = provenance.code_version()  # per dataset: a file merges runs of several
     doc["goals"] = goals(doc["datasets"])
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ demo: install
 	$(PY) -m triage.eval.demo --out $(DEMO_DIR)
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite itself.
-# `make test`: everything but the tests marked `minutes` (~8.5 min on a fresh 2-core clone);
+# `make test`: everything but the tests marked `minutes` (~14 min on a fresh 2-core clone);
 # `make test-all`: every test (what CI runs). Tests use their own cache, .triage-cache/test.
 test: install
 	$(PY) -m pytest -m "not minutes" $(PYTEST_ARGS) || [ $$? -eq 5 ]

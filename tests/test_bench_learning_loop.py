@@ -71,3 +71,27 @@ def test_code_version_names_the_commit_and_says_when_the_code_has_changes(tmp_pa
     assert code_version(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
     assert code_version(tmp_path) == f"{head}+changes"
+
+
+def test_a_run_for_one_dataset_keeps_the_others_in_its_file(tmp_path: Path) -> None:
+    """`--datasets simpleqa` then `--datasets routerbench` with one configuration: one file with both
+    (the second run used to overwrite the first); another configuration's file is replaced."""
+    from triage.eval.bench.learning_loop import merged_with_earlier
+
+    def section(share: float, covered: int) -> dict:
+        return {"final_gain_share_of_full_information": share, "final_gain_share_matched": {},
+                "final_gain_share_paired_bootstrap": {"goal_verdict_on_test_rows": "undecided"},
+                "dr_coverage_test": {"accuracy": covered, "rounds": 6}}
+
+    out = tmp_path / "learning_loop_shadow1.json"
+    config = {"shadow": 1.0, "seed": 0}
+    first = {"config": config, "datasets": {"simpleqa": section(0.95, 6)}}
+    out.write_text(json.dumps(merged_with_earlier(first, out)))  # nothing earlier: as it is
+    assert json.loads(out.read_text())["datasets"].keys() == {"simpleqa"}
+    second = {"config": dict(config), "datasets": {"routerbench": section(0.5, 3)}, "goals": {}}
+    both = merged_with_earlier(second, out)
+    assert both["datasets"].keys() == {"simpleqa", "routerbench"}
+    assert both["goals"]["dr_accuracy_covers_test_truth"] == "9/12"
+    assert both["goals"]["gain_share_at_least_0.9"] == {"simpleqa": True, "routerbench": False}
+    other = {"config": {"shadow": 0.5, "seed": 0}, "datasets": {"routerbench": section(0.5, 3)}}
+    assert merged_with_earlier(other, out) is other

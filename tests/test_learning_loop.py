@@ -317,6 +317,10 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
                                   "--min-rows", "10", "--bootstrap", "50",
                                   "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2"])
         assert res.exit_code == 0, res.output
+        # it says which fit each label of the new probe got (the card's record of the choice)
+        logged = json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["training_data"]["logged"]
+        chosen = ", ".join(f"{label} {v['chosen']}" for label, v in logged["weighting"].items())
+        assert f"weighting per label: {chosen}" in res.output, res.output
         assert (tmp_path / "policy.v1.yaml").is_file()
         reloaded = router.reload()
         assert reloaded.changed

@@ -83,9 +83,15 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(json.dumps(res.to_json(), default=str))
             return
-        say = lambda s: console.print(s, highlight=False)  # noqa: E731
+        from triage.probes.bandit_training import describe_weighting
+        from triage.probes.card import read_card
+
+        say = lambda s: console.print(s, highlight=False, soft_wrap=True)  # noqa: E731
         say(f"exported {res.rows:,} logged queries to {res.export}")
         say(f"probe trained on them: {res.probe}")
+        logged = read_card(res.probe)[0].training_data.get("logged")
+        if logged:
+            say(describe_weighting(logged))
         f = res.calibration
         say(f"calibrated: {f.get('objective')} -> {f.get('knob')}")
         say(f"new policy {res.policy} (version {res.old_version} -> {res.new_version})")

@@ -87,6 +87,9 @@ class LearnResult:
     probe: Path
     policy: Path  # the new version's file (in ``out``)
     calibration: dict[str, Any]
+    # the written probe's logged-data training summary: rows and effective sample size per label,
+    # the weighting each label got and what chose it (probes.bandit_training.describe_weighting)
+    training: dict[str, Any]
     ope_old: dict[str, Any]
     ope_new: dict[str, Any]
     verdict: str
@@ -107,7 +110,7 @@ class LearnResult:
             "export": str(self.export), "rows": self.rows, "holdout_rows": len(self.holdout_ids), "probe": str(self.probe), "policy": str(self.policy),
             "refit": self.evaluated_policy is not None and self.evaluated_policy != self.policy,
             "evaluated": {"probe": str(self.evaluated_probe or self.probe), "policy": str(self.evaluated_policy or self.policy)},
-            "calibration": self.calibration, "ope": {"old": self.ope_old, "new": self.ope_new},
+            "training": self.training, "calibration": self.calibration, "ope": {"old": self.ope_old, "new": self.ope_new},
             "verdict": self.verdict, "improved": self.improved,
             "applied": str(self.applied) if self.applied else None,
             "backup": str(self.backup) if self.backup else None, "reload": self.reload, "notes": self.notes,
@@ -159,11 +162,13 @@ def logreg_head(C: float | str, seed: int) -> tuple[str, dict[str, Any]]:
 
 
 def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], export: Path, out: Path,
-                          split: str = "all") -> Path:
-    """Step 2: a probe trained on the logged rows (labels: the policy's strategies' success labels)."""
+                          split: str = "all") -> tuple[Path, dict[str, Any]]:
+    """Step 2: a probe trained on the logged rows (labels: the policy's strategies' success labels);
+    its folder and what its training saw of the logged data (the card's ``training_data.logged``:
+    rows per label, effective sample sizes, the weighting chosen per label and why)."""
     from triage.probes.bandit import make_logged_labels
     from triage.probes.bandit_training import train_logged_probe
-    from triage.probes.export import export_probe
+    from triage.probes.export import export_probe, jsonable
     from triage.probes.labels import LabelRule
     from triage.probes.training import TrainConfig, file_fingerprint, parse_features
 
@@ -178,7 +183,7 @@ def train_probe_on_export(cfg: LearnConfig, policy: Policy, records: list[Any], 
     trained.data_fingerprint = file_fingerprint(export)
     trained.data_fingerprint["split"] = split  # which of the export's queries it was trained on
     export_probe(trained, out, command=cfg.command or "triage learn", plot=False)
-    return out
+    return out, jsonable(trained.logged or {})
 
 
 def dr_pseudo_data(view: Any, policy: Policy, ids: list[str]) -> Any:
@@ -299,6 +304,7 @@ class FittedVersion:
     policy: Path
     text: str
     calibration: Any  # CalibrationResult
+    training: dict[str, Any]  # the probe's logged-data training summary (train_probe_on_export)
 
 
 def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: str, records: list[Any],
@@ -310,7 +316,7 @@ def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: s
     where.mkdir(parents=True, exist_ok=True)
     split = "all" if len(records) == n_all else f"{len(records)} of {n_all} (the rest held out for the OPE report)"
     header = policy_header(old.name, new_version, len(records), n_all, cfg.ledger)
-    probe_dir = train_probe_on_export(cfg, old, records, export, where / "probe", split=split)
+    probe_dir, training = train_probe_on_export(cfg, old, records, export, where / "probe", split=split)
     raw = read_policy_yaml(policy_path)
     raw["version"] = new_version
     raw["probe"] = str(probe_dir)
@@ -321,7 +327,7 @@ def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: s
     raw.update(result.updates)
     text = yaml_text(raw, header)
     path.write_text(text, encoding="utf-8")
-    return FittedVersion(probe=probe_dir, policy=path, text=text, calibration=result)
+    return FittedVersion(probe=probe_dir, policy=path, text=text, calibration=result, training=training)
 
 
 def check_C(value: float | str) -> None:
@@ -374,7 +380,8 @@ def learn(cfg: LearnConfig) -> LearnResult:
         notes.append(f"the written version is refit on all {n_queries} logged queries; the off-policy report "
                      f"describes the same procedure fitted on the {n_fit} not held out ({evaluated.policy})")
     res = LearnResult(old_version=old.version, new_version=new_version, out=out, export=export, rows=n,
-                      probe=written.probe, policy=written.policy, calibration=written.calibration.figures,
+                      probe=written.probe, policy=written.policy, training=written.training,
+                      calibration=written.calibration.figures,
                       ope_old=ope_old, ope_new=ope_new, verdict=verdict, improved=improved,
                       holdout_ids=[r.id for r in held if not is_shadow(r)], evaluated_probe=evaluated.probe,
                       evaluated_policy=evaluated.policy, notes=notes)

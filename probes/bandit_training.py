@@ -192,20 +192,22 @@ def _choose_by_ranking(labels: LoggedLabels, cal: Mapping[str, np.ndarray]) -> t
 
 def describe_weighting(logged: Mapping[str, Any]) -> str:
     """One line for people: which fit each label got and why, from a trained probe's ``logged`` block
-    (its card's ``logged``): with a ranking choice, the doubly-robust value of each combination."""
-    per = ", ".join(f"{name} {v['chosen']}" for name, v in logged.get("weighting", {}).items())
+    (its card's ``training_data.logged``, ``triage learn``'s ``training``): with a ranking choice, the
+    doubly-robust value of each combination."""
+    per_label = logged.get("weighting") or {}
+    chosen = ", ".join(f"{name} {v['chosen']}" for name, v in per_label.items())
     selection = logged.get("weighting_selection")
     if selection:
-        best = selection["chosen"]
-        values = ", ".join(f"{combo} {value:.4f}" + (" (chosen)" if combo == best else "")
-                           for combo, value in selection["values"].items())
-        return (f"weighting per label: {per}; chosen as the pair whose gain ranks the {selection['queries']:,} logged queries "
-                f"best, doubly-robust ranking value of each pair ({'/'.join(logged['weighting'])}): {values}")
-    losses = "; ".join(f"{name} " + ", ".join(f"{wt} {loss:.4f}" for wt, loss in v["ips_weighted_log_loss"].items())
-                       for name, v in logged.get("weighting", {}).items())
-    if all(len(v["ips_weighted_log_loss"]) > 1 for v in logged.get("weighting", {}).values()) and losses:
-        return f"weighting per label: {per}; chosen per label by the lower IPS-weighted cross-fitted log loss: {losses}"
-    return f"weighting per label: {per}"
+        chosen_pair = selection["chosen"]
+        values = ", ".join(f"{pair} {value:.4f}" + (" (chosen)" if pair == chosen_pair else "")
+                           for pair, value in selection["values"].items())
+        return (f"weighting per label: {chosen}; chosen as the pair whose gain ranks the {selection['queries']:,} logged "
+                f"queries best, doubly-robust ranking value of each pair ({'/'.join(per_label)}): {values}")
+    if per_label and all(len(v["ips_weighted_log_loss"]) > 1 for v in per_label.values()):
+        losses = "; ".join(f"{name} " + ", ".join(f"{wt} {loss:.4f}" for wt, loss in v["ips_weighted_log_loss"].items())
+                           for name, v in per_label.items())
+        return f"weighting per label: {chosen}; chosen per label by the lower IPS-weighted cross-fitted log loss: {losses}"
+    return f"weighting per label: {chosen}"
 
 
 def _label_metrics(labels: LoggedLabels, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:

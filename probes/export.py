@@ -76,7 +76,7 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
             specs.append(
                 FeatureSpec(
                     name=f.name, version=f.version, params=f.get_params(), dim=f.dim,
-                    requires_torch=f.requires_torch, folder=folder, identity=_jsonable(f.identity()),
+                    requires_torch=f.requires_torch, folder=folder, identity=jsonable(f.identity()),
                 )
             )
         model = trained.head.to_onnx()
@@ -97,16 +97,16 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
             created_at=stamp.isoformat(timespec="seconds"),
             command=command if command is not None else current_command(),
             features=specs,
-            head=HeadSpec(kind=head_kind, file=HEAD_FILE, params=_jsonable(head_params),
+            head=HeadSpec(kind=head_kind, file=HEAD_FILE, params=jsonable(head_params),
                           input_dim=input_dim, opset=ONNX_OPSET,
-                          selection=_jsonable(selection) if selection is not None else None),
+                          selection=jsonable(selection) if selection is not None else None),
             labels=list(trained.labels.candidates),
             label_rule=trained.labels.rule.to_json(),
             thresholds={"success_score": float(trained.labels.rule.threshold)},
             label_costs={c: (None if v != v else v) for c, v in zip(trained.labels.candidates,
                                                                      trained.labels.mean_cost, strict=True)},
-            calibration=_jsonable(trained.calibration),
-            metrics=_jsonable(trained.metrics),
+            calibration=jsonable(trained.calibration),
+            metrics=jsonable(trained.metrics),
             training_data={
                 "name": trained.data_name,
                 "rows_used": int(len(trained.labels.rows)),
@@ -116,7 +116,7 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
                 **trained.data_fingerprint,
                 # which rows it saw: `replay evaluate` flags figures on them as in-sample
                 **({"rows": trained.training_rows} if trained.training_rows else {}),
-                **({"logged": _jsonable(trained.logged)} if trained.logged is not None else {}),
+                **({"logged": jsonable(trained.logged)} if trained.logged is not None else {}),
             },
             libraries=_libraries(),
             files=files,
@@ -136,20 +136,20 @@ def export_probe(trained: TrainedProbe, out_dir: Path | str, *, command: str | N
     return card
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON values (numpy scalars/arrays -> Python, NaN -> None)."""
     import math
 
     import numpy as np
 
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):

@@ -109,6 +109,9 @@ def test_refit_applies_the_version_fitted_on_every_logged_query(traffic: Path, t
         assert 0.15 * ROWS < held < 0.45 * ROWS
         applied, _ = read_card(doc["probe"])
         evaluated, _ = read_card(doc["evaluated"]["probe"])
+        # --json carries the written probe's logged-data summary (each label's weighting and why): its card's
+        assert doc["training"] == applied.training_data["logged"], (doc["training"], applied.training_data["logged"])
+        assert doc["training"]["rows"] == applied.training_data["rows_used"]
         assert evaluated.training_data["rows_used"] == ROWS - held
         assert evaluated.training_data["split"].startswith(f"{ROWS - held} of {ROWS}")
         if flag == "--refit":

@@ -341,8 +341,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
             # the applied version - scored as a router below - is the same procedure on every query)
             truth_test = policy_value(res.evaluated_policy or res.policy, test_recs)
             truth_logged = policy_value(res.evaluated_policy or res.policy, held)
-            card = json.loads((Path(res.probe) / "card.json").read_text(encoding="utf-8"))
-            logged = (card.get("training_data") or {}).get("logged") or {}
+            logged = res.training
             row.update({"version": res.new_version, "logged_rows": res.rows, "verdict": res.verdict,
                         # per label: logged rows, successes, IPS effective sample size, the weighting chosen
                         "probe_labels": {c: {**v, **(logged.get("weighting") or {}).get(c, {})}

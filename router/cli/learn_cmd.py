@@ -84,14 +84,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(res.to_json(), default=str))
             return
         from triage.probes.bandit_training import describe_weighting
-        from triage.probes.card import read_card
 
         say = lambda s: console.print(s, highlight=False, soft_wrap=True)  # noqa: E731
         say(f"exported {res.rows:,} logged queries to {res.export}")
         say(f"probe trained on them: {res.probe}")
-        logged = read_card(res.probe)[0].training_data.get("logged")
-        if logged:
-            say(describe_weighting(logged))
+        if res.training:
+            say(describe_weighting(res.training))
         f = res.calibration
         say(f"calibrated: {f.get('objective')} -> {f.get('knob')}")
         say(f"new policy {res.policy} (version {res.old_version} -> {res.new_version})")

@@ -250,7 +250,7 @@ def ope(policy: Policy, policy_path: Path, rows: list[Any], cfg: LearnConfig) ->
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, bool | None]:
     """Claim a change only where the DR intervals do not overlap (accuracy first, then cost)."""
-    parts, verdicts = [], []
+    parts, verdicts, claimed = [], [], []
     for metric, better_high in (("accuracy", True), ("cost", False)):
         o, n = old["estimators"]["dr"][metric], new["estimators"]["dr"][metric]
         if o["value"] is None or n["value"] is None or not o["ci"] or not n["ci"]:
@@ -261,9 +261,11 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, bool | None]
                f"[{fmt(n['ci'][0])}, {fmt(n['ci'][1])}]"
         if n["ci"][0] > o["ci"][1]:
             verdicts.append(better_high)
+            claimed.append(metric)
             parts.append(desc + (" (better)" if better_high else " (worse)"))
         elif n["ci"][1] < o["ci"][0]:
             verdicts.append(not better_high)
+            claimed.append(metric)
             parts.append(desc + (" (worse)" if better_high else " (better)"))
         else:
             parts.append(desc + " (intervals overlap: no difference claimed)")
@@ -272,7 +274,10 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, bool | None]
         improved = True
     elif verdicts and not any(verdicts):
         improved = False
-    tail = {True: "the new version is better", False: "the new version is worse",
+    # "better" on cost alone must not read as better on accuracy too: name what the claim rests on
+    rest = [m for m in ("accuracy", "cost") if m not in claimed]
+    scope = f" in {' and '.join(claimed)}, no claim on {' and '.join(rest)}" if rest else ""
+    tail = {True: f"the new version is better{scope}", False: f"the new version is worse{scope}",
             None: "no improvement claimed (DR 95% intervals overlap or disagree)"}[improved]
     return "; ".join(parts) + f" - {tail}", improved
 

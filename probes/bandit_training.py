@@ -202,7 +202,7 @@ def describe_weighting(logged: Mapping[str, Any]) -> str:
         values = ", ".join(f"{pair} {value:.4f}" + (" (chosen)" if pair == chosen_pair else "")
                            for pair, value in selection["values"].items())
         return (f"weighting per label: {chosen}; chosen as the pair whose gain ranks the {selection['queries']:,} logged "
-                f"queries best, doubly-robust ranking value of each pair ({'/'.join(per_label)}): {values}")
+                f"queries best, doubly-robust ranking value of each pair (weighting of {' then '.join(per_label)}): {values}")
     if per_label and all(len(v["ips_weighted_log_loss"]) > 1 for v in per_label.values()):
         losses = "; ".join(f"{name} " + ", ".join(f"{wt} {loss:.4f}" for wt, loss in v["ips_weighted_log_loss"].items())
                            for name, v in per_label.items())

@@ -73,7 +73,7 @@ def test_the_weighting_line_says_each_labels_fit_and_what_chose_it() -> None:
         "queries": 1234, "chosen": "ips/none", "values": {"ips/ips": 0.01, "ips/none": 0.02, "none/ips": 0.0,
                                                           "none/none": 0.015}}})
     assert pair.startswith("weighting per label: cheap ips, strong none; ") and "1,234 logged queries" in pair
-    assert "(cheap/strong): ips/ips 0.0100, ips/none 0.0200 (chosen), none/ips 0.0000, none/none 0.0150" in pair
+    assert "(weighting of cheap then strong): ips/ips 0.0100, ips/none 0.0200 (chosen), none/ips 0.0000, none/none 0.0150" in pair
     three = describe_weighting({"weighting": {**fits, "third": fits["cheap"]}})
     assert "cheap ips, strong none, third ips; chosen per label by the lower IPS-weighted" in three
     assert "strong ips 0.5000, none 0.4000" in three and "(chosen)" not in three

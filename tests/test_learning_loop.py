@@ -340,3 +340,23 @@ def test_the_new_policy_file_never_names_the_ledger_password() -> None:
     assert "s3cret-pw" not in line
     assert line == ("# loop v2: written by `triage learn` from 168 of the 240 logged queries of "
                     "postgresql://triage:***@db.internal:5432/ledger\n")
+
+
+def test_the_verdict_names_what_a_claim_of_better_rests_on() -> None:
+    """A claim on cost alone says so: cheaper at an accuracy whose intervals overlap is not "better" on
+    accuracy; a claim on both metrics needs no qualifier, and disagreeing claims make none."""
+    from triage.eval.learn import compare
+
+    def report(acc: tuple[float, float, float], cost: tuple[float, float, float]) -> dict:
+        est = lambda v: {"value": v[0], "ci": [v[1], v[2]]}  # noqa: E731
+        return {"estimators": {"dr": {"accuracy": est(acc), "cost": est(cost)}}}
+
+    old = report((0.76, 0.66, 0.82), (0.0096, 0.0083, 0.0115))
+    text, improved = compare(old, report((0.69, 0.50, 0.85), (0.0061, 0.0051, 0.0069)))
+    assert improved is True and text.endswith("the new version is better in cost, no claim on accuracy"), text
+    text, improved = compare(old, report((0.90, 0.85, 0.95), (0.0061, 0.0051, 0.0069)))
+    assert improved is True and text.endswith("the new version is better"), text
+    text, improved = compare(old, report((0.90, 0.85, 0.95), (0.02, 0.018, 0.025)))
+    assert improved is None and "no improvement claimed" in text, text
+    text, improved = compare(old, report((0.50, 0.40, 0.60), (0.0096, 0.0083, 0.0115)))
+    assert improved is False and text.endswith("the new version is worse in accuracy, no claim on cost"), text

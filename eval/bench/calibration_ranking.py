@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from triage.eval.bench.learning_loop import FEATURES, load, pick_pair
+from triage.eval.bench.learning_loop import load, pick_pair
+from triage.eval.bench.learning_loop_scoring import FEATURES
 from triage.eval.bench.probe_alternatives import write_result
 from triage.eval.routers.probe_text import ProbeFeatureRouter
 # The product's Platt transform (same clipping), so that platt-shared differs from platt only in its slope.

@@ -335,6 +335,14 @@ def fit_version(cfg: LearnConfig, old: Policy, policy_path: Path, new_version: s
     return FittedVersion(probe=probe_dir, policy=path, text=text, calibration=result, training=training)
 
 
+def check_weighting(value: str) -> None:
+    """``weighting`` is one of train_logged_probe's (LearnError otherwise, before any work)."""
+    from triage.probes.bandit_training import WEIGHTINGS
+
+    if value not in WEIGHTINGS:
+        raise LearnError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {value!r}")
+
+
 def check_C(value: float | str) -> None:
     """``C`` is ``auto`` or a positive finite number (LearnError otherwise, before any work)."""
     if str(value) == "auto":
@@ -354,6 +362,7 @@ def learn(cfg: LearnConfig) -> LearnResult:
     from triage.replay import read_replay
 
     check_C(cfg.C)
+    check_weighting(cfg.weighting)
     policy_path = cfg.policy
     old = load_policy(policy_path)
     new_version = bump_version(old.version)

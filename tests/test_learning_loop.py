@@ -244,6 +244,26 @@ def test_learn_refuses_a_degenerate_calibration(traffic: Path, tmp_path: Path) -
     assert not (tmp_path / "p.v1.yaml").exists()
 
 
+def test_learn_weighting_is_the_callers_choice_and_a_bad_one_is_refused(traffic: Path, tmp_path: Path) -> None:
+    """`--weighting ips|none` fits every label that way (no choice to record); anything else is refused
+    in one line before the ledger is exported."""
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    ledger = str(tmp_path / "l.sqlite")
+    simulate(traffic, policy, ledger)
+    line = one_line_exit_2(runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy),
+                                               "--weighting", "uniform"]))
+    assert line == "error: --weighting must be one of auto, ips, none, got 'uniform'"
+    assert not (tmp_path / "p.learn").exists()
+    for weighting in ("none", "ips"):
+        res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--out", str(tmp_path / weighting),
+                                  "--folds", "3", "--bootstrap", "50", "--weighting", weighting, "--json"])
+        assert res.exit_code == 0, res.output
+        training = json.loads(res.stdout.strip().splitlines()[-1])["training"]
+        assert {v["chosen"] for v in training["weighting"].values()} == {weighting}, training["weighting"]
+        assert all(list(v["ips_weighted_log_loss"]) == [weighting] for v in training["weighting"].values())
+        assert "weighting_selection" not in training
+
+
 def test_learn_c_auto_chooses_the_regularisation_and_a_bad_c_is_refused(traffic: Path, tmp_path: Path) -> None:
     from triage.probes.card import read_card
 

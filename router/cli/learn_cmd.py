@@ -36,6 +36,11 @@ def register(app: typer.Typer) -> None:
         features: Annotated[str | None, typer.Option("--features", help="Probe features (default: the old probe's).")] = None,
         folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds of the probe training.")] = 5,
         C: Annotated[str, typer.Option("--C", help="The logistic head's inverse L2 strength, or `auto` (inner cross-validation on the logged rows).")] = "0.02",
+        weighting: Annotated[str, typer.Option(
+            "--weighting", help="Per-label fit on the logged outcomes: auto (for a cheap/strong pair the IPS-weighted or "
+                                "unweighted fits whose gain ranks the logged queries best by doubly-robust value; with "
+                                "more labels the lower IPS-weighted log loss), ips (always weighted: when the logging "
+                                "policy chose by something the probe's features do not see) or none.")] = "auto",
         max_weight: Annotated[float, typer.Option("--max-weight", help="Clip of the inverse-propensity weights.")] = 20.0,
         min_rows: Annotated[int, typer.Option("--min-rows", help="Fewest logged outcomes each strategy needs.")] = 30,
         support_tolerance: Annotated[float, typer.Option("--support-tolerance", help="OPE: share of decisions allowed without support.")] = 0.01,
@@ -48,8 +53,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Learn a new policy version from the ledger's own traffic (one outcome per query).
 
-        Export (prompts required) -> train a probe inverse-propensity weighted -> calibrate to the
-        objective (degenerate results refused) -> write the new version -> compare old and new by
+        Export (prompts required) -> train a probe on the logged outcomes (per label inverse-propensity
+        weighted or not: --weighting) -> calibrate to the objective (degenerate results refused) -> write the new version -> compare old and new by
         off-policy evaluation -> with --apply, replace the policy file and reload."""
         from triage.eval.calibrate import Objective
         from triage.eval.learn import LearnConfig, learn
@@ -75,7 +80,7 @@ def register(app: typer.Typer) -> None:
         if reload_url and not apply:
             fail("--reload-url needs --apply (nothing changes without it)")
         cfg = LearnConfig(ledger=ledger, policy=policy, objective=obj, out=out, apply=apply, features=features,
-                          folds=folds, max_weight=max_weight, min_rows=min_rows, support_tolerance=support_tolerance, holdout=holdout, refit=refit, C=C,
+                          folds=folds, weighting=weighting, max_weight=max_weight, min_rows=min_rows, support_tolerance=support_tolerance, holdout=holdout, refit=refit, C=C,
                           n_boot=bootstrap, seed=seed, allow_degenerate=allow_degenerate, reload_url=reload_url,
                           admin_key=os.environ.get(admin_key_env) or None,
                           command="triage " + " ".join(sys.argv[1:]))

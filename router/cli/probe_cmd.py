@@ -127,8 +127,8 @@ def train_cmd(
     """Train a probe on replay outcomes and export it (ONNX + card) to OUT.
 
     DATA may be full-information replay data (every candidate's outcome per query) or a ledger
-    export (one logged outcome per query with its propensity): the latter trains inverse-propensity
-    weighted per-label models (see triage.probes.bandit_training).
+    export (one logged outcome per query with its propensity): the latter trains per-label models,
+    inverse-propensity weighted or not (--weighting; see triage.probes.bandit_training).
     """
     from triage.eval.evaluation import parse_budget
     from triage.probes.calibration import METHODS

@@ -113,6 +113,14 @@ def calibrate_tier_shares(policy: Policy, data: ReplayData, outputs: dict[str, P
     return CalibrationResult(policy=policy, updates=updates, figures=figures)
 
 
+def describe_knob(knob: dict[str, Any]) -> str:
+    """The calibrated setting for people: ``thresholds normal=0.53, hard=0.5`` or ``lambda=0.3``."""
+    thresholds = knob.get("thresholds")
+    if thresholds:
+        return "thresholds " + ", ".join(f"{tier}={value:g}" for tier, value in thresholds.items())
+    return ", ".join(f"{name}={value:g}" for name, value in knob.items())
+
+
 # -- degenerate results ----------------------------------------------------------------------------
 
 #: Largest gap between an asked and an achieved tier share that still counts as "the shares asked".

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from triage.router.cli.main import app
 from tests.support.ledger import ledger_url  # noqa: F401 - fixture
@@ -344,6 +345,9 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
         logged = json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["training_data"]["logged"]
         chosen = ", ".join(f"{label} {v['chosen']}" for label, v in logged["weighting"].items())
         assert f"weighting per label: {chosen}" in res.output, res.output
+        # and the thresholds it wrote, as people read them
+        written = yaml.safe_load((tmp_path / "policy.yaml").read_text())["rule"]["thresholds"]
+        assert f"-> thresholds normal={written['normal']:g}, hard={written['hard']:g}\n" in res.output, res.output
         assert (tmp_path / "policy.v1.yaml").is_file()
         reloaded = router.reload()
         assert reloaded.changed

@@ -198,3 +198,21 @@ def test_tier_shares_for_a_one_model_policy(tmp_path, replay):
     assert 0.35 < tiers.count("easy") / 300 < 0.65 and tiers.count("hard") > 20
     bad = runner.invoke(app, ["policy", "calibrate", "-p", str(path), "-d", str(data_path), "--tier-shares", "0.5,0.6"])
     assert bad.exit_code == 2 and "tier-shares" in bad.output
+
+
+def test_the_human_readable_line_states_the_written_setting(tmp_path, replay):
+    """Without --json the line names the chosen setting as people read it (`thresholds normal=0.53,
+    hard=0.5`, `lambda=0.3`), the values the file now holds - not a Python dict."""
+    data, data_path, oof, outputs, folder = replay
+    for rule in (None, {"type": "expected_utility", "lambda": 1.0}):
+        path = policy_copy(tmp_path, folder, **({"rule": rule} if rule else {}))
+        result = runner.invoke(app, ["policy", "calibrate", "-p", str(path), "-d", str(data_path),
+                                     "--target-accuracy", "0.95", "--probe-outputs", str(oof)])
+        assert result.exit_code == 0, result.output
+        p = load_policy(path)
+        if rule:
+            want = f"lambda={p.rule.lambda_:g}"
+        else:
+            t = p.rule.thresholds
+            want = f"thresholds normal={t.normal:g}, hard={t.hard:g}"
+        assert f": {want}; accuracy " in result.output and "{" not in result.output, result.output

@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(json.dumps(res.to_json(), default=str))
             return
+        from triage.eval.calibrate import describe_knob
         from triage.probes.bandit_training import describe_weighting
 
         say = lambda s: console.print(s, highlight=False, soft_wrap=True)  # noqa: E731
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
         if res.training:
             say(describe_weighting(res.training))
         f = res.calibration
-        say(f"calibrated: {f.get('objective')} -> {f.get('knob')}")
+        say(f"calibrated: {f.get('objective')} -> {describe_knob(f['knob'])}")
         say(f"new policy {res.policy} (version {res.old_version} -> {res.new_version})")
         say(f"off-policy on {len(res.holdout_ids):,} held-out queries (DR, 95% CI): {res.verdict}")
         for note in res.notes:

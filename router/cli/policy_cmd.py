@@ -146,7 +146,7 @@ def calibrate_cmd(
     thresholds at the 0/1 edges, an unreachable target, or (almost) every query to one strategy.
     """
     from triage.replay import ReplayData, read_replay
-    from triage.eval.calibrate import Objective, calibrate, calibrate_tier_shares, degenerate_reason
+    from triage.eval.calibrate import Objective, calibrate, calibrate_tier_shares, degenerate_reason, describe_knob
     from triage.eval.calibration_outputs import cross_fitted_outputs, outputs_from_file, policy_probe_outputs
     from triage.policies.loader import load_policy
 
@@ -177,7 +177,7 @@ def calibrate_cmd(
             typer.echo(json.dumps(result.figures, indent=2))
         else:
             f = result.figures
-            console.print(f"{out or policy}: thresholds {f['knob']['thresholds']}; tier shares {f['tier_shares']} "
+            console.print(f"{out or policy}: {describe_knob(f['knob'])}; tier shares {f['tier_shares']} "
                           f"on {f['rows_reported']} queries", highlight=False, soft_wrap=True)
         return
     from triage.probes.bandit import is_logged
@@ -218,7 +218,7 @@ def calibrate_cmd(
     best = f["best_single"]
     share = f"{f['cost_share_of_best']:.1%}" if f["cost_share_of_best"] is not None else "n/a"
     console.print(
-        f"{target}: {', '.join(f'{k}={v}' for k, v in f['knob'].items())}; accuracy {f['accuracy']:.4f} "
+        f"{target}: {describe_knob(f['knob'])}; accuracy {f['accuracy']:.4f} "
         f"(best single {best['strategy']}: {best['accuracy']:.4f}), cost/query ${f['cost_per_query_usd']:.6g} "
         f"(= {share} of {best['strategy']}'s) on {f['rows_reported']} rows, "
         f"{f['reported_on']}" + ("" if f["target_met"] else "  [target NOT met: closest point written, --allow-degenerate]"),

@@ -22,7 +22,7 @@ from triage.probes.card import (
 
 from triage.replay.matrix import ReplayData
 
-__all__ = ["TrainedRows", "trained_rows"]
+__all__ = ["TrainedRows", "policy_trained_rows", "trained_rows"]
 
 
 @dataclass
@@ -43,16 +43,32 @@ class TrainedRows:
                 "its figures are in-sample, not comparable with the cross-fitted rows (--exclude-trained drops them)")
 
 
-def _probe_folder(router: object) -> str | None:
+def _probe_folder(policy: object, policy_path: str | None) -> str:
     from triage.policies.loader import resolve_probe_path
 
-    policy = router.policy  # type: ignore[attr-defined]
-    where = resolve_probe_path(policy, None if router.probe is not None else router.path)  # type: ignore[attr-defined]
+    where = resolve_probe_path(policy, policy_path)  # type: ignore[arg-type]
     if where == "default":
         from triage.probes.runtime import default_probe_path
 
         return str(default_probe_path())
     return where
+
+
+def _rows_of(spec: str, folder: str, texts: Sequence[str], digests: list[bytes] | None) -> tuple[TrainedRows, list[bytes] | None]:
+    """``folder``'s probe against ``texts`` (digests computed once per data set and passed back)."""
+    n = len(texts)
+    try:
+        card, _ = read_card(folder)
+    except ProbeArtifactError:
+        return TrainedRows(spec, folder, False, np.zeros(n, dtype=bool)), digests
+    seen = training_row_digests(card)
+    if seen is None:
+        return TrainedRows(spec, card.probe_version, False, np.zeros(n, dtype=bool)), digests
+    if digests is None:
+        digests = [text_digest(t) for t in texts]
+    # An empty text (a record stored without its prompt) names no query: it cannot be a training row.
+    mask = np.fromiter((bool(t) and d in seen for t, d in zip(texts, digests, strict=True)), dtype=bool, count=n)
+    return TrainedRows(spec, card.probe_version, True, mask), digests
 
 
 def trained_rows(specs: Sequence[str], data: ReplayData) -> list[TrainedRows]:
@@ -61,23 +77,19 @@ def trained_rows(specs: Sequence[str], data: ReplayData) -> list[TrainedRows]:
     from triage.eval.routers.policy import PolicyRouter
 
     out = []
-    digests_of_rows: list[bytes] | None = None
+    digests: list[bytes] | None = None
     for spec in specs:
         router = make_router(spec)
         if not isinstance(router, PolicyRouter):
             continue
-        folder = _probe_folder(router)
-        try:
-            card, _ = read_card(folder)
-        except ProbeArtifactError:
-            out.append(TrainedRows(spec, str(folder), False, np.zeros(data.n, dtype=bool)))
-            continue
-        seen = training_row_digests(card)
-        if seen is None:
-            out.append(TrainedRows(spec, card.probe_version, False, np.zeros(data.n, dtype=bool)))
-            continue
-        if digests_of_rows is None:
-            digests_of_rows = [text_digest(t) for t in data.texts]
-        mask = np.fromiter((d in seen for d in digests_of_rows), dtype=bool, count=data.n)
-        out.append(TrainedRows(spec, card.probe_version, True, mask))
+        folder = _probe_folder(router.policy, None if router.probe is not None else router.path)
+        flag, digests = _rows_of(spec, folder, data.texts, digests)
+        out.append(flag)
     return out
+
+
+def policy_trained_rows(policy: object, policy_path: str, texts: Sequence[str]) -> TrainedRows:
+    """The rows of ``texts`` (probe texts, one per logged row) that the probe ``policy`` names was
+    trained on: off-policy figures on those rows are in-sample too (the probe saw their outcomes, and
+    ``triage learn`` refits its written version on every logged query)."""
+    return _rows_of(f"policy {policy_path}", _probe_folder(policy, policy_path), texts, None)[0]

@@ -1,4 +1,5 @@
-"""Off-policy evaluation on simulated logged data, and the in-sample flag of `replay evaluate --policy`.
+"""Off-policy evaluation on simulated logged data, and the in-sample flag of `replay evaluate --policy`
+(full-information and --logged).
 
 The simulation: RouteLLM GSM8K (full information: both models' outcomes are known for every query)
 is logged by a known stochastic policy (epsilon-greedy around a thresholds policy, fixed seeds) that
@@ -175,6 +176,7 @@ def test_cli_logged_table_json_and_support_refusal(world) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["probe_outputs"].startswith("logged outputs") and doc["unsupported_mass"] == 0.0
+    assert doc["in_sample"] is None  # the probe never saw these queries (it trained on the first 200)
     assert set(doc["estimators"]) == {"ips", "snips", "dr"} and 0 < doc["ess"] <= doc["n"] == 600
     lo, hi = doc["estimators"]["dr"]["accuracy"]["ci"]
     assert lo <= world["truth"]["accuracy"] <= hi
@@ -221,6 +223,38 @@ def test_in_sample_probe_is_flagged(trained_text_probe, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["n"] == 100 and "in_sample" not in doc["routers"][f"policy:path={policy}"]
+
+
+def test_off_policy_figures_on_the_probes_training_queries_are_flagged(world, trained_text_probe) -> None:
+    """Logged queries the target policy's probe was trained on (as `triage learn`'s refit version is on
+    its whole export) make the estimate in-sample: the table and --json say so; --exclude-trained
+    estimates on the other queries, and refuses in one line when none are left."""
+    trained = import_source("routellm", get_settings().data_dir / "routellm", dataset="gsm8k")[100:200]
+    probe = load_probe(trained_text_probe.folder)
+    outputs = probe.predict([r.prompt_text() for r in trained])
+    mixed = {"records": trained + world["records"][:200], "outputs": outputs + world["outputs"][:200],
+             "version": world["version"]}
+    mixed["greedy"] = [decide(world["target"], o).strategy for o in mixed["outputs"]]
+    path = _write(_log(mixed, 5), world["tmp"] / "mixed.jsonl")
+    args = ["replay", "evaluate", "--logged", str(path), "--policy", str(world["target_path"]), "--bootstrap", "100"]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["in_sample"] == {"rows": 100, "of": 300, "probe": world["version"]}
+    assert any(n.startswith("IN-SAMPLE") and "100 of these 300" in n for n in doc["notes"]), doc["notes"]
+    res = runner.invoke(app, args, env={"COLUMNS": "120"})
+    assert res.exit_code == 0 and "IN-SAMPLE" in res.stdout, res.output
+    res = runner.invoke(app, [*args, "--json", "--exclude-trained"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["n"] == 200 and doc["in_sample"] is None and not any("IN-SAMPLE" in n for n in doc["notes"])
+    assert "100 of 300 logged queries" in res.stderr
+    only_trained = _write(_log({**mixed, **{k: mixed[k][:100] for k in ("records", "outputs", "greedy")}}, 6),
+                          world["tmp"] / "trained-only.jsonl")
+    res = runner.invoke(app, ["replay", "evaluate", "--logged", str(only_trained), "--policy", str(world["target_path"]),
+                              "--exclude-trained"])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "trained on every logged query" in lines[0], res.output
 
 
 def test_shadow_rows_are_not_logged_decisions(world) -> None:

@@ -33,7 +33,8 @@ def evaluate_cmd(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0: no intervals).")] = 1000,
     wide: Annotated[bool, typer.Option("--wide", help="Print every column (tokens/query, AIQ, cost ratio).")] = False,
     exclude_trained: Annotated[bool, typer.Option(
-        "--exclude-trained", help="Drop the rows a policy's probe was trained on (else they are flagged in-sample).")] = False,
+        "--exclude-trained", help="Drop the rows (with --logged: the logged queries) a policy's probe was trained on "
+                                  "(else they are flagged in-sample).")] = False,
     logged: Annotated[Path | None, typer.Option(
         "--logged", help="Off-policy evaluation of one --policy from logged bandit data (`triage ledger export`).")] = None,
     reward_model: Annotated[str, typer.Option(
@@ -57,7 +58,7 @@ def evaluate_cmd(
             fail(f"policy file not found: {policy[0]}")
         run_logged(logged, policy[0], reward_model=reward_model, tolerance=support_tolerance,
                    null_as_one=null_propensity_as_one, n_boot=bootstrap, seed=seed, json_out=json_out,
-                   skip_invalid=skip_invalid)
+                   skip_invalid=skip_invalid, exclude_trained=exclude_trained)
         return
     if data is None:
         fail("give a replay file (or --logged EXPORT --policy P for off-policy evaluation)")

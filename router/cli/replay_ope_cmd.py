@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from triage.router.cli.common import console, fail, read_replay_or_fail
+from triage.router.cli.common import console, err_console, fail, read_replay_or_fail
 
 from triage.console import Col, make_table, print_table
 
@@ -16,7 +16,8 @@ LABELS = {"ips": "IPS", "snips": "self-normalised IPS", "dr": "doubly robust"}
 
 
 def run_logged(logged: Path, policy_path: Path, *, reward_model: str, tolerance: float, null_as_one: bool,
-               n_boot: int, seed: int, json_out: bool, skip_invalid: bool) -> None:
+               n_boot: int, seed: int, json_out: bool, skip_invalid: bool, exclude_trained: bool = False) -> None:
+    from triage.eval.insample import policy_trained_rows
     from triage.eval.ope import check_support, estimate
     from triage.eval.ope_data import bandit_arrays, parse_logged
     from triage.policies.loader import load_policy
@@ -28,16 +29,39 @@ def run_logged(logged: Path, policy_path: Path, *, reward_model: str, tolerance:
     policy = load_policy(policy_path)
     records = read_replay_or_fail(logged, skip_invalid=skip_invalid)
     rows = parse_logged(records, null_propensity_as_one=null_as_one)
+    rows, in_sample, note = _in_sample(rows, policy_trained_rows(policy, str(policy_path), [r.record.prompt_text() for r in rows]),
+                                       logged, exclude_trained)
     view = bandit_arrays(rows, policy, str(policy_path), reward_model=reward_model, seed=seed)
     unsupported = check_support(view.arrays, tolerance, policy.name)  # SupportError -> one line, exit 2
     result = estimate(view.arrays, n_boot=n_boot, seed=seed, reward_model=view.reward_model)
-    result.notes[:0] = view.notes
+    result.notes[:0] = view.notes + ([note] if note else [])
     if json_out:
         doc = {"policy": policy.name, "policy_version": policy.version, "logged": str(logged),
-               "probe_outputs": view.probe_source, **result.to_json()}
+               "probe_outputs": view.probe_source, "in_sample": in_sample, **result.to_json()}
         typer.echo(json.dumps(doc))
         return
     print_table(console, _table(result, policy, logged, view.probe_source, unsupported))
+
+
+def _in_sample(rows: list, trained, logged: Path, exclude: bool) -> tuple[list, dict | str | None, str | None]:  # noqa: ANN001
+    """(rows to estimate on, the JSON ``in_sample`` value, a note): the logged queries the policy's probe
+    was trained on are flagged - the probe saw their outcomes, so the estimate on them is in-sample, as
+    `triage learn`'s refit version is on its whole export - or, with ``exclude``, left out."""
+    k, n = int(trained.mask.sum()), len(rows)
+    if not trained.known:
+        return rows, "unknown", (f"the policy's probe {trained.probe} does not record its training rows (or its card "
+                                 "could not be read): whether these figures are in-sample is unknown")
+    if not k:
+        return rows, None, None
+    if exclude:
+        if k == n:
+            fail(f"--exclude-trained: the policy's probe {trained.probe} was trained on every logged query of {logged}")
+        err_console.print(f"--exclude-trained: {k:,} of {n:,} logged queries the policy's probe was trained on are "
+                          "left out", highlight=False)
+        return [r for r, seen in zip(rows, trained.mask, strict=True) if not seen], None, None
+    return rows, {"rows": k, "of": n, "probe": trained.probe}, (
+        f"IN-SAMPLE: the policy's probe {trained.probe} was trained on {k:,} of these {n:,} logged queries, so the "
+        "estimates read high (it saw their outcomes); evaluate on traffic logged after it, or pass --exclude-trained")
 
 
 def _fmt(v: float | None, fmt: str = "{:.3f}") -> str:

@@ -54,8 +54,9 @@ def register(app: typer.Typer) -> None:
         """Learn a new policy version from the ledger's own traffic (one outcome per query).
 
         Export (prompts required) -> train a probe on the logged outcomes (per label inverse-propensity
-        weighted or not: --weighting) -> calibrate to the objective (degenerate results refused) -> write the new version -> compare old and new by
-        off-policy evaluation -> with --apply, replace the policy file and reload."""
+        weighted or not: --weighting) -> calibrate to the objective (degenerate results refused) ->
+        write the new version -> compare old and new by off-policy evaluation -> with --apply,
+        replace the policy file and reload."""
         from triage.eval.calibrate import Objective
         from triage.eval.learn import LearnConfig, learn
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from triage.router.cli.common import console, err_console, fail, read_replay_or_fail
 
 from triage.console import Col, make_table, print_table
+
+if TYPE_CHECKING:
+    from triage.eval.insample import TrainedRows
+    from triage.eval.ope_data import LoggedRow
 
 COLUMNS = (Col("estimator"), Col("accuracy", "right"), Col("95% CI", "right", no_wrap=True),
            Col("cost/query", "right"), Col("cost 95% CI", "right", no_wrap=True), Col("ESS", "right"))
@@ -29,8 +34,8 @@ def run_logged(logged: Path, policy_path: Path, *, reward_model: str, tolerance:
     policy = load_policy(policy_path)
     records = read_replay_or_fail(logged, skip_invalid=skip_invalid)
     rows = parse_logged(records, null_propensity_as_one=null_as_one)
-    rows, in_sample, note = _in_sample(rows, policy_trained_rows(policy, str(policy_path), [r.record.prompt_text() for r in rows]),
-                                       logged, exclude_trained)
+    trained = policy_trained_rows(policy, str(policy_path), [r.record.prompt_text() for r in rows])
+    rows, in_sample, note = _in_sample(rows, trained, logged, exclude_trained)
     view = bandit_arrays(rows, policy, str(policy_path), reward_model=reward_model, seed=seed)
     unsupported = check_support(view.arrays, tolerance, policy.name)  # SupportError -> one line, exit 2
     result = estimate(view.arrays, n_boot=n_boot, seed=seed, reward_model=view.reward_model)
@@ -43,7 +48,8 @@ def run_logged(logged: Path, policy_path: Path, *, reward_model: str, tolerance:
     print_table(console, _table(result, policy, logged, view.probe_source, unsupported))
 
 
-def _in_sample(rows: list, trained, logged: Path, exclude: bool) -> tuple[list, dict | str | None, str | None]:  # noqa: ANN001
+def _in_sample(rows: list[LoggedRow], trained: TrainedRows, logged: Path,
+               exclude: bool) -> tuple[list[LoggedRow], dict[str, Any] | str | None, str | None]:
     """(rows to estimate on, the JSON ``in_sample`` value, a note): the logged queries the policy's probe
     was trained on are flagged - the probe saw their outcomes, so the estimate on them is in-sample, as
     `triage learn`'s refit version is on its whole export - or, with ``exclude``, left out."""

@@ -133,7 +133,7 @@ def degenerate_reason(result: CalibrationResult, objective: Objective) -> str | 
     """Why a calibration result is useless as a router, or None. One line: what came out, why it is
     degenerate, what to do (the CLI refuses to write it unless told to)."""
     f = result.figures
-    knob = ", ".join(f"{k}={v}" for k, v in (f["knob"].get("thresholds") or f["knob"]).items())
+    knob = describe_knob(f["knob"])
     if objective.tier_shares is not None:
         asked = dict(zip(TIERS, objective.tier_shares))
         got = f["tier_shares"]
@@ -142,7 +142,7 @@ def degenerate_reason(result: CalibrationResult, objective: Objective) -> str | 
                 and not 1e-3 < f["knob"]["thresholds"][t] < 1.0]
         if abs(got[worst] - asked[worst]) > SHARE_TOLERANCE or edge:
             top = max(TIERS, key=lambda t: got[t])
-            return (f"degenerate calibration: thresholds {knob} put {got[top]:.0%} of the queries in '{top}' "
+            return (f"degenerate calibration: {knob} put {got[top]:.0%} of the queries in '{top}' "
                     f"('{worst}' asked {asked[worst]:.0%}, got {got[worst]:.0%}): the probe's outputs do not "
                     f"spread over this data ({f.get('distinct_outputs', '?')} distinct P(hard) values) - check "
                     "that the data has its prompts and that the probe fits this traffic; nothing written")

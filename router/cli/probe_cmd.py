@@ -131,6 +131,7 @@ def train_cmd(
     inverse-propensity weighted or not (--weighting; see triage.probes.bandit_training).
     """
     from triage.eval.evaluation import parse_budget
+    from triage.probes.bandit_training import WEIGHTINGS
     from triage.probes.calibration import METHODS
     from triage.probes.export import export_probe
     from triage.probes.heads import available_heads
@@ -143,7 +144,7 @@ def train_cmd(
         fail(f"--calibration must be one of {', '.join(METHODS)}, got {calibration!r}")
     if folds < 2:
         fail(f"--folds must be at least 2, got {folds}")
-    if weighting not in ("auto", "ips", "none"):
+    if weighting not in WEIGHTINGS:
         fail(f"--weighting must be auto, ips or none, got {weighting!r}")
     feats = parse_features(features)  # unknown feature -> one line, exit 2
     budgets = dict(parse_budget(b) for b in budget or [])

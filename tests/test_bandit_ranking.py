@@ -66,7 +66,9 @@ def test_dr_outcomes_are_unbiased_under_a_wrong_reward_model_and_group_shadow_ro
 
 def test_the_weighting_line_says_each_labels_fit_and_what_chose_it() -> None:
     """`triage probe train`'s line on logged data: each label's fit, then the values that chose them
-    (ranking values for a pair, per-label log losses otherwise); without a choice, the fits alone."""
+    (ranking values for a pair, per-label log losses otherwise); without a choice, the fits alone.
+    Hand-written card blocks stand in for trained probes: the function only formats the block, and the
+    CLI tests (tests/test_bandit_training.py, the README walkthrough) check it on real ones."""
     fits = {"cheap": {"chosen": "ips", "ips_weighted_log_loss": {"ips": 0.51, "none": 0.62}},
             "strong": {"chosen": "none", "ips_weighted_log_loss": {"ips": 0.5, "none": 0.4}}}
     pair = describe_weighting({"weighting": fits, "weighting_selection": {

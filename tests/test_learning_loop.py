@@ -368,7 +368,9 @@ def test_the_new_policy_file_never_names_the_ledger_password() -> None:
 
 def test_the_verdict_names_what_a_claim_of_better_rests_on() -> None:
     """A claim on cost alone says so: cheaper at an accuracy whose intervals overlap is not "better" on
-    accuracy; a claim on both metrics needs no qualifier, and disagreeing claims make none."""
+    accuracy; a claim on both metrics needs no qualifier, and disagreeing claims make none.
+    Hand-written DR reports stand in for real OPE runs: compare() only reads their intervals, and a
+    real run cannot be steered into each of the four cases (the walkthrough test covers a real one)."""
     from triage.eval.learn import compare
 
     def report(acc: tuple[float, float, float], cost: tuple[float, float, float]) -> dict:

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from triage.eval.bench import provenance
-from triage.eval.bench.learning_loop import load, pick_pair
+from triage.eval.bench.learning_loop import capped, load, pick_pair
 from triage.eval.bench.learning_loop_scoring import FEATURES, full_information_spec, gain_share, router_figures
 from triage.eval.bench.probe_alternatives import write_result
 from triage.replay.schema import ReplayRecord
@@ -98,11 +98,7 @@ def run_dataset(name: str, draws: int, work: Path, n_train: int = 0, n_test: int
     from triage.replay import ReplayData
 
     t0 = time.perf_counter()
-    train, test = load(name)
-    # the learning loop's caps (its first n_train arrivals, a seed-0 draw of n_test test rows)
-    train = train[:n_train] if n_train > 0 else train
-    if 0 < n_test < len(test):
-        test = [test[i] for i in sorted(np.random.default_rng(0).choice(len(test), n_test, replace=False))]
+    train, test = capped(*load(name), n_train, n_test)  # the learning loop's caps, so the same rows
     cheap, strong = pick_pair(train)
     test_rows = [r.model_copy(update={"split": "test"}) for r in test]
     train_rows = [r.model_copy(update={"split": "train"}) for r in train]

@@ -80,6 +80,7 @@ from triage.eval.bench.learning_loop_scoring import (
     policy_value,
     router_figures,
 )
+from triage.probes.bandit_training import WEIGHTINGS
 from triage.replay.schema import ReplayRecord
 
 RESULTS = Path(__file__).parent / "results" / "learning_loop.json"
@@ -109,6 +110,16 @@ def load(name: str) -> tuple[list[ReplayRecord], list[ReplayRecord]]:
     is_test = rng.random(len(recs)) < 0.3
     train = [recs[i].model_copy(update={"split": "train"}) for i in order if not is_test[i]]
     test = [recs[i].model_copy(update={"split": "test"}) for i in order if is_test[i]]
+    return train, test
+
+
+def capped(train: list[ReplayRecord], test: list[ReplayRecord], n_train: int,
+           n_test: int) -> tuple[list[ReplayRecord], list[ReplayRecord]]:
+    """``--train`` / ``--test`` caps for quick runs (0: all): the first ``n_train`` train rows in
+    arrival order, and a seed-0 draw of ``n_test`` test rows in file order."""
+    train = train[:n_train] if n_train > 0 else train
+    if 0 < n_test < len(test):
+        test = [test[i] for i in sorted(np.random.default_rng(0).choice(len(test), n_test, replace=False))]
     return train, test
 
 
@@ -162,10 +173,7 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
     train, test_recs = load(name)
     if seed:  # another arrival order and other exploration draws; the split and the test rows stay
         train = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
-    train = train[:n_train] if n_train > 0 else train
-    rng = np.random.default_rng(0)
-    if 0 < n_test < len(test_recs):
-        test_recs = [test_recs[i] for i in sorted(rng.choice(len(test_recs), n_test, replace=False))]
+    train, test_recs = capped(train, test_recs, n_train, n_test)
     cheap, strong = pick_pair(train)
     # Train rows (split "train") and test rows (split "test"): the evaluator fits learned routers on
     # the former and scores every router and baseline on the latter.
@@ -351,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-refit", action="store_true",
                     help="Apply the version fitted without the OPE holdout (as before refit; written to "
                          "results/learning_loop_norefit.json).")
-    ap.add_argument("--weighting", default="auto", choices=("auto", "ips", "none"),
+    ap.add_argument("--weighting", default="auto", choices=WEIGHTINGS,
                     help="`triage learn`'s per-label fit weighting (triage.probes.bandit_training; written to "
                          "results/learning_loop_weighting<W>.json when not auto).")
     ap.add_argument("--shadow", type=float, default=0.0,

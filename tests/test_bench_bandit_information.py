@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from triage.eval.bench.bandit_information import logged_rows, main
-from triage.eval.bench.learning_loop import load, pick_pair
+from triage.eval.bench.learning_loop_data import load, pick_pair
 from triage.probes.bandit import make_logged_labels
 from triage.probes.bandit_training import query_index
 

@@ -95,3 +95,18 @@ def test_a_run_for_one_dataset_keeps_the_others_in_its_file(tmp_path: Path) -> N
     assert both["goals"]["gain_share_at_least_0.9"] == {"simpleqa": True, "routerbench": False}
     other = {"config": {"shadow": 0.5, "seed": 0}, "datasets": {"routerbench": section(0.5, 3)}}
     assert merged_with_earlier(other, out) is other
+
+
+def test_an_unknown_dataset_is_refused_not_read_as_simpleqa(capsys: pytest.CaptureFixture[str]) -> None:
+    """`load` used to read any name but routerbench as SimpleQA, so `--datasets gsm8k` ran SimpleQA
+    and filed it under gsm8k."""
+    from triage.eval.bench.learning_loop_data import dataset_names, load
+
+    with pytest.raises(ValueError, match="unknown dataset gsm8k; choose from routerbench, simpleqa"):
+        load("gsm8k")
+    assert dataset_names(" simpleqa, routerbench ") == ["simpleqa", "routerbench"]
+    with pytest.raises(ValueError, match="no dataset given"):
+        dataset_names(" , ")
+    with pytest.raises(SystemExit) as exc:
+        main(["--datasets", "routerbench,gsm8k", "--no-write"])
+    assert exc.value.code == 2 and "unknown dataset gsm8k" in capsys.readouterr().err

@@ -6,7 +6,7 @@ traffic without a shadow holds one outcome per query. This bench asks how far th
 alone gets the same pipeline, with no exploration policy, propensity weights or calibration in the
 way, so that a gap in the learning loop can be put on the data or on the machinery.
 
-Per data set (the learning loop's split and cheap/strong pair, ``learning_loop.load``/``pick_pair``),
+Per data set (the learning loop's split and cheap/strong pair, ``learning_loop_data.load``/``pick_pair``),
 ``--draws`` random draws of label sets, each of about one label per train query (the same count):
 
 * ``paired_half``: both outcomes of a random half of the train queries (``probe-text``);
@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from triage.eval.bench import provenance
-from triage.eval.bench.learning_loop import capped, load, pick_pair
+from triage.eval.bench.learning_loop_data import capped, dataset_names, load, pick_pair
 from triage.eval.bench.learning_loop_scoring import FEATURES, full_information_spec, gain_share, router_figures
 from triage.eval.bench.probe_alternatives import write_result
 from triage.replay.schema import ReplayRecord
@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.draws < 2:
         ap.error("--draws must be at least 2 (a standard error needs two)")
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    unknown = sorted(set(names) - {"simpleqa", "routerbench"})
-    if unknown:
-        ap.error(f"unknown dataset {', '.join(unknown)}; choose from simpleqa, routerbench")
+    try:
+        names = dataset_names(args.datasets)
+    except ValueError as exc:
+        ap.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="bandit-information-") as tmp:
         result = {"benchmark": "bandit_information", "features": FEATURES, "C": C, "draws": args.draws,
                   "train": args.train, "test": args.test,

@@ -6,7 +6,7 @@ its own label, but a two-model router ranks queries by the gain ``p_dear - p_che
 different per-label maps can reorder that difference. This measures, with every outcome known,
 the AIQ of the same head ranked by its raw P(success) and by each calibration on held-out rows.
 
-Per pair: the learning-loop bench's train/test split (``learning_loop.load``: RouterBench its own
+Per pair: the learning-loop bench's train/test split (``learning_loop_data.load``: RouterBench its own
 split, SimpleQA a seed-0 70/30 draw); features ``text:aux=false``, logistic head C=0.02 fitted on the
 train rows; calibrators fitted on 5-fold out-of-fold predictions of the train rows (as training
 does); AIQ of the two-model sweep on the test rows, with the paired bootstrap delta against the raw
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from triage.eval.bench.learning_loop import load, pick_pair
+from triage.eval.bench.learning_loop_data import load, pick_pair
 from triage.eval.bench.learning_loop_scoring import FEATURES
 from triage.eval.bench.probe_alternatives import write_result
 from triage.eval.routers.probe_text import ProbeFeatureRouter

@@ -52,7 +52,8 @@ too, as a linked shadow record; its spend is reported per round and in ``shadow`
 A run whose ``--datasets`` names some of the datasets updates their sections of its configuration's
 file and keeps the others (``merged_with_earlier``): one file per configuration and seed.
 The scoring (true policy values, routers on the test split, gain shares, the full-information
-comparators) is in ``learning_loop_scoring.py``; this file runs the rounds and writes the results.
+comparators) is in ``learning_loop_scoring.py``, the data sets, split, caps and pair in
+``learning_loop_data.py``; this file runs the rounds and writes the results.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from triage.eval.bench.learning_loop_data import capped, dataset_names, load, pick_pair
 from triage.eval.bench.learning_loop_scoring import (
     FEATURES,
     full_information_probe,
@@ -85,52 +87,6 @@ from triage.replay.schema import ReplayRecord
 
 RESULTS = Path(__file__).parent / "results" / "learning_loop.json"
 EPSILON = 0.2
-
-
-def load(name: str) -> tuple[list[ReplayRecord], list[ReplayRecord]]:
-    """(train, test) records of a dataset, full information only."""
-    from triage.eval.importers import import_source
-    from triage.settings import get_settings
-
-    root = get_settings().data_dir
-    if name == "routerbench":
-        recs = import_source("routerbench", root / "routerbench-subset")
-        every = set().union(*(set(r.outcomes) for r in recs))
-        recs = [r for r in recs if set(r.outcomes) == every]  # drops the split ARC duplicate rows
-        train = [r for r in recs if r.split == "train"]
-        # The file is grouped by task (ARC, then MBPP, then Winogrande...); traffic is not. Arrival
-        # order is a seed-0 shuffle, so each round's traffic mixes tasks as the test split does.
-        train = [train[i] for i in np.random.default_rng(0).permutation(len(train))]
-        return train, [r for r in recs if r.split == "test"]
-    recs = import_source("pricing-reversal", root / "pricing-reversal", dataset="simpleqa-test")
-    every = set().union(*(set(r.outcomes) for r in recs))
-    recs = [r for r in recs if set(r.outcomes) == every]  # claude-opus lacks 16 queries
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(recs))
-    is_test = rng.random(len(recs)) < 0.3
-    train = [recs[i].model_copy(update={"split": "train"}) for i in order if not is_test[i]]
-    test = [recs[i].model_copy(update={"split": "test"}) for i in order if is_test[i]]
-    return train, test
-
-
-def capped(train: list[ReplayRecord], test: list[ReplayRecord], n_train: int,
-           n_test: int) -> tuple[list[ReplayRecord], list[ReplayRecord]]:
-    """``--train`` / ``--test`` caps for quick runs (0: all): the first ``n_train`` train rows in
-    arrival order, and a seed-0 draw of ``n_test`` test rows in file order."""
-    train = train[:n_train] if n_train > 0 else train
-    if 0 < n_test < len(test):
-        test = [test[i] for i in sorted(np.random.default_rng(0).choice(len(test), n_test, replace=False))]
-    return train, test
-
-
-def pick_pair(train: list[ReplayRecord]) -> tuple[str, str]:
-    """(cheap, strong): the most accurate candidate on train, and the cheapest of the others."""
-    cands = sorted(set.intersection(*(set(r.outcomes) for r in train)))
-    acc = {c: np.mean([r.outcomes[c].score for r in train]) for c in cands}
-    cost = {c: np.mean([r.outcomes[c].cost_usd or 0.0 for r in train]) for c in cands}
-    strong = max(cands, key=lambda c: (acc[c], -cost[c]))
-    cheap = min((c for c in cands if c != strong), key=lambda c: (cost[c], -acc[c]))
-    return cheap, strong
 
 
 def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "default",
@@ -370,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                          "to results/learning_loop_shadow<R>strong.json).")
     ap.add_argument("--no-write", action="store_true", help="Do not write eval/bench/results/learning_loop.json.")
     args = ap.parse_args(argv)
+    try:
+        names = dataset_names(args.datasets)
+    except ValueError as exc:
+        ap.error(str(exc))
     from triage.eval.bench import provenance
 
     doc: dict[str, Any] = {"config": {"rounds": args.rounds, "round_size": args.round_size, "train": args.train,
@@ -379,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "shadow_strategy": args.shadow_strategy},
                            "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="learning-loop-") as tmp:
-        for name in args.datasets.split(","):
+        for name in names:
             work = Path(tmp) / name
             work.mkdir()
             doc["datasets"][name] = run_dataset(name, args.rounds, args.train, args.test, work, args.round_size,

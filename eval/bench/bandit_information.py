@@ -46,7 +46,8 @@ if str(REPO) not in sys.path:
 
 from triage.eval.bench import provenance
 from triage.eval.bench.learning_loop_data import capped, dataset_names, load, pick_pair
-from triage.eval.bench.learning_loop_scoring import FEATURES, full_information_spec, gain_share, router_figures
+from triage.eval.bench.learning_loop_scoring import (FEATURES, full_information_spec, gain_share, matched_config,
+                                                     router_figures)
 from triage.eval.bench.probe_alternatives import write_result
 from triage.replay.schema import ReplayRecord
 
@@ -79,16 +80,11 @@ def logged_rows(train: list[ReplayRecord], cheap: str, strong: str, drawn_strong
 def logged_probe(rows: list[ReplayRecord], out: Path, seed: int) -> Path:
     """The logged-data pipeline of ``triage probe train`` on an export (head fitted per label on the
     rows that saw it, unweighted), written where ``probe:path=`` reads it."""
-    from triage.eval.learn import logreg_head
     from triage.probes.bandit import make_logged_labels
     from triage.probes.bandit_training import train_logged_probe
     from triage.probes.export import export_probe
-    from triage.probes.training import TrainConfig, parse_features
 
-    feats = parse_features(FEATURES)
-    head, params = logreg_head(C, seed)
-    config = TrainConfig(features=[f.name for f in feats], head=head, head_params=params, folds=3, seed=seed,
-                         n_boot=0)
+    feats, config = matched_config(C, seed, n_boot=0)
     trained = train_logged_probe(make_logged_labels(rows), config, features=feats, weighting="none")
     export_probe(trained, out, command="eval/bench/bandit_information.py", plot=False)
     return out

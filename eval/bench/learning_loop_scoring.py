@@ -120,19 +120,27 @@ def full_information_spec(C: str) -> str:
     return f"probe-text:features={FEATURES},C={C}"
 
 
+def matched_config(C: str, seed: int, n_boot: int) -> tuple[list[Any], Any]:
+    """(features, TrainConfig) of the pipeline `triage learn` runs on logged rows - features, head, C,
+    3 folds - for the probes compared with the bandit's, so that they differ only in their labels."""
+    from triage.eval.learn import logreg_head
+    from triage.probes.training import TrainConfig, parse_features
+
+    feats = parse_features(FEATURES)
+    head, params = logreg_head(C, seed)
+    return feats, TrainConfig(features=[f.name for f in feats], head=head, head_params=params, folds=3, seed=seed,
+                              n_boot=n_boot)
+
+
 def full_information_probe(train: list[ReplayRecord], candidates: list[str], out: Path, C: str, seed: int) -> Path:
     """A probe trained on the train split with every candidate's outcome by the pipeline `triage learn`
     runs on logged rows (features, head, C, 3 folds, Platt calibration): the bandit probe's matched
     comparator, scored with and without its calibration like the bandit probe."""
-    from triage.eval.learn import logreg_head
     from triage.probes.export import export_probe
-    from triage.probes.training import TrainConfig, parse_features, train_probe
+    from triage.probes.training import train_probe
     from triage.replay import ReplayData
 
-    feats = parse_features(FEATURES)
-    head, params = logreg_head(C, seed)
-    config = TrainConfig(features=[f.name for f in feats], head=head, head_params=params, folds=3, seed=seed,
-                         n_boot=100)
+    feats, config = matched_config(C, seed, n_boot=100)
     data = ReplayData.from_records([r.model_copy(update={"split": "train"}) for r in train],
                                    candidates=candidates, name="full-information")
     export_probe(train_probe(data, config, features=feats), out, command="eval/bench/learning_loop.py", plot=False)

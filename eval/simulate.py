@@ -84,7 +84,7 @@ class SimulationResult:
         }
 
 
-def _in_order(records: Sequence[ReplayRecord]) -> list[ReplayRecord]:
+def in_order(records: Sequence[ReplayRecord]) -> list[ReplayRecord]:
     """Time order when every record has a ``time`` field, else file order (sorted() is stable)."""
     times = [(r.model_extra or {}).get("time") for r in records]
     if records and all(isinstance(t, str) and t for t in times):
@@ -173,7 +173,7 @@ def simulate(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: s
     from triage.router.ledger.records import OutcomeRecord
 
     policy = load_policy(policy_path)
-    rows = _in_order(records)[: n if n is not None else None]
+    rows = in_order(records)[: n if n is not None else None]
     if not rows:
         raise ConfigError("no records to simulate")
     _check(policy, rows)

@@ -6,7 +6,8 @@ SimpleQA (no split in the data: a fixed 70/30 split by a seeded draw, seed 0) - 
 exploration 0.2, prompts stored) starts from the default probe. Each round routes the next chunk of
 the train split as traffic into a real SQLite ledger (`triage.eval.simulate`: only the chosen outcome
 is revealed) and runs `triage.eval.learn` with `apply=True` on the whole ledger so far (objective: 95%
-of the best strategy's accuracy; when that is refused, tier shares 0.5/0.25/0.25). Per round:
+of the best strategy's accuracy; when that is refused, tier shares 0.5/0.25/0.25) - the loop of
+`triage replay simulate --rounds K` (`triage.eval.simulate_rounds`). Per round:
 
 * the round's bandit-trained probe as a ROUTER on the held-out TEST split, by the project's replay
   evaluation (`triage.eval.evaluation.evaluate`, router `probe:path=PROBE`: the probe swept over the
@@ -59,7 +60,6 @@ comparators) is in ``learning_loop_scoring.py``, the data sets, split, caps and 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -108,21 +108,13 @@ def write_policy(path: Path, name: str, cheap: str, strong: str, probe: str = "d
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
 
-def round_bounds(n: int, rounds: int, round_size: int) -> list[tuple[int, int]]:
-    """[lo, hi) of each round: ``rounds`` equal parts, or parts of about ``round_size`` rows."""
-    k = rounds if rounds > 0 else max(1, round(n / round_size))
-    cuts = np.linspace(0, n, k + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
-
-
 def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
                 round_size: int = 500, epsilon: float = EPSILON, refit: bool = True, seed: int = 0,
                 C: str = "0.02", weighting: str = "auto", shadow: float = 0.0,
                 shadow_strategy: str = "cheap") -> dict[str, Any]:
-    from triage.errors import TriageError
     from triage.eval.calibrate import Objective
-    from triage.eval.learn import LearnConfig, learn
-    from triage.eval.simulate import simulate
+    from triage.eval.learn import LearnConfig
+    from triage.eval.simulate_rounds import simulate_rounds
     from triage.replay import ReplayData
 
     t0 = time.perf_counter()
@@ -143,9 +135,17 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
     out: dict[str, Any] = {"pair": {"cheap": cheap, "strong": strong}, "train_rows": len(train),
                            "test_rows": len(test_recs), "rounds": []}
     probes: list[tuple[int, str]] = []
-    for r, (lo, hi) in enumerate(round_bounds(len(train), rounds, round_size)):
-        sim = simulate(train[lo:hi], policy_path, ledger, seed=r + 1000 * seed)
-        row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "traffic_total": hi,
+    # Round r (from 0): traffic simulated with seed r + 1000 * seed, then `triage learn --apply` with
+    # the same seed on the whole ledger - objective 95% of the best strategy's accuracy, and when that
+    # is refused, tier shares (the loop itself is triage.eval.simulate_rounds, as `replay simulate --rounds`).
+    configs = lambda r: [  # noqa: E731
+        LearnConfig(ledger=ledger, policy=policy_path, objective=objective, apply=True, out=work / f"{name}-round{r + 1}",
+                    folds=3, n_boot=300, seed=r + 1000 * seed, refit=refit, C=C, weighting=weighting)
+        for objective in (Objective(target_accuracy=0.95), Objective(tier_shares=(0.5, 0.25, 0.25)))]
+    for rnd in simulate_rounds(train, policy_path, ledger, configs=configs, rounds=rounds, round_size=round_size,
+                               seed=1000 * seed):
+        r, sim, res = rnd.round - 1, rnd.simulation, rnd.learned
+        row: dict[str, Any] = {"round": r + 1, "traffic": sim.queries, "traffic_total": rnd.stop,
                                "explored": sim.explored, "exploration_cost_usd": sim.exploration_cost_usd,
                                "exploration_cost_share": sim.exploration_cost_usd / sim.greedy_cost_usd
                                if sim.greedy_cost_usd else None,
@@ -153,18 +153,10 @@ def run_dataset(name: str, rounds: int, n_train: int, n_test: int, work: Path,
         if shadow > 0:
             row.update({"shadows": sim.shadows, "shadow_cost_usd": sim.shadow_cost_usd, "traffic_cost_usd": sim.cost_usd,
                         "shadow_cost_share": sim.shadow_cost_usd / sim.cost_usd if sim.cost_usd else None})
-        res = None
-        for objective in (Objective(target_accuracy=0.95), Objective(tier_shares=(0.5, 0.25, 0.25))):
-            cfg = LearnConfig(ledger=ledger, policy=policy_path, objective=objective, apply=True,
-                              out=work / f"{name}-round{r + 1}", folds=3, n_boot=300, seed=r + 1000 * seed,
-                              refit=refit, C=C, weighting=weighting)
-            try:
-                res = learn(cfg)
-                row["objective"] = res.calibration.get("objective")
-                break
-            except (TriageError, ValueError) as exc:  # a refusal is a result too: say which, try the fallback
-                row.setdefault("refused", []).append(str(exc))
+        if rnd.refused:  # a refusal is a result too: which, before the fallback (or none) learned
+            row["refused"] = rnd.refused
         if res is not None:
+            row["objective"] = res.calibration.get("objective")
             held = [full[i.split(":", 1)[1]] for i in res.holdout_ids]
             # the OPE report's estimand: the version fitted without the held-out queries (with refit,
             # the applied version - scored as a router below - is the same procedure on every query)

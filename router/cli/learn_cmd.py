@@ -6,11 +6,38 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from triage.router.cli.common import console, fail, user_errors
+
+
+#: `--objective`'s help, shared with `triage replay simulate --rounds`.
+OBJECTIVE_HELP = ("tier-shares, target-accuracy or cost-cap (with --tier-shares / --target-accuracy [--of] / "
+                  "--max-cost-per-query).")
+
+
+def objective_from_options(objective: str, tier_shares: str | None, target_accuracy: float, of: str,
+                           max_cost_per_query: float | None) -> Any:
+    """The calibration objective the `--objective` options name (a bad combination: one line, exit 2)."""
+    from triage.eval.calibrate import Objective
+
+    if objective == "tier-shares":
+        if not tier_shares:
+            fail("--objective tier-shares needs --tier-shares easy,normal,hard")
+        try:
+            shares = tuple(float(x) for x in (tier_shares or "").split(","))
+        except ValueError:
+            fail(f"--tier-shares must be three numbers, got {tier_shares!r}")
+        return Objective(tier_shares=shares)  # type: ignore[arg-type]
+    if objective == "target-accuracy":
+        return Objective(target_accuracy=target_accuracy, of=of)
+    if objective == "cost-cap":
+        if max_cost_per_query is None:
+            fail("--objective cost-cap needs --max-cost-per-query USD")
+        return Objective(max_cost_per_query=max_cost_per_query)
+    fail(f"--objective must be tier-shares, target-accuracy or cost-cap, got {objective!r}")
 
 
 def register(app: typer.Typer) -> None:
@@ -22,8 +49,7 @@ def register(app: typer.Typer) -> None:
         ledger: Annotated[str, typer.Option("--ledger", help="Ledger to learn from: SQLite path or postgresql:// URL.")],
         policy: Annotated[Path, typer.Option("--policy", "-p", help="The policy that routed the traffic (its new version is written).")],
         objective: Annotated[str, typer.Option(
-            "--objective", help="tier-shares, target-accuracy or cost-cap (with --tier-shares / --target-accuracy [--of] / "
-                                "--max-cost-per-query).")] = "target-accuracy",
+            "--objective", help=OBJECTIVE_HELP)] = "target-accuracy",
         tier_shares: Annotated[str | None, typer.Option("--tier-shares", help="easy,normal,hard shares, e.g. 0.5,0.3,0.2.")] = None,
         target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="Share of the reference's accuracy to reach.")] = 0.95,
         of: Annotated[str, typer.Option("--of", help="Reference strategy of --target-accuracy (BEST: the most accurate).")] = "BEST",
@@ -57,27 +83,11 @@ def register(app: typer.Typer) -> None:
         weighted or not: --weighting) -> calibrate to the objective (degenerate results refused) ->
         write the new version -> compare old and new by off-policy evaluation -> with --apply,
         replace the policy file and reload."""
-        from triage.eval.calibrate import Objective
         from triage.eval.learn import LearnConfig, learn
 
         if not policy.is_file():
             fail(f"policy file not found: {policy}")
-        if objective == "tier-shares":
-            if not tier_shares:
-                fail("--objective tier-shares needs --tier-shares easy,normal,hard")
-            try:
-                shares = tuple(float(x) for x in tier_shares.split(","))
-            except ValueError:
-                fail(f"--tier-shares must be three numbers, got {tier_shares!r}")
-            obj = Objective(tier_shares=shares)  # type: ignore[arg-type]
-        elif objective == "target-accuracy":
-            obj = Objective(target_accuracy=target_accuracy, of=of)
-        elif objective == "cost-cap":
-            if max_cost_per_query is None:
-                fail("--objective cost-cap needs --max-cost-per-query USD")
-            obj = Objective(max_cost_per_query=max_cost_per_query)
-        else:
-            fail(f"--objective must be tier-shares, target-accuracy or cost-cap, got {objective!r}")
+        obj = objective_from_options(objective, tier_shares, target_accuracy, of, max_cost_per_query)
         if reload_url and not apply:
             fail("--reload-url needs --apply (nothing changes without it)")
         cfg = LearnConfig(ledger=ledger, policy=policy, objective=obj, out=out, apply=apply, features=features,

@@ -29,11 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from triage.errors import ConfigError
 from triage.logging import get_logger
 from triage.policies.decide import Decision, decide
+from triage.policies.exploration import Exploration, check_exploration
 from triage.policies.loader import load_policy
 from triage.policies.policy import CascadeRule, Policy
 from triage.policies.pricing import token_price
@@ -90,6 +91,17 @@ def in_order(records: Sequence[ReplayRecord]) -> list[ReplayRecord]:
     if records and all(isinstance(t, str) and t for t in times):
         return [r for _, r in sorted(zip(times, records, strict=True), key=lambda tr: tr[0])]
     return list(records)
+
+
+def with_exploration(policy: Policy, exploration: Exploration | None) -> Policy:
+    """``policy`` with its ``exploration:`` block replaced (checked against the policy as a loaded
+    file's block is: a ConfigError names what does not fit)."""
+    changed = policy.model_copy(update={"exploration": exploration})
+    try:
+        check_exploration(changed)
+    except ValueError as exc:
+        raise ConfigError(f"--explore does not fit policy {policy.name!r}: {exc}") from None
+    return changed
 
 
 def _check(policy: Policy, records: Sequence[ReplayRecord]) -> None:
@@ -158,12 +170,15 @@ def _attempt(policy: Policy, d: Decision, o: Outcome) -> Any:
 
 
 def simulate(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: str, *, n: int | None = None,
-             seed: int = 0, start: datetime | None = None, probe: Any = None) -> SimulationResult:
+             seed: int = 0, start: datetime | None = None, probe: Any = None,
+             exploration: Exploration | None | Literal["policy"] = "policy") -> SimulationResult:
     """Route ``records`` (the first ``n``) with the policy at ``policy_path`` into ``ledger``.
 
     ``seed`` goes into every request id (``sim<seed>:<record id>``), so another seed gives other
     exploration draws and ids that do not collide with an earlier run's in the same ledger.
     ``probe``: a loaded probe object to use instead of the one the policy names (tests, benchmarks).
+    ``exploration``: route with this block instead of the policy's (None: no exploration); the
+    logged propensities are this block's, the policy file is not changed.
     """
     from triage.router.core.messages import probe_text
     from triage.router.core.probing import ProbeRunner
@@ -173,6 +188,8 @@ def simulate(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: s
     from triage.router.ledger.records import OutcomeRecord
 
     policy = load_policy(policy_path)
+    if exploration != "policy":
+        policy = with_exploration(policy, exploration)
     rows = in_order(records)[: n if n is not None else None]
     if not rows:
         raise ConfigError("no records to simulate")

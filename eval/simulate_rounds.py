@@ -23,7 +23,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from triage.errors import ConfigError, TriageError
 from triage.eval.learn import LearnConfig, LearnResult, learn
 from triage.eval.simulate import SimulationResult, in_order, simulate
 from triage.logging import get_logger
+from triage.policies.exploration import Exploration
 from triage.replay.schema import ReplayRecord
 
 log = get_logger("triage.eval.simulate_rounds")
@@ -77,15 +78,18 @@ def round_bounds(n: int, rounds: int, round_size: int = 0) -> list[tuple[int, in
 
 def simulate_rounds(records: Sequence[ReplayRecord], policy_path: str | Path, ledger: str, *,
                     configs: LearnConfigs, rounds: int = 0, round_size: int = 0,
-                    seed: int = 0, probe: Any = None) -> Iterator[RoundResult]:
+                    seed: int = 0, probe: Any = None,
+                    exploration: Exploration | None | Literal["policy"] = "policy") -> Iterator[RoundResult]:
     """Yield each round as it ends (its traffic simulated, then learned from; see the module doc).
 
     ``configs(r)`` gives round ``r``'s learn configurations (their ``ledger`` and ``policy`` must
-    be ``ledger`` and ``policy_path``); ``probe`` is handed to the simulator (tests, benchmarks).
+    be ``ledger`` and ``policy_path``); ``probe`` and ``exploration`` are handed to the simulator
+    every round (an ``exploration`` override routes every round; the versions written keep the
+    file's own block).
     """
     rows = in_order(records)
     for r, (start, stop) in enumerate(round_bounds(len(rows), rounds, round_size)):
-        sim = simulate(rows[start:stop], policy_path, ledger, seed=seed + r, probe=probe)
+        sim = simulate(rows[start:stop], policy_path, ledger, seed=seed + r, probe=probe, exploration=exploration)
         out = RoundResult(round=r + 1, start=start, stop=stop, simulation=sim)
         for cfg in configs(r):
             if cfg.ledger != ledger or Path(cfg.policy) != Path(policy_path):

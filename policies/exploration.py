@@ -78,6 +78,25 @@ class Exploration(BaseModel):
         return self
 
 
+def parse_exploration(spec: str) -> Exploration | None:
+    """``epsilon:E``, ``softmax:T`` or ``none`` (a command-line override of the policy's block) as
+    the block it stands for; ``none`` is no exploration. ValueError, in one line, for anything else."""
+    text = spec.strip().lower()
+    if text == "none":
+        return None
+    kind, sep, value = text.partition(":")
+    try:
+        knob = float(value) if sep else None
+    except ValueError:
+        knob = None
+    if kind not in ("epsilon", "softmax") or knob is None:
+        raise ValueError(f"--explore must be epsilon:E (0 < E <= 1), softmax:T (T > 0) or none, got {spec[:40]!r}")
+    try:
+        return Exploration(type=kind, **{"epsilon" if kind == "epsilon" else "temperature": knob})  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(f"--explore must be epsilon:E (0 < E <= 1), softmax:T (T > 0) or none, got {spec[:40]!r}") from None
+
+
 def default_explorable(policy: Policy) -> list[str]:
     """What the rule itself chooses between: the tiers' strategies, the utility candidates, or a
     cascade's start and escalate_to."""

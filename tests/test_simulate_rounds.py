@@ -139,3 +139,68 @@ def test_round_bounds_cut_equal_consecutive_parts() -> None:
         round_bounds(10, -1)
     with pytest.raises(ConfigError):
         round_bounds(0, 2)
+
+
+def _logged_propensities(ledger: str, tmp_path: Path) -> set[float]:
+    from triage.replay import read_replay
+
+    out = tmp_path / "export.jsonl"
+    res = runner.invoke(app, ["ledger", "export", "--ledger", ledger, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return {round(r.model_extra["logged"]["propensity"], 6) for r in read_replay(out)}
+
+
+def test_explore_overrides_the_policy_s_exploration_and_leaves_the_file(traffic: Path, tmp_path: Path) -> None:
+    greedy = write(tmp_path / "greedy.yaml", policy_doc(epsilon=None))
+    before = greedy.read_text()
+    ledger = str(tmp_path / "a.sqlite")
+    res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(greedy), "--ledger", ledger,
+                              "--n", "80", "--explore", "epsilon:0.5", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["explored"] > 0
+    assert _logged_propensities(ledger, tmp_path) == {0.75, 0.25}  # epsilon 0.5 over two strategies
+    assert greedy.read_text() == before
+    # and `none` turns a policy's exploration off: every propensity 1
+    exploring = write(tmp_path / "eps.yaml", policy_doc(epsilon=0.3))
+    ledger = str(tmp_path / "b.sqlite")
+    res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(exploring), "--ledger", ledger,
+                              "--n", "40", "--explore", "none", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["explored"] == 0
+    assert _logged_propensities(ledger, tmp_path) == {1.0}
+
+
+def test_explore_in_rounds_routes_every_round_and_the_learned_versions_keep_the_file_s_block(
+        traffic: Path, tmp_path: Path) -> None:
+    """A greedy policy learns in simulation because --explore explores; what it writes stays greedy."""
+    policy = write(tmp_path / "p.yaml", policy_doc(epsilon=None))
+    ledger = str(tmp_path / "l.sqlite")
+    res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(policy), "--ledger", ledger,
+                              "--rounds", "2", "--explore", "epsilon:0.5", "--objective", "tier-shares",
+                              "--tier-shares", "0.5,0.3,0.2", "--json"])
+    assert res.exit_code == 0, res.output
+    rounds = json.loads(res.stdout.strip().splitlines()[-1])["rounds"]
+    assert all(r["simulation"]["explored"] > 0 for r in rounds) and rounds[-1]["learned"]["version"] == "3"
+    assert "exploration" not in yaml.safe_load(policy.read_text())
+
+
+@pytest.mark.parametrize("spec", ["greedy", "epsilon:0", "epsilon:1.5", "softmax:-1", "epsilon", "softmax:nan"])
+def test_a_bad_explore_is_one_line_exit_2(traffic: Path, tmp_path: Path, spec: str) -> None:
+    policy = write(tmp_path / "p.yaml", policy_doc())
+    line = one_line_exit_2(runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(policy),
+                                               "--ledger", str(tmp_path / "l.sqlite"), "--explore", spec]))
+    assert "--explore must be epsilon:E (0 < E <= 1), softmax:T (T > 0) or none" in line
+    assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_an_explore_that_does_not_fit_the_policy_is_refused(traffic: Path, tmp_path: Path) -> None:
+    """A cascade has no per-strategy score for softmax: said as the policy file's own block would be,
+    before anything is written."""
+    doc = policy_doc(epsilon=None)
+    doc["rule"] = {"type": "cascade", "start": "small", "escalate_to": "large", "max_mean_entropy": 1.2}
+    policy = write(tmp_path / "p.yaml", doc)
+    res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(policy),
+                              "--ledger", str(tmp_path / "l.sqlite"), "--explore", "softmax:0.5"])
+    line = one_line_exit_2(res)
+    assert line.startswith("error: --explore does not fit policy 'loop'") and "use type: epsilon" in line
+    assert not (tmp_path / "l.sqlite").exists()

@@ -25,6 +25,9 @@ def simulate_cmd(
     skip: Annotated[int, typer.Option("--skip", help="Start after the first SKIP queries, in the same order (the next "
                                                     "round's traffic).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Goes into every request id (sim<seed>:<id>): other draws, no id clash.")] = 0,
+    explore: Annotated[str | None, typer.Option(
+        "--explore", help="Route with this exploration instead of the policy's block: epsilon:E, softmax:T or none "
+                          "(the file is not changed; the propensities logged are this one's).")] = None,
     rounds: Annotated[int | None, typer.Option(
         "--rounds", help="Cut the traffic into this many rounds and run `triage learn --apply` after each: the next round "
                          "is routed by the version it wrote (round r's request ids use seed + r).")] = None,
@@ -43,6 +46,7 @@ def simulate_cmd(
     outcome on the sampled requests, as a linked shadow record. No model is called. With --rounds,
     `triage learn --apply` (its defaults, and the objective given here) runs after each round."""
     from triage.eval.simulate import in_order
+    from triage.policies.exploration import parse_exploration
     from triage.replay import read_replay
 
     if not data.is_file():
@@ -59,22 +63,23 @@ def simulate_cmd(
             fail(f"{', '.join(given)} set the learning step of --rounds; without --rounds nothing is learned")
     elif rounds < 1:
         fail(f"--rounds must be at least 1, got {rounds}")
+    exploration = "policy" if explore is None else parse_exploration(explore)
     records = in_order(read_replay(data))[skip:][:n]
     if not records:
         fail(f"no records to simulate: {data} has none after --skip {skip}")
     if rounds is None:
-        _one_run(records, policy, ledger, seed, json_out)
+        _one_run(records, policy, ledger, seed, exploration, json_out)
         return
     obj = objective_from_options(objective or "target-accuracy", tier_shares,
                                  0.95 if target_accuracy is None else target_accuracy, of or "BEST",
                                  max_cost_per_query)
-    _rounds(records, policy, ledger, seed, rounds, obj, json_out)
+    _rounds(records, policy, ledger, seed, exploration, rounds, obj, json_out)
 
 
-def _one_run(records: list[Any], policy: Path, ledger: str, seed: int, json_out: bool) -> None:
+def _one_run(records: list[Any], policy: Path, ledger: str, seed: int, exploration: Any, json_out: bool) -> None:
     from triage.eval.simulate import simulate
 
-    result = simulate(records, policy, ledger, seed=seed)
+    result = simulate(records, policy, ledger, seed=seed, exploration=exploration)
     if json_out:
         typer.echo(json.dumps(result.to_json()))
         return
@@ -94,8 +99,8 @@ def _say_simulation(result: Any, prefix: str = "") -> None:
                       f"{result.shadows_dropped_budget:,} dropped by the daily cap", highlight=False, soft_wrap=True)
 
 
-def _rounds(records: list[Any], policy: Path, ledger: str, seed: int, rounds: int, objective: Any,
-            json_out: bool) -> None:
+def _rounds(records: list[Any], policy: Path, ledger: str, seed: int, exploration: Any, rounds: int,
+            objective: Any, json_out: bool) -> None:
     from triage.eval.learn import LearnConfig
     from triage.eval.simulate_rounds import simulate_rounds
 
@@ -103,7 +108,8 @@ def _rounds(records: list[Any], policy: Path, ledger: str, seed: int, rounds: in
     configs = lambda r: [LearnConfig(ledger=ledger, policy=policy, objective=objective, apply=True,  # noqa: E731
                                      seed=seed + r, command=command)]
     done = []
-    for rnd in simulate_rounds(records, policy, ledger, configs=configs, rounds=rounds, seed=seed):
+    for rnd in simulate_rounds(records, policy, ledger, configs=configs, rounds=rounds, seed=seed,
+                               exploration=exploration):
         done.append(rnd)
         if json_out:
             continue

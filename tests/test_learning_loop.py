@@ -16,7 +16,7 @@ import yaml
 
 from triage.router.cli.main import app
 from tests.support.ledger import ledger_url  # noqa: F401 - fixture
-from tests.support.loop import LARGE, SMALL, gsm8k_traffic, policy_doc, runner, simulate, write
+from tests.support.loop import LARGE, SMALL, gsm8k_traffic, one_line_exit_2, policy_doc, runner, simulate, write
 
 ROWS = 240
 
@@ -24,13 +24,6 @@ ROWS = 240
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return gsm8k_traffic(tmp_path_factory.mktemp("loop"), ROWS)
-
-
-def one_line_exit_2(res) -> str:  # noqa: ANN001
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def test_simulate_reveals_only_the_chosen_outcome(traffic: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from triage.router.cli.main import app
-from tests.support.loop import gsm8k_traffic, policy_doc, runner, write
+from tests.support.loop import gsm8k_traffic, one_line_exit_2, policy_doc, runner, write
 
 ROWS = 240
 
@@ -21,13 +21,6 @@ ROWS = 240
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return gsm8k_traffic(tmp_path_factory.mktemp("rounds"), ROWS)
-
-
-def one_line_exit_2(res) -> str:  # noqa: ANN001
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
 
 
 def test_each_round_is_routed_by_the_version_the_last_one_learned(traffic: Path, tmp_path: Path) -> None:

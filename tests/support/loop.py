@@ -60,6 +60,14 @@ def write(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+def one_line_exit_2(res: Any) -> str:
+    """A CLI result's one stderr line, asserting exit 2 and that nothing else was said there."""
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
 def simulate(traffic: Path, policy: Path, ledger: str, *extra: str) -> dict[str, Any]:
     """`triage replay simulate ... --json` (exit 0 asserted): its JSON document."""
     res = runner.invoke(app, ["replay", "simulate", str(traffic), "--policy", str(policy), "--ledger", ledger,

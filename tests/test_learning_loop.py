@@ -306,12 +306,15 @@ WALKTHROUGH_POLICY = {
 @pytest.mark.slow
 @pytest.mark.parametrize("store", [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.minutes)])
 def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: str, request) -> None:
-    """README "Learning from your own traffic": SDK with a ledger -> feedback -> `triage learn --apply`
-    -> the same router, reloaded, routes with the new probe. Real local model (SmolLM2), real SQLite
-    and PostgreSQL; the feedback is 1.0 when the answer fit its strategy's budget (not cut), a
-    stand-in for a user's."""
+    """README "Learning from your own traffic": SDK with a ledger -> feedback -> `triage learn --apply
+    --reload-url` -> the running sidecar, and the same SDK router reloaded, route with the new probe.
+    Real local model (SmolLM2), real SQLite and PostgreSQL, the real `triage serve` on loopback; the
+    feedback is 1.0 when the answer fit its strategy's budget (not cut), a stand-in for a user's."""
+    import httpx
+
     from triage import Router
     from triage.replay import read_replay
+    from tests.support.sidecar import CLIENT_KEY, SidecarProcess, key_table, sha
 
     policy = write(tmp_path / "policy.yaml", WALKTHROUGH_POLICY)
     ledger = str(tmp_path / "ledger.sqlite") if store == "sqlite" else request.getfixturevalue("postgres_url")
@@ -330,10 +333,31 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
             info = resp._hidden_params["triage"]
             router.feedback(info["request_id"], 0.0 if info["truncated"] else 1.0)
         old_version = router.route([{"role": "user", "content": questions[0]}]).probe_version
-        res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--apply", "--folds", "3",
-                                  "--min-rows", "10", "--bootstrap", "50",
-                                  "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2"])
-        assert res.exit_code == 0, res.output
+        # the sidecar serves the same policy file (its own ledger); only an admin key may reload it
+        admin_key = "sk-triage-admin-SECRET-walkthrough"
+        (tmp_path / "side").mkdir()
+        side = SidecarProcess(tmp_path / "side", [policy],
+                              extra={"api_keys": key_table() + [{"id": "ops", "sha256": sha(admin_key), "admin": True}]})
+
+        def sidecar_decision() -> dict:
+            r = httpx.post(f"{side.url}/v1/route", headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=60,
+                           json={"model": "triage/walkthrough", "messages": [{"role": "user", "content": questions[0]}]})
+            assert r.status_code == 200, r.text
+            return r.json()["decision"]
+
+        try:
+            assert (sidecar_decision()["policy_version"], sidecar_decision()["probe_version"]) == ("1", old_version)
+            request.getfixturevalue("monkeypatch").setenv("WALKTHROUGH_ADMIN_KEY", admin_key)
+            res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--apply", "--folds", "3",
+                                      "--min-rows", "10", "--bootstrap", "50",
+                                      "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2",
+                                      "--reload-url", side.url, "--admin-key-env", "WALKTHROUGH_ADMIN_KEY"])
+            assert res.exit_code == 0, res.output
+            assert f"sidecar reloaded ({side.url}/v1/admin/reload)" in res.output, res.output
+            served = sidecar_decision()
+        finally:
+            side.stop()
+        assert admin_key not in side.log.read_text(errors="replace")  # the key is never logged
         # it says which fit each label of the new probe got (the card's record of the choice)
         logged = json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["training_data"]["logged"]
         chosen = ", ".join(f"{label} {v['chosen']}" for label, v in logged["weighting"].items())
@@ -345,9 +369,10 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
         reloaded = router.reload()
         assert reloaded.changed
         decision = router.route([{"role": "user", "content": questions[0]}])
-    assert decision.policy_version == "2"
+    new_probe = json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["probe_version"]
+    assert decision.policy_version == "2" and served["policy_version"] == "2"
     assert decision.probe_version != old_version
-    assert decision.probe_version == json.loads((tmp_path / "policy.learn" / "v2" / "probe" / "card.json").read_text())["probe_version"]
+    assert decision.probe_version == new_probe == served["probe_version"]
 
 
 def test_the_new_policy_file_never_names_the_ledger_password() -> None:

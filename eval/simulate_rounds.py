@@ -45,6 +45,7 @@ class RoundResult:
     """One round: its traffic's simulation and what learning after it gave."""
 
     round: int  # from 1
+    of: int  # the number of rounds (round_bounds': never more than the queries)
     start: int  # [start, stop) of the ordered traffic
     stop: int
     simulation: SimulationResult
@@ -52,7 +53,7 @@ class RoundResult:
     refused: list[str] = field(default_factory=list)  # one line per refused configuration, in order
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"round": self.round, "traffic": [self.start, self.stop],
+        doc: dict[str, Any] = {"round": self.round, "of": self.of, "traffic": [self.start, self.stop],
                                "simulation": self.simulation.to_json(), "refused": list(self.refused)}
         sim = doc["simulation"]
         sim.pop("request_ids", None)
@@ -88,9 +89,10 @@ def simulate_rounds(records: Sequence[ReplayRecord], policy_path: str | Path, le
     file's own block).
     """
     rows = in_order(records)
-    for r, (start, stop) in enumerate(round_bounds(len(rows), rounds, round_size)):
+    bounds = round_bounds(len(rows), rounds, round_size)
+    for r, (start, stop) in enumerate(bounds):
         sim = simulate(rows[start:stop], policy_path, ledger, seed=seed + r, probe=probe, exploration=exploration)
-        out = RoundResult(round=r + 1, start=start, stop=stop, simulation=sim)
+        out = RoundResult(round=r + 1, of=len(bounds), start=start, stop=stop, simulation=sim)
         for cfg in configs(r):
             if cfg.ledger != ledger or Path(cfg.policy) != Path(policy_path):
                 raise ConfigError("a round's learn configuration must learn from the simulated ledger and policy")

@@ -32,7 +32,7 @@ def test_each_round_is_routed_by_the_version_the_last_one_learned(traffic: Path,
                               "--rounds", "2", "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2", "--json"])
     assert res.exit_code == 0, res.output
     rounds = json.loads(res.stdout.strip().splitlines()[-1])["rounds"]
-    assert [r["traffic"] for r in rounds] == [[0, 120], [120, 240]]
+    assert [(r["round"], r["of"], r["traffic"]) for r in rounds] == [(1, 2, [0, 120]), (2, 2, [120, 240])]
     # round 1 ran on v1 and wrote v2; round 2 ran on v2 (the applied file) and wrote v3
     assert [r["simulation"]["policy_version"] for r in rounds] == ["1", "2"]
     assert [r["learned"]["version"] for r in rounds] == ["2", "3"]

@@ -13,6 +13,9 @@ import typer
 from triage.router.cli.common import console, fail, user_errors
 
 
+#: `--target-accuracy` and `--of` defaults, shared with `triage replay simulate --rounds`.
+DEFAULT_TARGET_ACCURACY = 0.95
+DEFAULT_OF = "BEST"
 #: `--objective`'s help, shared with `triage replay simulate --rounds`.
 OBJECTIVE_HELP = ("tier-shares, target-accuracy or cost-cap (with --tier-shares / --target-accuracy [--of] / "
                   "--max-cost-per-query).")
@@ -51,8 +54,8 @@ def register(app: typer.Typer) -> None:
         objective: Annotated[str, typer.Option(
             "--objective", help=OBJECTIVE_HELP)] = "target-accuracy",
         tier_shares: Annotated[str | None, typer.Option("--tier-shares", help="easy,normal,hard shares, e.g. 0.5,0.3,0.2.")] = None,
-        target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="Share of the reference's accuracy to reach.")] = 0.95,
-        of: Annotated[str, typer.Option("--of", help="Reference strategy of --target-accuracy (BEST: the most accurate).")] = "BEST",
+        target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="Share of the reference's accuracy to reach.")] = DEFAULT_TARGET_ACCURACY,
+        of: Annotated[str, typer.Option("--of", help="Reference strategy of --target-accuracy (BEST: the most accurate).")] = DEFAULT_OF,
         max_cost_per_query: Annotated[float | None, typer.Option("--max-cost-per-query", help="Cost cap, USD per query.")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Folder for the export, probe, new policy and report "
                                                               "(default: <policy>.learn/v<new>/ beside the policy).")] = None,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from triage.router.cli.common import console, fail, user_errors
-from triage.router.cli.learn_cmd import OBJECTIVE_HELP, objective_from_options
+from triage.router.cli.learn_cmd import DEFAULT_OF, DEFAULT_TARGET_ACCURACY, OBJECTIVE_HELP, objective_from_options
 from triage.router.cli.replay_cmd import app
 
 
@@ -35,8 +35,8 @@ def simulate_cmd(
                                                   + " Default target-accuracy.")] = None,
     tier_shares: Annotated[str | None, typer.Option("--tier-shares", help="With --rounds: easy,normal,hard shares.")] = None,
     target_accuracy: Annotated[float | None, typer.Option("--target-accuracy", help="With --rounds: share of the reference's "
-                                                                                     "accuracy to reach (default 0.95).")] = None,
-    of: Annotated[str | None, typer.Option("--of", help="With --rounds: reference of --target-accuracy (default BEST).")] = None,
+                                                                                     f"accuracy to reach (default {DEFAULT_TARGET_ACCURACY}).")] = None,
+    of: Annotated[str | None, typer.Option("--of", help=f"With --rounds: reference of --target-accuracy (default {DEFAULT_OF}).")] = None,
     max_cost_per_query: Annotated[float | None, typer.Option("--max-cost-per-query", help="With --rounds: cost cap, USD per query.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
@@ -71,8 +71,8 @@ def simulate_cmd(
         _one_run(records, policy, ledger, seed, exploration, json_out)
         return
     obj = objective_from_options(objective or "target-accuracy", tier_shares,
-                                 0.95 if target_accuracy is None else target_accuracy, of or "BEST",
-                                 max_cost_per_query)
+                                 DEFAULT_TARGET_ACCURACY if target_accuracy is None else target_accuracy,
+                                 of or DEFAULT_OF, max_cost_per_query)
     _rounds(records, policy, ledger, seed, exploration, rounds, obj, json_out)
 
 
@@ -113,7 +113,7 @@ def _rounds(records: list[Any], policy: Path, ledger: str, seed: int, exploratio
         done.append(rnd)
         if json_out:
             continue
-        prefix = f"round {rnd.round}/{min(rounds, len(records))}: "
+        prefix = f"round {rnd.round}/{rnd.of}: "
         _say_simulation(rnd.simulation, prefix)
         for reason in rnd.refused:
             console.print(f"{prefix}learning refused: {reason}", highlight=False, soft_wrap=True)

@@ -305,7 +305,8 @@ WALKTHROUGH_POLICY = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.minutes)])
-def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: str, request) -> None:
+def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: str, request,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """README "Learning from your own traffic": SDK with a ledger -> feedback -> `triage learn --apply
     --reload-url` -> the running sidecar, and the same SDK router reloaded, route with the new probe.
     Real local model (SmolLM2), real SQLite and PostgreSQL, the real `triage serve` on loopback; the
@@ -346,8 +347,9 @@ def test_readme_learning_loop_walkthrough(traffic: Path, tmp_path: Path, store: 
             return r.json()["decision"]
 
         try:
-            assert (sidecar_decision()["policy_version"], sidecar_decision()["probe_version"]) == ("1", old_version)
-            request.getfixturevalue("monkeypatch").setenv("WALKTHROUGH_ADMIN_KEY", admin_key)
+            before = sidecar_decision()
+            assert (before["policy_version"], before["probe_version"]) == ("1", old_version)
+            monkeypatch.setenv("WALKTHROUGH_ADMIN_KEY", admin_key)
             res = runner.invoke(app, ["learn", "--ledger", ledger, "--policy", str(policy), "--apply", "--folds", "3",
                                       "--min-rows", "10", "--bootstrap", "50",
                                       "--objective", "tier-shares", "--tier-shares", "0.5,0.3,0.2",
